@@ -1,0 +1,42 @@
+"""minicbam: a small reverse-mode autodiff framework with Numba CPU and numba.cuda kernels.
+
+``import minicbam as mc`` gives the PyTorch-shaped tensor API (see ../shared/API.md).
+"""
+
+import os
+
+# numba's OpenMP threads and OpenBLAS's spin-wait on the same 2 cores unless told to sleep;
+# switching between them then costs ~8 ms each time (NUMBA_FACTS.md 4.5). Must precede the
+# first parallel call; libgomp reads it when it loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from minicbam.device import cuda_is_available  # noqa: E402
+from minicbam.gradcheck import GradcheckError, gradcheck  # noqa: E402
+from minicbam.function import enable_grad, is_grad_enabled, no_grad, set_grad_enabled  # noqa: E402
+from minicbam.ops import cat, stack  # noqa: E402
+from minicbam.tensor import (  # noqa: E402
+    Tensor,
+    arange,
+    bool_,
+    float32,
+    float64,
+    full,
+    int32,
+    int64,
+    manual_seed,
+    ones,
+    ones_like,
+    rand,
+    randn,
+    tensor,
+    zeros,
+    zeros_like,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GradcheckError", "Tensor", "arange", "bool_", "cat", "cuda_is_available", "enable_grad", "float32",
+    "float64", "full", "gradcheck", "int32", "int64", "is_grad_enabled", "manual_seed", "no_grad", "ones",
+    "ones_like", "rand", "randn", "set_grad_enabled", "stack", "tensor", "zeros", "zeros_like",
+]

@@ -1,0 +1,183 @@
+"""Devices: where arrays live, and the only module that allocates or moves them.
+
+"cpu" arrays are C-contiguous NumPy arrays; "cuda" arrays are numba ``DeviceNDArray``s
+(``FakeCUDAArray``s under the simulator, ``NUMBA_ENABLE_CUDASIM=1``).
+
+A ``Kernel`` pairs a CPU implementation with a CUDA one and picks between them from where
+its output buffer lives: ``k(out, *args)``. The CUDA side is a *factory* that builds and
+returns a launcher on first use, so importing minicbam never imports ``numba.cuda`` (it
+costs ~0.4 s) and no CUDA kernel compiles before it is needed.
+"""
+
+import math
+
+import numpy as np
+
+CPU = "cpu"
+CUDA = "cuda"
+
+# Launch shapes. Under the simulator every CUDA thread is a Python thread, so a grid-stride
+# loop over a few threads is ~100x faster than one thread per element (NUMBA_FACTS.md 2.3).
+THREADS_PER_BLOCK = 256
+MAX_BLOCKS = 4096
+SIM_THREADS_PER_BLOCK = 32
+SIM_MAX_BLOCKS = 1
+
+_backend = None
+
+
+def cuda_backend():
+    """'sim' (numba's CUDA simulator), 'gpu' (a usable device) or 'none'."""
+    global _backend
+    if _backend is None:
+        _backend = _detect_backend()
+    return _backend
+
+
+def _detect_backend():
+    from numba.core import config
+
+    if config.ENABLE_CUDASIM:  # read once, when numba was imported
+        return "sim"
+    try:
+        from numba import cuda
+
+        return "gpu" if cuda.is_available() else "none"
+    except Exception:  # a broken driver install counts as no GPU
+        return "none"
+
+
+def cuda_is_available():
+    return cuda_backend() != "none"
+
+
+def normalize_device(device):
+    """'cpu' or 'cuda' from 'cpu', 'cuda', 'cuda:0' or a Device-like string."""
+    name = str(device)
+    if name == CPU:
+        return CPU
+    if name in (CUDA, "cuda:0"):
+        if not cuda_is_available():
+            raise RuntimeError(
+                "device 'cuda' requested but no CUDA GPU is available "
+                "(set NUMBA_ENABLE_CUDASIM=1 before importing numba to use the simulator)"
+            )
+        return CUDA
+    raise ValueError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
+
+
+def device_of(array):
+    return CPU if isinstance(array, np.ndarray) else CUDA
+
+
+def cuda_module():
+    """``numba.cuda``, imported on first use. Op modules bind it to a module-level global
+    named ``cuda`` (the simulator swaps globals that are this module for its fake one)."""
+    from numba import cuda
+
+    return cuda
+
+
+# ----------------------------------------------------------------------------- allocation
+def empty(shape, dtype, device):
+    shape = tuple(int(s) for s in shape)
+    if device == CPU:
+        return np.empty(shape, dtype=dtype)
+    return cuda_module().device_array(shape, dtype=np.dtype(dtype))
+
+
+def full(shape, value, dtype, device):
+    out = empty(shape, dtype, device)
+    if device == CPU:
+        out.fill(value)
+    else:
+        fill_kernel(out.reshape(out.size) if out.size else out, value)
+    return out
+
+
+def zeros(shape, dtype, device):
+    return full(shape, 0, dtype, device)
+
+
+def to_device(array, device):
+    """A copy of ``array`` (NumPy or CUDA) on ``device``; the same object if already there."""
+    if device_of(array) == device:
+        return array
+    if device == CPU:
+        return array.copy_to_host()
+    return cuda_module().to_device(np.ascontiguousarray(array))
+
+
+def to_host(array):
+    """A NumPy copy of any array."""
+    if isinstance(array, np.ndarray):
+        return array.copy()
+    return array.copy_to_host()
+
+
+def flat(array):
+    """A 1-D view of a C-contiguous array (NumPy or CUDA)."""
+    return array.reshape(array.size)
+
+
+# ----------------------------------------------------------------------------- launching
+def launch_config(n):
+    """(blocks, threads) for a grid-stride loop over ``n`` items."""
+    if cuda_backend() == "sim":
+        return SIM_MAX_BLOCKS, SIM_THREADS_PER_BLOCK
+    blocks = min(MAX_BLOCKS, max(1, math.ceil(n / THREADS_PER_BLOCK)))
+    return blocks, THREADS_PER_BLOCK
+
+
+def grid_stride_launcher(kernel):
+    """Launch ``kernel(out, *args)`` with enough threads for ``out.size`` items."""
+
+    def launch(out, *args):
+        blocks, threads = launch_config(out.size)
+        kernel[blocks, threads](out, *args)
+
+    return launch
+
+
+class Kernel:
+    """A CPU implementation and a CUDA implementation of the same computation.
+
+    ``cpu(out, *args)`` is usually an ``@njit`` function; ``cuda`` is a zero-argument factory
+    that returns ``launch(out, *args)``; it runs once, on the first CUDA call.
+    """
+
+    def __init__(self, cpu, cuda=None):
+        self.cpu = cpu
+        self.cuda_factory = cuda
+        self._cuda_launch = None
+
+    def __call__(self, out, *args):
+        if isinstance(out, np.ndarray):
+            return self.cpu(out, *args)
+        if self._cuda_launch is None:
+            if self.cuda_factory is None:
+                raise NotImplementedError(f"{self.cpu.__name__} has no CUDA kernel")
+            self._cuda_launch = self.cuda_factory()
+        return self._cuda_launch(out, *args)
+
+
+def _fill_cpu(out, value):
+    out.fill(value)
+
+
+cuda = None  # numba.cuda, bound by the first CUDA call (see cuda_module)
+
+
+def _fill_cuda():
+    global cuda
+    cuda = cuda_module()
+
+    @cuda.jit
+    def fill(out, value):
+        for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+            out[i] = value
+
+    return grid_stride_launcher(fill)
+
+
+fill_kernel = Kernel(cpu=_fill_cpu, cuda=_fill_cuda)

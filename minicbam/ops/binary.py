@@ -1,0 +1,166 @@
+"""Binary elementwise ops on operands of one shape (``expand`` did any broadcasting).
+
+    add: y = a + b    ga = gy,        gb = gy
+    sub: y = a - b    ga = gy,        gb = -gy
+    mul: y = a * b    ga = gy * b,    gb = gy * a
+    div: y = a / b    ga = gy / b,    gb = -gy * a / b^2 = -gy * y / b
+    comparisons (==, !=, <, <=, >, >=) give bool tensors and no gradient.
+"""
+
+from numba.extending import register_jitable
+
+from minicbam import tensor as tensor_mod
+from minicbam.function import Function
+from minicbam.ops.elementwise import apply_binary, apply_unary, binary_kernel, unary_kernel
+from minicbam.ops.expand import broadcast_pair
+
+
+@register_jitable
+def _add(x, y, a, b):
+    return x + y
+
+
+@register_jitable
+def _sub(x, y, a, b):
+    return x - y
+
+
+@register_jitable
+def _mul(x, y, a, b):
+    return x * y
+
+
+@register_jitable
+def _div(x, y, a, b):
+    return x / y
+
+
+@register_jitable
+def _div_grad_b(gy, y_over_b, a, b):  # -gy * (y / b)
+    return -gy * y_over_b
+
+
+@register_jitable
+def _neg(x, a, b):
+    return -x
+
+
+@register_jitable
+def _eq(x, y, a, b):
+    return x == y
+
+
+@register_jitable
+def _ne(x, y, a, b):
+    return x != y
+
+
+@register_jitable
+def _lt(x, y, a, b):
+    return x < y
+
+
+@register_jitable
+def _le(x, y, a, b):
+    return x <= y
+
+
+@register_jitable
+def _gt(x, y, a, b):
+    return x > y
+
+
+@register_jitable
+def _ge(x, y, a, b):
+    return x >= y
+
+
+add_kernel = binary_kernel(_add)
+sub_kernel = binary_kernel(_sub)
+mul_kernel = binary_kernel(_mul)
+div_kernel = binary_kernel(_div)
+div_grad_b_kernel = binary_kernel(_div_grad_b)
+neg_kernel = unary_kernel(_neg)
+COMPARISONS = {
+    "eq": binary_kernel(_eq),
+    "ne": binary_kernel(_ne),
+    "lt": binary_kernel(_lt),
+    "le": binary_kernel(_le),
+    "gt": binary_kernel(_gt),
+    "ge": binary_kernel(_ge),
+}
+
+
+def add_arrays(a, b):
+    return apply_binary(add_kernel, a, b)
+
+
+def mul_arrays(a, b):
+    return apply_binary(mul_kernel, a, b)
+
+
+def neg_array(a):
+    return apply_unary(neg_kernel, a)
+
+
+class Add(Function):
+    def forward(self, a, b):
+        return apply_binary(add_kernel, a, b)
+
+    def backward(self, gy):
+        return gy, gy
+
+
+class Sub(Function):
+    def forward(self, a, b):
+        return apply_binary(sub_kernel, a, b)
+
+    def backward(self, gy):
+        return gy, (neg_array(gy) if self.needs_input_grad[1] else None)
+
+
+class Mul(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return apply_binary(mul_kernel, a, b)
+
+    def backward(self, gy):
+        ga = mul_arrays(gy, self.b) if self.needs_input_grad[0] else None
+        gb = mul_arrays(gy, self.a) if self.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Div(Function):
+    def forward(self, a, b):
+        self.b = b
+        self.y = apply_binary(div_kernel, a, b)
+        return self.y
+
+    def backward(self, gy):
+        ga = apply_binary(div_kernel, gy, self.b) if self.needs_input_grad[0] else None
+        gb = None
+        if self.needs_input_grad[1]:
+            gb = apply_binary(div_grad_b_kernel, gy, apply_binary(div_kernel, self.y, self.b))
+        return ga, gb
+
+
+def add(a, b):
+    return Add()(*broadcast_pair("add", a, b))
+
+
+def sub(a, b):
+    return Sub()(*broadcast_pair("sub", a, b))
+
+
+def mul(a, b):
+    return Mul()(*broadcast_pair("mul", a, b))
+
+
+def div(a, b):
+    return Div()(*broadcast_pair("div", a, b))
+
+
+def compare(name, a, b):
+    """``a <name> b`` as a bool tensor (no gradient)."""
+    a, b = broadcast_pair(name, a, b)
+    return tensor_mod.Tensor(apply_binary(COMPARISONS[name], a.data, b.data, out_dtype=bool))

@@ -1,0 +1,212 @@
+"""Maxima over dimensions, with the reduced dimensions laid out as rows of length K
+(see reduce.py).
+
+    amax:  y[r] = max_k x[r, k]
+           gx[r, k] = gy[r] * [x[r, k] == y[r]] / #ties(r)   (ties share the gradient,
+           as in PyTorch's amax)
+    max(dim): (values, indices) with indices the FIRST maximum of each row;
+           gx[r, k] = gy[r] * [k == index[r]]
+    argmax: the indices alone (no gradient).
+
+NaN propagates: a row holding NaN has maximum NaN (its index points at the NaN).
+"""
+
+import collections
+
+import numpy as np
+from numba import njit, prange
+from numba.extending import register_jitable
+
+from minicbam import device
+from minicbam import tensor as tensor_mod
+from minicbam.device import Kernel
+from minicbam.function import Function
+from minicbam.ops.reduce import keepdim_shape, normalize_dims, rows_layout
+from minicbam.ops.strided import permute_array
+
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+
+MaxResult = collections.namedtuple("MaxResult", ["values", "indices"])
+
+
+@register_jitable
+def row_argmax(x, r, K):
+    best = 0
+    for k in range(1, K):
+        v, b = x[r * K + k], x[r * K + best]
+        if v > b or (v != v and b == b):  # v != v: NaN wins, as in PyTorch
+            best = k
+    return best
+
+
+@register_jitable
+def amax_grad_row(gx, x, m, gy, r, K):
+    ties = 0
+    for k in range(K):
+        if x[r * K + k] == m[r]:
+            ties += 1
+    for k in range(K):
+        gx[r * K + k] = gy[r] / ties if x[r * K + k] == m[r] else gy[r] * 0
+
+
+@register_jitable
+def index_grad_row(gx, index, gy, r, K):
+    for k in range(K):
+        gx[r * K + k] = gy[r] if k == index[r] else gy[r] * 0
+
+
+@njit(parallel=True, cache=True)
+def _max_rows_cpu(values, indices, x, K):
+    for r in prange(values.size):
+        best = row_argmax(x, r, K)
+        indices[r] = best
+        values[r] = x[r * K + best]
+
+
+@njit(parallel=True, cache=True)
+def _amax_grad_cpu(gx, x, m, gy, K):
+    for r in prange(m.size):
+        amax_grad_row(gx, x, m, gy, r, K)
+
+
+@njit(parallel=True, cache=True)
+def _index_grad_cpu(gx, index, gy, K):
+    for r in prange(index.size):
+        index_grad_row(gx, index, gy, r, K)
+
+
+def _max_rows_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def max_rows(values, indices, x, K):
+        for r in range(cuda.grid(1), values.size, cuda.gridsize(1)):
+            best = row_argmax(x, r, K)
+            indices[r] = best
+            values[r] = x[r * K + best]
+
+    return device.grid_stride_launcher(max_rows)
+
+
+def _amax_grad_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def amax_grad(gx, x, m, gy, K):
+        for r in range(cuda.grid(1), m.size, cuda.gridsize(1)):
+            amax_grad_row(gx, x, m, gy, r, K)
+
+    def launch(gx, x, m, gy, K):
+        blocks, threads = device.launch_config(m.size)
+        amax_grad[blocks, threads](gx, x, m, gy, K)
+
+    return launch
+
+
+def _index_grad_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def index_grad(gx, index, gy, K):
+        for r in range(cuda.grid(1), index.size, cuda.gridsize(1)):
+            index_grad_row(gx, index, gy, r, K)
+
+    def launch(gx, index, gy, K):
+        blocks, threads = device.launch_config(index.size)
+        index_grad[blocks, threads](gx, index, gy, K)
+
+    return launch
+
+
+max_rows_kernel = Kernel(cpu=_max_rows_cpu, cuda=_max_rows_cuda)
+amax_grad_kernel = Kernel(cpu=_amax_grad_cpu, cuda=_amax_grad_cuda)
+index_grad_kernel = Kernel(cpu=_index_grad_cpu, cuda=_index_grad_cuda)
+
+
+def max_rows(x, dims):
+    """(values, indices) over ``dims`` in the kept shape, plus the (R, K) rows used."""
+    rows, keep_shape, K = rows_layout(x, dims)
+    if K == 0:
+        raise ValueError(f"max: cannot reduce over an empty dimension (shape {x.shape})")
+    dev = device.device_of(x)
+    values = device.empty(keep_shape, x.dtype, dev)
+    indices = device.empty(keep_shape, np.int64, dev)
+    if values.size:
+        max_rows_kernel(device.flat(values), device.flat(indices), device.flat(rows), K)
+    return values, indices, rows, K
+
+
+class _MaxBase(Function):
+    def __init__(self, dims, keepdim):
+        self.dims, self.keepdim = dims, keepdim
+
+    def _shape_out(self, a):
+        return a.reshape(keepdim_shape(self.x_shape, self.dims)) if self.keepdim else a
+
+    def _unpermute(self, g_rows):
+        """Row-layout gradient back to x's layout."""
+        keep = tuple(d for d in range(len(self.x_shape)) if d not in self.dims)
+        order = keep + self.dims
+        shape = tuple(self.x_shape[d] for d in order)
+        g = g_rows.reshape(shape)
+        if order == tuple(range(len(order))):
+            return g
+        return permute_array(g, tuple(np.argsort(order)))
+
+
+class AMax(_MaxBase):
+    def forward(self, x):
+        self.x_shape = x.shape
+        self.values, _, self.rows, self.K = max_rows(x, self.dims)
+        return self._shape_out(self.values)
+
+    def backward(self, gy):
+        g_rows = device.empty(self.rows.shape, gy.dtype, device.device_of(gy))
+        if g_rows.size:
+            amax_grad_kernel(device.flat(g_rows), device.flat(self.rows),
+                             device.flat(self.values), device.flat(gy), self.K)
+        return (self._unpermute(g_rows),)
+
+
+class MaxWithIndex(_MaxBase):
+    def forward(self, x):
+        self.x_shape = x.shape
+        values, self.indices, rows, self.K = max_rows(x, self.dims)
+        self.rows_shape = rows.shape
+        return self._shape_out(values)
+
+    def backward(self, gy):
+        g_rows = device.empty(self.rows_shape, gy.dtype, device.device_of(gy))
+        if g_rows.size:
+            index_grad_kernel(device.flat(g_rows), device.flat(self.indices),
+                              device.flat(gy), self.K)
+        return (self._unpermute(g_rows),)
+
+
+def amax(x, dim=None, keepdim=False):
+    if dim is not None and not isinstance(dim, (int, np.integer)) and len(dim) == 0:
+        dim = None
+    return AMax(normalize_dims(dim, x.ndim, "amax"), keepdim)(x)
+
+
+def max(x, dim=None, keepdim=False):  # noqa: A001 - mirrors torch.max
+    """``max(x)``: the largest element; ``max(x, dim)``: (values, indices) along ``dim``."""
+    if dim is None:
+        return amax(x)
+    if not isinstance(dim, (int, np.integer)):
+        raise TypeError(f"max: dim must be an int, got {type(dim).__name__}")
+    fn = MaxWithIndex(normalize_dims(dim, x.ndim, "max"), keepdim)
+    values = fn(x)
+    return MaxResult(values, tensor_mod.Tensor(fn.indices.reshape(values.shape)))
+
+
+def argmax(x, dim=None, keepdim=False):
+    if dim is None:
+        _, indices, _, _ = max_rows(x.data.reshape(x.numel()), (0,))
+        return tensor_mod.Tensor(indices)
+    dims = normalize_dims(dim, x.ndim, "argmax")
+    _, indices, _, _ = max_rows(x.data, dims)
+    return tensor_mod.Tensor(indices.reshape(keepdim_shape(x.shape, dims)) if keepdim else indices)

@@ -1,0 +1,124 @@
+"""Sum and mean over dimensions.
+
+    y[keep] = sum_{r in reduced dims} x[keep, r]            dy/dx = 1 (broadcast back)
+    mean = sum / K,  K = number of reduced elements          gx = broadcast(gy) / K
+
+The reduced dimensions are moved last (a gather, skipped when they already are), so
+every reduction is a row reduction of an (R, K) matrix: ``out[r] = sum_k x[r * K + k]``,
+one row per CPU iteration / CUDA thread. Rows are summed in float64 for float32 inputs
+too, so results do not depend on K's size or the device.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from minicbam import device
+from minicbam.device import Kernel
+from minicbam.function import Function
+from minicbam.ops.strided import broadcast_array, permute_array
+
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+
+
+@njit(parallel=True, cache=True)
+def _sum_rows_cpu(out, x, K):
+    for r in prange(out.size):
+        acc = 0.0
+        for k in range(K):
+            acc += x[r * K + k]
+        out[r] = acc
+
+
+def _sum_rows_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def sum_rows(out, x, K):
+        for r in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+            acc = 0.0
+            for k in range(K):
+                acc += x[r * K + k]
+            out[r] = acc
+
+    return device.grid_stride_launcher(sum_rows)
+
+
+sum_rows_kernel = Kernel(cpu=_sum_rows_cpu, cuda=_sum_rows_cuda)
+
+
+def normalize_dims(dim, ndim, op="sum"):
+    """Sorted, non-negative, unique dims from None, an int or a sequence of ints."""
+    if dim is None:
+        return tuple(range(ndim))
+    dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
+    out = []
+    for d in dims:
+        if not -max(ndim, 1) <= d < max(ndim, 1):
+            raise IndexError(
+                f"{op}: dimension {d} out of range for a tensor of {ndim} dimensions "
+                f"(expected in [{-max(ndim, 1)}, {max(ndim, 1) - 1}])"
+            )
+        out.append(d % max(ndim, 1))
+    if len(set(out)) != len(out):
+        raise ValueError(f"{op}: dimension {dim} repeated")
+    return tuple(sorted(d for d in out if d < ndim or ndim == 0))
+
+
+def rows_layout(x, dims):
+    """(x as (R, K) contiguous rows, kept shape, reduced size K)."""
+    keep = tuple(d for d in range(x.ndim) if d not in dims)
+    order = keep + dims
+    rows = x if order == tuple(range(x.ndim)) else permute_array(x, order)
+    keep_shape = tuple(x.shape[d] for d in keep)
+    K = int(np.prod([x.shape[d] for d in dims], dtype=np.int64))
+    return rows, keep_shape, K
+
+
+def keepdim_shape(shape, dims):
+    return tuple(1 if d in dims else s for d, s in enumerate(shape))
+
+
+def sum_array(x, dims, keepdim=False):
+    rows, keep_shape, K = rows_layout(x, dims)
+    out = device.empty(keep_shape, x.dtype, device.device_of(x))
+    if out.size:
+        sum_rows_kernel(device.flat(out), device.flat(rows), K)
+    return out.reshape(keepdim_shape(x.shape, dims)) if keepdim else out
+
+
+def sum_to_array(g, shape):
+    """Sum ``g`` over the dimensions that broadcasting added or stretched to reach ``shape``."""
+    shape = tuple(shape)
+    lead = g.ndim - len(shape)
+    dims = tuple(range(lead)) + tuple(
+        lead + k for k, s in enumerate(shape) if s == 1 and g.shape[lead + k] != 1
+    )
+    if not dims:
+        return g
+    return sum_array(g, dims).reshape(shape)
+
+
+class Sum(Function):
+    def __init__(self, dims, keepdim):
+        self.dims, self.keepdim = dims, keepdim
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        return sum_array(x, self.dims, self.keepdim)
+
+    def backward(self, gy):
+        gy = gy.reshape(keepdim_shape(self.x_shape, self.dims))
+        return (broadcast_array(gy, self.x_shape),)
+
+
+def sum(x, dim=None, keepdim=False):  # noqa: A001 - mirrors torch.sum
+    return Sum(normalize_dims(dim, x.ndim, "sum"), keepdim)(x)
+
+
+def mean(x, dim=None, keepdim=False):
+    dims = normalize_dims(dim, x.ndim, "mean")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"mean: expected a floating-point tensor, got dtype {x.dtype}")
+    count = int(np.prod([x.shape[d] for d in dims], dtype=np.int64))
+    return Sum(dims, keepdim)(x) * (1.0 / count if count else float("nan"))

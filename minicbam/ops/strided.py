@@ -1,0 +1,141 @@
+"""Strided gather and scatter: the one kernel pair behind every view-like op.
+
+Every tensor's array is C-contiguous. A *view* of it (a permutation, a broadcast, a slice)
+is described, as in NumPy, by an element offset and one stride per dimension:
+
+    view[i_0, ..., i_{d-1}] = flat[offset + sum_k i_k * stride_k]
+
+``gather``  materialises a view:            out.flat[i] = src.flat[offset + idx(i) . strides]
+``scatter`` writes into one (its adjoint):  dst.flat[offset + idx(i) . strides] = src.flat[i]
+
+where ``idx(i)`` is the row-major multi-index of ``i`` in ``shape``. Permute and expand
+(stride 0) and basic indexing are all gathers; the gradient of basic indexing is a scatter
+into zeros. A scatter is race-free only for injective views (no stride 0), which is all we
+use it for. Shapes are padded to ``MAX_DIMS`` so that each dtype compiles once.
+Gathering into an ``out`` of another dtype is also how dtypes are cast.
+"""
+
+import numpy as np
+from numba import int64, njit, prange
+from numba.extending import register_jitable
+
+from minicbam import device
+from minicbam.device import Kernel
+
+MAX_DIMS = 6
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+
+
+@register_jitable
+def strided_offset(i, offset, shape, strides):
+    """Element offset of the row-major position ``i`` of ``shape`` in a strided view."""
+    i = int64(i)  # a prange index can be unsigned; unsigned % signed would give a float
+    off = offset
+    for k in range(MAX_DIMS - 1, -1, -1):
+        off += (i % shape[k]) * strides[k]
+        i //= shape[k]
+    return off
+
+
+@njit(parallel=True, cache=True)
+def _gather_cpu(out, src, offset, shape, strides):
+    for i in prange(out.size):
+        out[i] = src[strided_offset(i, offset, shape, strides)]
+
+
+@njit(parallel=True, cache=True)
+def _scatter_cpu(dst, src, offset, shape, strides):
+    for i in prange(src.size):
+        dst[strided_offset(i, offset, shape, strides)] = src[i]
+
+
+def _gather_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def gather(out, src, offset, shape, strides):
+        for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+            out[i] = src[strided_offset(i, offset, shape, strides)]
+
+    return device.grid_stride_launcher(gather)
+
+
+def _scatter_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def scatter(dst, src, offset, shape, strides):
+        for i in range(cuda.grid(1), src.size, cuda.gridsize(1)):
+            dst[strided_offset(i, offset, shape, strides)] = src[i]
+
+    def launch(dst, src, offset, shape, strides):
+        blocks, threads = device.launch_config(src.size)
+        scatter[blocks, threads](dst, src, offset, shape, strides)
+
+    return launch
+
+
+gather_kernel = Kernel(cpu=_gather_cpu, cuda=_gather_cuda)
+scatter_kernel = Kernel(cpu=_scatter_cpu, cuda=_scatter_cuda)
+
+
+# ----------------------------------------------------------------------------- helpers
+def contiguous_strides(shape):
+    """Row-major element strides of ``shape``."""
+    strides, step = [], 1
+    for s in reversed(shape):
+        strides.append(step)
+        step *= s
+    return tuple(reversed(strides))
+
+
+def _padded(shape, strides):
+    if len(shape) > MAX_DIMS:
+        raise ValueError(f"at most {MAX_DIMS} dimensions are supported, got shape {shape}")
+    pad = MAX_DIMS - len(shape)
+    return (1,) * pad + tuple(int(s) for s in shape), (0,) * pad + tuple(int(s) for s in strides)
+
+
+def gather(src, shape, strides, offset=0, dtype=None):
+    """A new contiguous array holding the strided view (shape, strides, offset) of ``src``."""
+    out = device.empty(shape, dtype or src.dtype, device.device_of(src))
+    if out.size:
+        pshape, pstrides = _padded(shape, strides)
+        gather_kernel(device.flat(out), device.flat(src), int(offset), pshape, pstrides)
+    return out
+
+
+def scatter_into(dst, src, strides, offset=0):
+    """Write ``src`` (contiguous) into the strided view of ``dst`` with ``src``'s shape."""
+    if src.size:
+        pshape, pstrides = _padded(src.shape, strides)
+        scatter_kernel(device.flat(dst), device.flat(src), int(offset), pshape, pstrides)
+    return dst
+
+
+def permute_array(a, dims):
+    """``a.transpose(dims)`` as a new contiguous array."""
+    strides = contiguous_strides(a.shape)
+    return gather(a, tuple(a.shape[d] for d in dims), tuple(strides[d] for d in dims))
+
+
+def broadcast_array(a, shape):
+    """``a`` broadcast to ``shape`` (NumPy rules) as a new contiguous array."""
+    shape = tuple(shape)
+    lead = len(shape) - a.ndim
+    src_strides = contiguous_strides(a.shape)
+    strides = [0] * lead
+    for k, size in enumerate(a.shape):
+        strides.append(0 if size == 1 and shape[lead + k] != 1 else src_strides[k])
+    return gather(a, shape, strides)
+
+
+def cast_array(a, dtype):
+    """``a`` converted to ``dtype`` (a new array)."""
+    return gather(a, a.shape, contiguous_strides(a.shape), dtype=np.dtype(dtype))
+
+
+def copy_array(a):
+    return gather(a, a.shape, contiguous_strides(a.shape))

@@ -1,0 +1,38 @@
+"""Test set-up: CUDA simulator by default, hypothesis profiles, import path.
+
+``NUMBA_ENABLE_CUDASIM`` is read once, when numba is imported, so it is set here before
+anything imports numba. On a machine with a GPU run ``NUMBA_ENABLE_CUDASIM=0 pytest``.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py and tests/helpers.py
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+if os.environ["NUMBA_ENABLE_CUDASIM"] == "1":
+    # The simulator runs one Python thread per CUDA thread; a short GIL switch interval
+    # makes syncthreads-heavy kernels 3-8x faster (NUMBA_FACTS.md 2.3).
+    sys.setswitchinterval(1e-4)
+
+# deadline=None: the first call of a kernel compiles it, which takes seconds.
+_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=10, **_common)
+settings.register_profile("ci", max_examples=20, derandomize=True, **_common)
+settings.register_profile("intense", max_examples=300, **_common)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def pytest_collection_modifyitems(config, items):
+    from minicbam.device import cuda_is_available
+
+    if cuda_is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device and NUMBA_ENABLE_CUDASIM is not 1")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
