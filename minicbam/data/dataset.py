@@ -28,9 +28,12 @@ __all__ = [
 
 
 def resolve_seed(seed, owner):
-    """Validate a seed; ``None`` draws fresh OS entropy once (reproducible within the object)."""
+    """Validate a seed; ``None`` draws one from minicbam's generator (``mc.manual_seed``),
+    as PyTorch's DataLoader draws from torch's default generator."""
     if seed is None:
-        return np.random.SeedSequence().entropy
+        from minicbam.tensor import generator  # at call time: the engine sits above this layer
+
+        return int(generator().integers(2**63))
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"{owner}: seed must be a non-negative int or None, got {seed!r}")
     return int(seed)

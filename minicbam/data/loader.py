@@ -71,7 +71,8 @@ class DataLoader:
     """Iterate over ``dataset`` in batches of ``batch_size``.
 
     ``num_workers`` is accepted for PyTorch compatibility; loading always runs in the
-    calling process. ``seed=None`` draws one seed from OS entropy at construction.
+    calling process. ``seed=None`` draws a seed at construction from minicbam's generator,
+    so ``mc.manual_seed(n)`` makes the run reproducible, as ``torch.manual_seed`` does.
     """
 
     def __init__(

@@ -161,15 +161,21 @@ class RandomCrop(Transform):
         x = _check_chw(x, "RandomCrop")
         rng = _require_rng(rng, "RandomCrop")
         left, top, right, bottom = self.padding
-        if any(self.padding):
-            x = np.pad(x, ((0, 0), (top, bottom), (left, right)))
-        h, w = self.size
-        ph, pw = x.shape[1:]
+        (h, w), (H, W) = self.size, x.shape[1:]
+        ph, pw = H + top + bottom, W + left + right
         if h > ph or w > pw:
             raise ValueError(f"RandomCrop: crop size {(h, w)} exceeds padded image size {(ph, pw)}")
-        i = int(rng.integers(0, ph - h + 1))
-        j = int(rng.integers(0, pw - w + 1))
-        return np.ascontiguousarray(x[:, i : i + h, j : j + w])
+        # Window origin in the original image's coordinates (negative inside the padding).
+        r = int(rng.integers(0, ph - h + 1)) - top
+        c = int(rng.integers(0, pw - w + 1)) - left
+        if r >= 0 and c >= 0 and r + h <= H and c + w <= W:
+            return np.ascontiguousarray(x[:, r : r + h, c : c + w])
+        # Copy only the part of the window that overlaps the image; np.pad is ~10x slower.
+        out = np.zeros((x.shape[0], h, w), x.dtype)
+        r0, r1, c0, c1 = max(r, 0), min(r + h, H), max(c, 0), min(c + w, W)
+        if r0 < r1 and c0 < c1:
+            out[:, r0 - r : r1 - r, c0 - c : c1 - c] = x[:, r0:r1, c0:c1]
+        return out
 
 
 class RandomHorizontalFlip(Transform):
