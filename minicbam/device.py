@@ -105,7 +105,8 @@ def to_device(array, device):
         return array
     if device == CPU:
         return array.copy_to_host()
-    return cuda_module().to_device(np.ascontiguousarray(array))
+    # ascontiguousarray makes 0-d arrays 1-d; reshape keeps the shape
+    return cuda_module().to_device(np.ascontiguousarray(array).reshape(array.shape))
 
 
 def to_host(array):
@@ -129,34 +130,59 @@ def launch_config(n):
     return blocks, THREADS_PER_BLOCK
 
 
-def grid_stride_launcher(kernel):
-    """Launch ``kernel(out, *args)`` with enough threads for ``out.size`` items."""
+def launcher(kernel, items=None, config=None):
+    """``launch(out, *args)`` running ``kernel[blocks, threads](out, *args)``.
+
+    The kernel receives exactly the Kernel's arguments (the PTX compile check in
+    tests/cuda_compile relies on it). ``items(out, *args)`` gives the number of work items
+    of a grid-stride loop (default ``out.size``); ``config(out, *args)`` instead returns
+    ``(blocks, threads)`` directly, for kernels with 2-D blocks or shared-memory tiles.
+    """
 
     def launch(out, *args):
-        blocks, threads = launch_config(out.size)
+        if config is not None:
+            blocks, threads = config(out, *args)
+        else:
+            blocks, threads = launch_config(out.size if items is None else items(out, *args))
         kernel[blocks, threads](out, *args)
 
+    launch.kernel = kernel
     return launch
+
+
+def grid_stride_launcher(kernel):
+    """Launch ``kernel(out, *args)`` with enough threads for ``out.size`` items."""
+    return launcher(kernel)
+
+
+# When a list, every CPU Kernel call appends (kernel, args) to it: the PTX compile check
+# replays those argument types through the CUDA kernels (tests/cuda_compile).
+recorded_calls = None
 
 
 class Kernel:
     """A CPU implementation and a CUDA implementation of the same computation.
 
     ``cpu(out, *args)`` is usually an ``@njit`` function; ``cuda`` is a zero-argument factory
-    that returns ``launch(out, *args)``; it runs once, on the first CUDA call.
+    that returns ``launch(out, *args)`` (see ``launcher``); it runs once, on the first CUDA
+    call. ``float64_math=True`` declares that the kernel accumulates in float64 on purpose.
     """
 
-    def __init__(self, cpu, cuda=None):
+    def __init__(self, cpu, cuda=None, float64_math=False, name=None):
         self.cpu = cpu
         self.cuda_factory = cuda
+        self.float64_math = float64_math
+        self.name = name or getattr(cpu, "__name__", repr(cpu))
         self._cuda_launch = None
 
     def __call__(self, out, *args):
         if isinstance(out, np.ndarray):
+            if recorded_calls is not None:
+                recorded_calls.append((self, (out,) + args))
             return self.cpu(out, *args)
         if self._cuda_launch is None:
             if self.cuda_factory is None:
-                raise NotImplementedError(f"{self.cpu.__name__} has no CUDA kernel")
+                raise NotImplementedError(f"{self.name} has no CUDA kernel")
             self._cuda_launch = self.cuda_factory()
         return self._cuda_launch(out, *args)
 

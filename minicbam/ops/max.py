@@ -46,13 +46,19 @@ def amax_grad_row(gx, x, m, gy, r, K):
         if x[r * K + k] == m[r]:
             ties += 1
     for k in range(K):
-        gx[r * K + k] = gy[r] / ties if x[r * K + k] == m[r] else gy[r] * 0
+        if x[r * K + k] == m[r]:
+            gx[r * K + k] = gy[r] / ties
+        else:
+            gx[r * K + k] = 0
 
 
 @register_jitable
 def index_grad_row(gx, index, gy, r, K):
     for k in range(K):
-        gx[r * K + k] = gy[r] if k == index[r] else gy[r] * 0
+        if k == index[r]:
+            gx[r * K + k] = gy[r]
+        else:
+            gx[r * K + k] = 0
 
 
 @njit(parallel=True, cache=True)
@@ -98,11 +104,7 @@ def _amax_grad_cuda():
         for r in range(cuda.grid(1), m.size, cuda.gridsize(1)):
             amax_grad_row(gx, x, m, gy, r, K)
 
-    def launch(gx, x, m, gy, K):
-        blocks, threads = device.launch_config(m.size)
-        amax_grad[blocks, threads](gx, x, m, gy, K)
-
-    return launch
+    return device.launcher(amax_grad, items=lambda gx, x, m, gy, K: m.size)
 
 
 def _index_grad_cuda():
@@ -114,15 +116,12 @@ def _index_grad_cuda():
         for r in range(cuda.grid(1), index.size, cuda.gridsize(1)):
             index_grad_row(gx, index, gy, r, K)
 
-    def launch(gx, index, gy, K):
-        blocks, threads = device.launch_config(index.size)
-        index_grad[blocks, threads](gx, index, gy, K)
-
-    return launch
+    return device.launcher(index_grad, items=lambda gx, index, gy, K: index.size)
 
 
 max_rows_kernel = Kernel(cpu=_max_rows_cpu, cuda=_max_rows_cuda)
-amax_grad_kernel = Kernel(cpu=_amax_grad_cpu, cuda=_amax_grad_cuda)
+# float64_math: the share gy / #ties divides by an integer count.
+amax_grad_kernel = Kernel(cpu=_amax_grad_cpu, cuda=_amax_grad_cuda, float64_math=True)
 index_grad_kernel = Kernel(cpu=_index_grad_cpu, cuda=_index_grad_cuda)
 
 

@@ -44,7 +44,7 @@ def _sum_rows_cuda():
     return device.grid_stride_launcher(sum_rows)
 
 
-sum_rows_kernel = Kernel(cpu=_sum_rows_cpu, cuda=_sum_rows_cuda)
+sum_rows_kernel = Kernel(cpu=_sum_rows_cpu, cuda=_sum_rows_cuda, float64_math=True)
 
 
 def normalize_dims(dim, ndim, op="sum"):

@@ -70,11 +70,7 @@ def _scatter_cuda():
         for i in range(cuda.grid(1), src.size, cuda.gridsize(1)):
             dst[strided_offset(i, offset, shape, strides)] = src[i]
 
-    def launch(dst, src, offset, shape, strides):
-        blocks, threads = device.launch_config(src.size)
-        scatter[blocks, threads](dst, src, offset, shape, strides)
-
-    return launch
+    return device.launcher(scatter, items=lambda dst, src, *rest: src.size)
 
 
 gather_kernel = Kernel(cpu=_gather_cpu, cuda=_gather_cuda)

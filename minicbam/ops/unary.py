@@ -11,7 +11,9 @@
     clamp    y = min(max(x, lo), hi)  gx = gy * [lo <= x <= hi]
     pow      y = x^p (p a scalar)   gx = gy * p * x^(p-1)
 
-The bodies' ``a, b`` parameters carry clamp's bounds and pow's exponent.
+The bodies' ``a, b`` parameters carry clamp's bounds and pow's exponent (p, p - 1); the
+other ops pass ``(0, 1)`` there, so bodies get zero and one in the array's dtype (a Python
+literal would make float32 CUDA code compute in float64).
 """
 
 import math
@@ -31,30 +33,30 @@ def _exp(x, a, b):
 
 @register_jitable
 def _log(x, a, b):
-    return math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)
+    return math.log(x)  # nan below 0, -inf at 0 (numba does not raise math domain errors)
 
 
 @register_jitable
 def _sqrt(x, a, b):
-    return math.sqrt(x) if x >= 0 else math.nan
+    return math.sqrt(x)
 
 
 @register_jitable
 def _abs(x, a, b):
-    return abs(x)
+    return x if x >= 0 else -x  # not abs(): this module's abs() is the tensor op
 
 
 @register_jitable
-def _relu(x, a, b):
-    return x if x > 0 else x * 0
+def _relu(x, zero, one):
+    return x if x > zero else zero
 
 
 @register_jitable
-def _sigmoid(x, a, b):
-    if x >= 0:
-        return 1 / (1 + math.exp(-x))
+def _sigmoid(x, zero, one):
+    if x >= zero:  # two branches so that exp never overflows
+        return one / (one + math.exp(-x))
     e = math.exp(x)
-    return e / (1 + e)
+    return e / (one + e)
 
 
 @register_jitable
@@ -68,7 +70,7 @@ def _clamp(x, lo, hi):
 
 
 @register_jitable
-def _pow(x, p, b):
+def _pow(x, p, p_minus_1):
     return x**p
 
 
@@ -78,38 +80,38 @@ def _log_grad(gy, x, a, b):
 
 
 @register_jitable
-def _sqrt_grad(gy, y, a, b):
-    return gy / (2 * y)
+def _sqrt_grad(gy, y, zero, one):
+    return gy / (y + y)
 
 
 @register_jitable
-def _abs_grad(gy, x, a, b):
-    return gy if x > 0 else (-gy if x < 0 else gy * 0)
+def _abs_grad(gy, x, zero, one):
+    return gy if x > zero else (-gy if x < zero else zero)
 
 
 @register_jitable
-def _relu_grad(gy, x, a, b):
-    return gy if x > 0 else gy * 0
+def _relu_grad(gy, x, zero, one):
+    return gy if x > zero else zero
 
 
 @register_jitable
-def _sigmoid_grad(gy, y, a, b):
-    return gy * y * (1 - y)
+def _sigmoid_grad(gy, y, zero, one):
+    return gy * y * (one - y)
 
 
 @register_jitable
-def _tanh_grad(gy, y, a, b):
-    return gy * (1 - y * y)
+def _tanh_grad(gy, y, zero, one):
+    return gy * (one - y * y)
 
 
 @register_jitable
 def _clamp_grad(gy, x, lo, hi):
-    return gy if lo <= x <= hi else gy * 0
+    return gy * (lo <= x <= hi)  # bool * float keeps the float's type
 
 
 @register_jitable
-def _pow_grad(gy, x, p, b):
-    return gy * p * x ** (p - 1)
+def _pow_grad(gy, x, p, p_minus_1):
+    return gy * p * x**p_minus_1
 
 
 exp_kernel, log_kernel, sqrt_kernel = unary_kernel(_exp), unary_kernel(_log), unary_kernel(_sqrt)
@@ -148,7 +150,7 @@ class _SavesInput(Function):
 
     forward_kernel = grad_kernel = None
 
-    def __init__(self, a=0.0, b=0.0):
+    def __init__(self, a=0.0, b=1.0):
         self.a, self.b = a, b
 
     def forward(self, x):
@@ -165,11 +167,11 @@ class _SavesOutput(Function):
     forward_kernel = grad_kernel = None
 
     def forward(self, x):
-        self.y = apply_unary(self.forward_kernel, x)
+        self.y = apply_unary(self.forward_kernel, x, 0.0, 1.0)
         return self.y
 
     def backward(self, gy):
-        return (apply_binary(self.grad_kernel, gy, self.y),)
+        return (apply_binary(self.grad_kernel, gy, self.y, 0.0, 1.0),)
 
 
 class Log(_SavesInput):
@@ -253,4 +255,4 @@ def pow(x, exponent):  # noqa: A001 - mirrors torch.pow
     if not isinstance(exponent, (int, float)):
         raise TypeError(f"pow: only scalar exponents are supported, got {type(exponent).__name__}")
     _require_float("pow", x)
-    return Pow(float(exponent))(x)
+    return Pow(float(exponent), float(exponent) - 1.0)(x)
