@@ -12,7 +12,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from minicbam.device import cuda_is_available  # noqa: E402
 from minicbam.gradcheck import GradcheckError, gradcheck  # noqa: E402
-from minicbam.function import enable_grad, is_grad_enabled, no_grad, set_grad_enabled  # noqa: E402
+from minicbam.function import (  # noqa: E402
+    detect_anomaly,
+    enable_grad,
+    is_grad_enabled,
+    no_grad,
+    set_detect_anomaly,
+    set_grad_enabled,
+)
 from minicbam.ops import cat, stack  # noqa: E402
 from minicbam.tensor import (  # noqa: E402
     Tensor,
@@ -36,7 +43,7 @@ from minicbam.tensor import (  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
-    "GradcheckError", "Tensor", "arange", "bool_", "cat", "cuda_is_available", "enable_grad", "float32",
+    "GradcheckError", "Tensor", "arange", "bool_", "cat", "cuda_is_available", "detect_anomaly", "enable_grad", "float32",
     "float64", "full", "gradcheck", "int32", "int64", "is_grad_enabled", "manual_seed", "no_grad", "ones",
-    "ones_like", "rand", "randn", "set_grad_enabled", "stack", "tensor", "zeros", "zeros_like",
+    "ones_like", "rand", "randn", "set_detect_anomaly", "set_grad_enabled", "stack", "tensor", "zeros", "zeros_like",
 ]

@@ -13,7 +13,10 @@ several consumers by addition.
 import contextlib
 import functools
 
+from minicbam import device
+
 _grad_enabled = True
+_detect_anomaly = False
 
 
 def is_grad_enabled():
@@ -23,6 +26,36 @@ def is_grad_enabled():
 def set_grad_enabled(mode):
     global _grad_enabled
     _grad_enabled = bool(mode)
+
+
+def is_anomaly_enabled():
+    return _detect_anomaly
+
+
+def set_detect_anomaly(mode):
+    global _detect_anomaly
+    _detect_anomaly = bool(mode)
+
+
+@contextlib.contextmanager
+def detect_anomaly():
+    """Check every op's output and every gradient for NaN/inf and name the op that made
+    the first one. Opt-in: each check copies CUDA arrays to the host."""
+    previous = is_anomaly_enabled()
+    set_detect_anomaly(True)
+    try:
+        yield
+    finally:
+        set_detect_anomaly(previous)
+
+
+def _check_finite(array, what):
+    import numpy as np
+
+    host = array if isinstance(array, np.ndarray) else device.to_host(array)
+    if np.issubdtype(host.dtype, np.floating) and not np.all(np.isfinite(host)):
+        kind = "nan" if np.any(np.isnan(host)) else "inf"
+        raise FloatingPointError(f"detect_anomaly: {what} produced {kind} values (shape {host.shape})")
 
 
 class _GradMode(contextlib.ContextDecorator):
@@ -85,6 +118,8 @@ class Function:
         check_same_device(type(self).__name__, inputs)
         self.needs_input_grad = tuple(t.requires_grad for t in inputs)
         y = self.forward(*(t.data for t in inputs))
+        if _detect_anomaly:
+            _check_finite(y, f"{type(self).__name__}.forward")
         requires_grad = is_grad_enabled() and any(self.needs_input_grad)
         out = Tensor(y, requires_grad=requires_grad)
         if requires_grad:
@@ -135,6 +170,10 @@ def run_backward(root, gy, retain_graph=False):
         if g is None:  # this node's output did not reach the root
             continue
         input_grads = fn.backward(g)
+        if _detect_anomaly:
+            for k, gx in enumerate(input_grads):
+                if gx is not None:
+                    _check_finite(gx, f"{type(fn).__name__}.backward (gradient of input {k})")
         if not retain_graph:
             fn.release()
         for t, gx in zip(fn.inputs, input_grads):
