@@ -1,0 +1,301 @@
+"""``nn.Module`` machinery: registration, traversal, state dicts, modes, devices, repr.
+
+These tests use layers only for their parameters and buffers (no forward), so they need no
+functional op beyond the Tensor operators.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+
+import minicbam as mc
+from minicbam import nn
+
+
+class Affine(nn.Module):
+    """y = x * scale + shift, with a non-persistent buffer and a plain tensor attribute."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.scale = nn.Parameter(mc.ones(n))
+        self.shift = nn.Parameter(mc.zeros(n))
+        self.register_buffer("count", mc.zeros(1))
+        self.register_buffer("scratch", mc.zeros(2), persistent=False)
+        self.plain = mc.zeros(3)  # a Tensor, not a Parameter: an ordinary attribute
+
+    def forward(self, x):
+        return x * self.scale + self.shift
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.blocks = nn.ModuleList([Affine(2), Affine(2)])
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8, 5))
+
+
+def test_registration_order_and_names():
+    net = Net()
+    assert [n for n, _ in net.named_parameters()] == [
+        "conv.weight",
+        "bn.weight",
+        "bn.bias",
+        "blocks.0.scale",
+        "blocks.0.shift",
+        "blocks.1.scale",
+        "blocks.1.shift",
+        "head.1.weight",
+        "head.1.bias",
+    ]
+    assert [n for n, _ in net.named_buffers()] == [
+        "bn.running_mean",
+        "bn.running_var",
+        "bn.num_batches_tracked",
+        "blocks.0.count",
+        "blocks.0.scratch",
+        "blocks.1.count",
+        "blocks.1.scratch",
+    ]
+    assert [n for n, _ in net.named_children()] == ["conv", "bn", "blocks", "head"]
+    names = [n for n, _ in net.named_modules()]
+    assert names[:4] == ["", "conv", "bn", "blocks"] and "head.1" in names
+    assert len(list(net.modules())) == len(names) == 9
+    assert net.conv.bias is None and "conv.bias" not in net.state_dict()
+
+
+def test_plain_tensor_is_not_registered_and_reassignment_moves_registries():
+    m = Affine(2)
+    assert "plain" not in dict(m.named_parameters()) and "plain" not in dict(m.named_buffers())
+    m.plain = nn.Parameter(mc.zeros(3))  # now it is a parameter
+    assert "plain" in dict(m.named_parameters()) and "plain" not in m.__dict__
+    del m.plain
+    assert "plain" not in dict(m.named_parameters())
+    with pytest.raises(AttributeError):
+        m.plain  # noqa: B018
+    with pytest.raises(TypeError, match="parameter 'scale'"):
+        m.scale = mc.zeros(2)
+    m.count = mc.ones(1)  # a Tensor replaces a buffer and stays one
+    assert dict(m.named_buffers())["count"] is m.count
+
+
+def test_parameter_is_a_leaf_sharing_its_array():
+    t = mc.randn(3)
+    p = nn.Parameter(t)
+    assert isinstance(p, mc.Tensor) and p.is_leaf and p.requires_grad
+    assert p.data is t.data
+    assert not nn.Parameter(np.zeros(2), requires_grad=False).requires_grad
+    assert repr(p).startswith("Parameter containing:\ntensor(")
+    with pytest.raises(TypeError):
+        nn.Parameter("weights")
+
+
+def test_registration_errors():
+    class Forgot(nn.Module):
+        def __init__(self):
+            self.w = nn.Parameter(mc.zeros(1))
+
+    with pytest.raises(AttributeError, match="before Module.__init__"):
+        Forgot()
+    m = nn.Module()
+    with pytest.raises(KeyError, match="'.'"):
+        m.register_buffer("a.b", mc.zeros(1))
+    with pytest.raises(TypeError):
+        m.register_parameter("w", mc.zeros(1))
+    with pytest.raises(TypeError):
+        m.add_module("x", 3)
+    with pytest.raises(NotImplementedError, match="forward"):
+        m(mc.zeros(1))
+
+
+def test_shared_parameters_are_counted_once():
+    lin = nn.Linear(3, 3)
+    seq = nn.Sequential(lin, nn.ReLU(), lin)
+    assert len(list(seq.parameters())) == 2
+    assert seq.num_parameters() == 12
+    assert list(seq.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
+def test_state_dict_is_host_copies_with_pytorch_keys():
+    net = Net()
+    sd = net.state_dict()
+    assert "blocks.0.scratch" not in sd  # non-persistent
+    assert sd["bn.num_batches_tracked"].dtype == np.int64 and sd["bn.num_batches_tracked"].ndim == 0
+    assert all(isinstance(v, np.ndarray) for v in sd.values())
+    sd["bn.running_var"][:] = 7.0  # a copy: the module is untouched
+    assert np.all(net.bn.running_var.numpy() == 1.0)
+    assert net.state_dict(keep_vars=True)["bn.weight"] is net.bn.weight
+
+
+def test_load_state_dict_copies_into_existing_parameters():
+    src, dst = Net(), Net()
+    weight = dst.conv.weight
+    array = weight.data
+    sd = src.state_dict()
+    sd["bn.num_batches_tracked"] = np.array(5.0)  # cast to the buffer's int64
+    sd["head.1.bias"] = mc.tensor(sd["head.1.bias"].astype(np.float64))  # Tensor, cast
+    result = dst.load_state_dict(sd)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    assert dst.conv.weight is weight and weight.data is array  # optimizers keep references
+    for key, value in src.state_dict().items():
+        np.testing.assert_array_equal(dst.state_dict()[key], value if "num" not in key else 5)
+    assert dst.head[1].bias.dtype == np.float32
+    assert dst.bn.num_batches_tracked.dtype == np.int64
+
+
+def test_load_state_dict_reports_every_problem_by_name():
+    net = Net()
+    sd = net.state_dict()
+    del sd["bn.running_mean"]
+    sd["extra.weight"] = np.zeros(1)
+    sd["head.1.weight"] = np.zeros((10, 8), np.float32)
+    before = net.conv.weight.numpy()
+    sd["conv.weight"] = before + 1
+    with pytest.raises(RuntimeError) as info:
+        net.load_state_dict(sd)
+    msg = str(info.value)
+    assert msg.startswith("Error(s) in loading state_dict for Net:")
+    assert 'Missing key(s) in state_dict: "bn.running_mean"' in msg
+    assert 'Unexpected key(s) in state_dict: "extra.weight"' in msg
+    assert (
+        "size mismatch for head.1.weight: copying a param with shape (10, 8) from checkpoint, "
+        "the shape in current model is (5, 8)" in msg
+    )
+    np.testing.assert_array_equal(net.conv.weight.numpy(), before)  # nothing was copied
+
+
+def test_load_state_dict_non_strict_returns_keys_but_still_checks_shapes():
+    net = Net()
+    sd = net.state_dict()
+    del sd["conv.weight"]
+    sd["extra"] = np.zeros(1)
+    sd["bn.bias"] = sd["bn.bias"] + 2
+    missing, unexpected = net.load_state_dict(sd, strict=False)
+    assert missing == ["conv.weight"] and unexpected == ["extra"]
+    np.testing.assert_array_equal(net.bn.bias.numpy(), 2.0)
+    sd["bn.bias"] = np.zeros(3)
+    with pytest.raises(RuntimeError, match="size mismatch for bn.bias"):
+        net.load_state_dict(sd, strict=False)
+
+
+def test_train_eval_propagate():
+    net = Net()
+    assert all(m.training for m in net.modules())
+    assert net.eval() is net
+    assert not any(m.training for m in net.modules())
+    net.head.train()
+    assert net.head[1].training and not net.bn.training
+    net.train()
+    assert all(m.training for m in net.modules())
+
+
+def test_to_float64_keeps_identity_and_int_buffers():
+    net = Net()
+    params = list(net.parameters())
+    net.conv.weight.grad = mc.ones(*net.conv.weight.shape)
+    assert net.double() is net
+    assert [id(p) for p in net.parameters()] == [id(p) for p in params]
+    assert all(p.dtype == np.float64 for p in net.parameters())
+    assert net.bn.running_mean.dtype == np.float64
+    assert net.bn.num_batches_tracked.dtype == np.int64
+    assert net.conv.weight.grad.dtype == np.float64
+    net.to(mc.float32)
+    assert all(p.dtype == np.float32 for p in params)
+    with pytest.raises(TypeError):
+        net.to(mc.int64)
+
+
+def test_zero_grad_requires_grad_and_apply():
+    net = Net()
+    for p in net.parameters():
+        p.grad = mc.ones(*p.shape)
+    net.zero_grad(set_to_none=False)
+    assert all(np.all(p.grad.numpy() == 0) for p in net.parameters())
+    net.zero_grad()
+    assert all(p.grad is None for p in net.parameters())
+    net.requires_grad_(False)
+    assert not any(p.requires_grad for p in net.parameters())
+    seen = []
+    assert net.apply(lambda m: seen.append(type(m).__name__)) is net
+    assert seen[-1] == "Net" and seen.count("Affine") == 2
+
+
+def test_containers():
+    seq = nn.Sequential(nn.ReLU(), nn.Tanh(), nn.Sigmoid())
+    assert len(seq) == 3 and isinstance(seq[-1], nn.Sigmoid)
+    assert [type(m).__name__ for m in seq[1:]] == ["Tanh", "Sigmoid"]
+    assert list(seq._modules) == ["0", "1", "2"]
+    seq.append(nn.Identity())
+    assert isinstance(seq[3], nn.Identity)
+    with pytest.raises(IndexError):
+        seq[4]
+    lst = nn.ModuleList([nn.ReLU()])
+    lst.append(nn.Tanh())
+    lst.extend([nn.Sigmoid()])
+    lst.insert(0, nn.Identity())
+    assert [type(m).__name__ for m in lst] == ["Identity", "ReLU", "Tanh", "Sigmoid"]
+    assert list(lst._modules) == ["0", "1", "2", "3"]
+    del lst[1]
+    assert [type(m).__name__ for m in lst] == ["Identity", "Tanh", "Sigmoid"]
+    assert list(lst._modules) == ["0", "1", "2"]
+
+
+def test_sequential_forward_chains():
+    seq = nn.Sequential(Affine(2), Affine(2))
+    seq[0].scale.data[:] = 2.0
+    seq[1].shift.data[:] = 1.0
+    np.testing.assert_allclose(seq(mc.tensor([1.0, 3.0])).numpy(), [3.0, 7.0])
+
+
+def test_repr_reads_like_pytorch():
+    seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(inplace=True))
+    assert repr(seq) == (
+        "Sequential(\n"
+        "  (0): Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)\n"
+        "  (1): ReLU(inplace=True)\n"
+        ")"
+    )
+    assert repr(nn.Linear(2, 3)) == "Linear(in_features=2, out_features=3, bias=True)"
+
+
+def test_constructor_validation():
+    with pytest.raises(ValueError, match="divisible by groups"):
+        nn.Conv2d(3, 6, 3, groups=2)
+    with pytest.raises(ValueError, match="kernel_size must be positive"):
+        nn.Conv2d(3, 6, 0)
+    with pytest.raises(ValueError, match="padding must be non-negative"):
+        nn.Conv2d(3, 6, 3, padding=-1)
+    with pytest.raises(ValueError, match="num_features"):
+        nn.BatchNorm2d(0)
+    with pytest.raises(ValueError, match="dropout probability"):
+        nn.Dropout(1.5)
+    with pytest.raises(ValueError, match="half of the kernel"):
+        nn.MaxPool2d(2, padding=2)
+    with pytest.raises(ValueError, match="out_features"):
+        nn.Linear(2, -1)
+
+
+def test_deepcopy_gives_independent_parameters():
+    net = Net()
+    clone = copy.deepcopy(net)
+    assert list(clone.state_dict()) == list(net.state_dict())
+    assert clone.conv.weight is not net.conv.weight
+    clone.conv.weight.data[...] = 0.0
+    assert np.any(net.conv.weight.numpy() != 0)
+
+
+@pytest.mark.cuda
+def test_load_state_dict_and_to_on_cuda():
+    src, dst = Net(), Net()
+    dst.to("cuda")
+    weight, array = dst.conv.weight, dst.conv.weight.data
+    dst.load_state_dict(src.state_dict())
+    assert dst.conv.weight is weight and weight.data is array and weight.device == "cuda"
+    assert dst.bn.num_batches_tracked.device == "cuda"
+    for key, value in src.state_dict().items():
+        np.testing.assert_array_equal(dst.state_dict()[key], value)
+    dst.double().cpu()
+    assert weight.device == "cpu" and weight.dtype == np.float64
+    assert dst.bn.num_batches_tracked.dtype == np.int64
