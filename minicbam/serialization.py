@@ -39,6 +39,7 @@ import io
 import json
 import os
 import pickle
+import pickletools
 import tempfile
 import zipfile
 
@@ -112,10 +113,10 @@ def _encode(node, keys, arrays, kinds):
         isinstance(node, (bool, int, float, str)) and not isinstance(node, np.generic)
     ):
         return {"v": node}
-    return {"a": _add_array(node, keys, where, arrays, kinds)}
+    return {"a": _add_array(node, where, arrays, kinds)}
 
 
-def _add_array(node, keys, where, arrays, kinds):
+def _add_array(node, where, arrays, kinds):
     if isinstance(node, (np.ndarray, np.generic)):
         array = np.asarray(node)
     elif callable(getattr(node, "numpy", None)):
@@ -124,7 +125,9 @@ def _add_array(node, keys, where, arrays, kinds):
         raise TypeError(f"value at {where!r}: cannot save a {type(node).__name__}")
     if array.dtype.kind not in kinds:
         raise TypeError(f"array at {where!r}: dtype {array.dtype} cannot be saved in this format")
-    if where in arrays or where == _TREE_KEY:
+    if where == _TREE_KEY:
+        raise ValueError(f"the flat name {_TREE_KEY!r} is reserved for minicbam's tree")
+    if where in arrays:
         raise ValueError(f"two arrays would be stored under the flat name {where!r}")
     arrays[where] = array
     return where
@@ -235,7 +238,7 @@ def _load_safetensors(data, path):
         name: _safetensors_array(info, name, path) for name, info in safetensors.deserialize(data)
     }
     if not isinstance(metadata, dict) or _TREE_KEY not in metadata:
-        return flat
+        return dict(sorted(flat.items()))  # safetensors orders tensors by offset, not by name
     return _decode_file_tree(metadata[_TREE_KEY], flat, path)
 
 
@@ -245,12 +248,9 @@ def _safetensors_array(info, name, path):
         return _bf16_to_f32(np.frombuffer(raw, dtype="<u2")).reshape(shape)
     if dtype not in _ST_DTYPES:
         raise _bad(path, f"tensor {name!r} has dtype {dtype}, which minicbam cannot read")
+    little_endian = np.dtype(_ST_DTYPES[dtype]).newbyteorder("<")
     # frombuffer views the read-only bytes; copy so callers get an ordinary writable array.
-    return (
-        np.frombuffer(raw, dtype=np.dtype(_ST_DTYPES[dtype]).newbyteorder("<"))
-        .reshape(shape)
-        .copy()
-    )
+    return np.frombuffer(raw, dtype=little_endian).reshape(shape).copy()
 
 
 def _load_npz(data, path):
@@ -312,11 +312,21 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
 
-class _StorageType:
-    """Stand-in for ``torch.FloatStorage`` etc.: only remembers the element dtype."""
+# What find_class hands out is shared by every load, and a pickle's BUILD opcode can set
+# attributes on any object it holds: so these are tuples, which have nothing to set.
+class _StorageType(collections.namedtuple("_StorageType", "name dtype")):
+    """Stand-in for ``torch.FloatStorage`` etc.: the storage's name and element dtype."""
 
-    def __init__(self, name, dtype):
-        self.name, self.dtype = name, np.dtype(dtype)
+    __slots__ = ()
+
+
+class _Function(tuple):
+    """An allowed function, wrapped so that a pickle cannot modify it (see above)."""
+
+    __slots__ = ()
+
+    def __call__(self, *args):
+        return self[0](*args)
 
 
 class _Storage:
@@ -349,13 +359,30 @@ _STORAGE_DTYPES = {
     "BoolStorage": np.bool_,
 }  # fmt: skip
 _ALLOWED_GLOBALS = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    **{("torch", n): _StorageType(n, d) for n, d in _STORAGE_DTYPES.items()},
+    ("torch._utils", "_rebuild_tensor_v2"): _Function((_rebuild_tensor,)),
+    ("torch._utils", "_rebuild_tensor"): _Function((_rebuild_tensor,)),
+    ("torch._utils", "_rebuild_parameter"): _Function((_rebuild_parameter,)),
+    ("torch._utils", "_rebuild_parameter_with_state"): _Function((_rebuild_parameter,)),
+    ("collections", "OrderedDict"): collections.OrderedDict,  # a C type: immutable
+    **{("torch", n): _StorageType(n, np.dtype(d)) for n, d in _STORAGE_DTYPES.items()},
 }
+
+
+_MEMO_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+
+
+def _unpickle(f, path):
+    """Load one pickle from ``f`` with ``_RestrictedUnpickler``, after checking its opcodes."""
+    start = f.tell()
+    # The C unpickler grows its memo to the largest index it meets, so one flipped byte
+    # (BINPUT -> LONG_BINPUT 1e9) makes it allocate and clear gigabytes. Real pickles number
+    # memo entries in order, so an index is never larger than the count of opcodes before it.
+    # genops only parses (it executes nothing) and rejects unknown opcodes and short reads.
+    for count, (op, arg, pos) in enumerate(pickletools.genops(f)):
+        if op.name in _MEMO_OPS and arg > count:
+            raise _bad(path, f"pickle memo index {arg} at byte {pos} is out of range")
+    f.seek(start)
+    return _RestrictedUnpickler(f, path).load()
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -402,7 +429,7 @@ def _load_torch_zip(data, path):
         if len(pickles) != 1:
             raise _bad(path, f"expected one '<prefix>/data.pkl' record, found {len(pickles)}")
         prefix = pickles[0][: -len("data.pkl")]
-        obj = _RestrictedUnpickler(io.BytesIO(zf.read(pickles[0])), path).load()
+        obj = _unpickle(io.BytesIO(zf.read(pickles[0])), path)
         names = set(zf.namelist())
         byteorder = zf.read(prefix + "byteorder") if prefix + "byteorder" in names else b"little"
 
@@ -417,13 +444,13 @@ def _load_torch_zip(data, path):
 
 def _load_torch_legacy(data, path):
     f = io.BytesIO(data)
-    magic, protocol = (_RestrictedUnpickler(f, path).load() for _ in range(2))
+    magic, protocol = (_unpickle(f, path) for _ in range(2))
     if magic != _LEGACY_MAGIC or protocol != _LEGACY_PROTOCOL:
         raise _bad(path, "not a legacy torch.save file (bad magic number or protocol)")
-    sys_info = _RestrictedUnpickler(f, path).load()
+    sys_info = _unpickle(f, path)
     little = not isinstance(sys_info, dict) or sys_info.get("little_endian", True)
-    obj = _RestrictedUnpickler(f, path).load()
-    keys = _RestrictedUnpickler(f, path).load()
+    obj = _unpickle(f, path)
+    keys = _unpickle(f, path)
     if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
         raise _bad(path, "the storage key list is malformed")
     itemsizes = {s.key: s.storage_type.dtype.itemsize for s in _iter_storages(obj)}
@@ -493,11 +520,11 @@ def _materialize(obj, read_storage, byteorder, path):
             return _tensor_array(node, storage_array, path)
         if isinstance(node, _Storage):
             return _tensor_array(_TensorRef(node, 0, (node.numel,), (1,)), storage_array, path)
-        if isinstance(node, _StorageType):
-            raise _bad(path, f"a bare torch.{node.name} outside a storage reference")
+        if isinstance(node, (_StorageType, _Function)):
+            raise _bad(path, "a torch global is used as a value, not to rebuild a tensor")
         if isinstance(node, dict):
             return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, (list, tuple)):
+        if type(node) in (list, tuple):
             return type(node)(walk(v) for v in node)
         return node
 

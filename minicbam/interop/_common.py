@@ -50,7 +50,9 @@ def convert(state_dict, locate, rename, source):
         else:
             out[prefix + renamed[0]] = renamed[1]
     if unknown:
-        shown = ", ".join(unknown[:20]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 20 else "")
+        shown = ", ".join(unknown[:20]) + (
+            f", ... ({len(unknown)} in all)" if len(unknown) > 20 else ""
+        )
         raise KeyError(f"{source}: keys not recognised (nothing was converted): {shown}")
     return out
 
