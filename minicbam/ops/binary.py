@@ -9,7 +9,7 @@
 
 from numba.extending import register_jitable
 
-from minicbam import tensor as tensor_mod
+from minicbam.tensor import Tensor
 from minicbam.function import Function
 from minicbam.ops.elementwise import apply_binary, apply_unary, binary_kernel, unary_kernel
 from minicbam.ops.expand import broadcast_pair
@@ -163,4 +163,4 @@ def div(a, b):
 def compare(name, a, b):
     """``a <name> b`` as a bool tensor (no gradient)."""
     a, b = broadcast_pair(name, a, b)
-    return tensor_mod.Tensor(apply_binary(COMPARISONS[name], a.data, b.data, out_dtype=bool))
+    return Tensor(apply_binary(COMPARISONS[name], a.data, b.data, out_dtype=bool))

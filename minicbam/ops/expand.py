@@ -10,7 +10,7 @@ paired with a float) and expands both operands to one shape.
 
 import numpy as np
 
-from minicbam import tensor as tensor_mod
+from minicbam.tensor import Tensor, tensor
 from minicbam.function import Function
 from minicbam.ops.cast import cast
 from minicbam.ops.reduce import sum_to_array
@@ -69,17 +69,17 @@ def promoted_dtype(a, b):
 def lift(value, like):
     """A Python/NumPy scalar as a 0-d tensor on ``like``'s device, in ``like``'s dtype (or
     float32 when ``like`` holds integers and the value is a float)."""
-    if isinstance(value, tensor_mod.Tensor):
+    if isinstance(value, Tensor):
         return value
     dtype = like.dtype
     if isinstance(value, float) and not np.issubdtype(dtype, np.floating):
         dtype = np.float32
-    return tensor_mod.tensor(np.asarray(value, dtype=dtype), device=like.device)
+    return tensor(np.asarray(value, dtype=dtype), device=like.device)
 
 
 def broadcast_pair(op, a, b):
     """(a, b) as tensors of one dtype, device and shape."""
-    if not isinstance(a, tensor_mod.Tensor):
+    if not isinstance(a, Tensor):
         a = lift(a, b)
     b = lift(b, a)
     dtype = promoted_dtype(a, b)

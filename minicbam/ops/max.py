@@ -18,7 +18,7 @@ from numba import njit, prange
 from numba.extending import register_jitable
 
 from minicbam import device
-from minicbam import tensor as tensor_mod
+from minicbam.tensor import Tensor
 from minicbam.device import Kernel
 from minicbam.function import Function
 from minicbam.ops.reduce import keepdim_shape, normalize_dims, rows_layout
@@ -199,13 +199,13 @@ def max(x, dim=None, keepdim=False):  # noqa: A001 - mirrors torch.max
         raise TypeError(f"max: dim must be an int, got {type(dim).__name__}")
     fn = MaxWithIndex(normalize_dims(dim, x.ndim, "max"), keepdim)
     values = fn(x)
-    return MaxResult(values, tensor_mod.Tensor(fn.indices.reshape(values.shape)))
+    return MaxResult(values, Tensor(fn.indices.reshape(values.shape)))
 
 
 def argmax(x, dim=None, keepdim=False):
     if dim is None:
         _, indices, _, _ = max_rows(x.data.reshape(x.numel()), (0,))
-        return tensor_mod.Tensor(indices)
+        return Tensor(indices)
     dims = normalize_dims(dim, x.ndim, "argmax")
     _, indices, _, _ = max_rows(x.data, dims)
-    return tensor_mod.Tensor(indices.reshape(keepdim_shape(x.shape, dims)) if keepdim else indices)
+    return Tensor(indices.reshape(keepdim_shape(x.shape, dims)) if keepdim else indices)

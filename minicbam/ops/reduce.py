@@ -48,10 +48,13 @@ sum_rows_kernel = Kernel(cpu=_sum_rows_cpu, cuda=_sum_rows_cuda, float64_math=Tr
 
 
 def normalize_dims(dim, ndim, op="sum"):
-    """Sorted, non-negative, unique dims from None, an int or a sequence of ints."""
-    if dim is None:
+    """Sorted, non-negative, unique dims from None, an int or a sequence of ints.
+
+    As in PyTorch, an empty sequence means every dim, and a 0-d tensor accepts dim 0 or -1
+    (it has nothing to reduce: the result is ``()``)."""
+    dims = (dim,) if dim is None or isinstance(dim, (int, np.integer)) else tuple(dim)
+    if dim is None or not dims:
         return tuple(range(ndim))
-    dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
     out = []
     for d in dims:
         if not -max(ndim, 1) <= d < max(ndim, 1):
@@ -62,7 +65,7 @@ def normalize_dims(dim, ndim, op="sum"):
         out.append(d % max(ndim, 1))
     if len(set(out)) != len(out):
         raise ValueError(f"{op}: dimension {dim} repeated")
-    return tuple(sorted(d for d in out if d < ndim or ndim == 0))
+    return tuple(sorted(d for d in out if d < ndim))
 
 
 def rows_layout(x, dims):
