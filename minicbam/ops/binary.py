@@ -5,8 +5,14 @@
     mul: y = a * b    ga = gy * b,    gb = gy * a
     div: y = a / b    ga = gy / b,    gb = -gy * a / b^2 = -gy * y / b
     comparisons (==, !=, <, <=, >, >=) give bool tensors and no gradient.
+
+With a Python number c on one side, a scalar op skips broadcasting c to a full array:
+    x + c, x * c (gx = gy * c), x / c (gx = gy / c), c - x (gx = -gy), c / x (gx = -gy * y / x)
 """
 
+import numbers
+
+import numpy as np
 from numba.extending import register_jitable
 
 from minicbam.tensor import Tensor
@@ -46,6 +52,31 @@ def _neg(x, a, b):
 
 
 @register_jitable
+def _add_scalar(x, c, b):
+    return x + c
+
+
+@register_jitable
+def _mul_scalar(x, c, b):
+    return x * c
+
+
+@register_jitable
+def _div_scalar(x, c, b):
+    return x / c
+
+
+@register_jitable
+def _rsub_scalar(x, c, b):
+    return c - x
+
+
+@register_jitable
+def _rdiv_scalar(x, c, b):
+    return c / x
+
+
+@register_jitable
 def _eq(x, y, a, b):
     return x == y
 
@@ -81,6 +112,13 @@ mul_kernel = binary_kernel(_mul)
 div_kernel = binary_kernel(_div)
 div_grad_b_kernel = binary_kernel(_div_grad_b)
 neg_kernel = unary_kernel(_neg)
+SCALAR_KERNELS = {
+    "add": unary_kernel(_add_scalar),
+    "mul": unary_kernel(_mul_scalar),
+    "div": unary_kernel(_div_scalar),
+    "rsub": unary_kernel(_rsub_scalar),
+    "rdiv": unary_kernel(_rdiv_scalar),
+}
 COMPARISONS = {
     "eq": binary_kernel(_eq),
     "ne": binary_kernel(_ne),
@@ -144,19 +182,66 @@ class Div(Function):
         return ga, gb
 
 
+class ScalarOp(Function):
+    """y = op(x, c) for a Python number c (see the module docstring for each gradient)."""
+
+    def __init__(self, name, c):
+        self.name, self.c = name, c
+
+    def forward(self, x):
+        self.x = x
+        self.y = apply_unary(SCALAR_KERNELS[self.name], x, self.c)
+        return self.y
+
+    def backward(self, gy):
+        if self.name == "add":
+            return (gy,)
+        if self.name == "rsub":
+            return (neg_array(gy),)
+        if self.name in ("mul", "div"):
+            return (apply_unary(SCALAR_KERNELS[self.name], gy, self.c),)
+        # rdiv: d(c/x)/dx = -c/x^2 = -y/x
+        return (apply_binary(div_grad_b_kernel, gy, apply_binary(div_kernel, self.y, self.x)),)
+
+
+def _float_tensor_and_number(t, c):
+    return (
+        isinstance(t, Tensor)
+        and isinstance(c, numbers.Real)
+        and not isinstance(c, bool)
+        and np.issubdtype(t.dtype, np.floating)
+    )
+
+
 def add(a, b):
+    if _float_tensor_and_number(a, b):
+        return ScalarOp("add", b)(a)
+    if _float_tensor_and_number(b, a):
+        return ScalarOp("add", a)(b)
     return Add()(*broadcast_pair("add", a, b))
 
 
 def sub(a, b):
+    if _float_tensor_and_number(a, b):
+        return ScalarOp("add", -b)(a)
+    if _float_tensor_and_number(b, a):
+        return ScalarOp("rsub", a)(b)
     return Sub()(*broadcast_pair("sub", a, b))
 
 
 def mul(a, b):
+    if _float_tensor_and_number(a, b):
+        return ScalarOp("mul", b)(a)
+    if _float_tensor_and_number(b, a):
+        return ScalarOp("mul", a)(b)
     return Mul()(*broadcast_pair("mul", a, b))
 
 
 def div(a, b):
+    if _float_tensor_and_number(a, b):
+        return ScalarOp("div", b)(a)
+    if _float_tensor_and_number(b, a):
+        return ScalarOp("rdiv", a)(b)
     return Div()(*broadcast_pair("div", a, b))
 
 
