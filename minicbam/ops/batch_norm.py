@@ -1,0 +1,458 @@
+"""Batch normalisation over (N, C, *) inputs: per channel c, over the K = N M elements of
+its N planes of M = prod(spatial) elements each.
+
+Training (batch statistics, biased variance for normalising):
+
+    mu = sum x / K,   var = sum (x - mu)^2 / K,   invstd = 1 / sqrt(var + eps)
+    x_hat = (x - mu) invstd,   y = w x_hat + b = x scale + shift
+    running_mean <- (1 - momentum) running_mean + momentum mu
+    running_var  <- (1 - momentum) running_var  + momentum var K / (K - 1)   (unbiased)
+
+Evaluation: the same affine map with mu = running_mean, var = running_var.
+
+Gradients (sums over the K elements of channel c):
+
+    gb = sum gy,   gw = sum gy x_hat
+    training: gx = w invstd (gy - sum gy / K - x_hat sum (gy x_hat) / K)
+    eval:     gx = w invstd gy
+
+Statistics are gathers, never atomics: one thread per (n, c) plane computes the plane's mean
+and M2 = sum (x - mean_plane)^2 (two passes over the plane, in float64), then one thread per
+channel combines its N planes exactly (Chan et al.):
+
+    mu = mean of the plane means,   M2 = sum M2_plane + M sum (mean_plane - mu)^2
+
+and, in the same thread, updates the running statistics in place and folds mu, invstd, w, b
+into the per-channel ``scale, shift`` (x's dtype) of the elementwise pass. The backward pass
+has the same plane -> channel -> element structure.
+"""
+
+import math
+
+import numpy as np
+from numba import int64, njit, prange
+from numba.extending import register_jitable
+
+from minicbam import device
+from minicbam.device import Kernel
+from minicbam.function import Function, check_same_device
+
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+
+
+# ----------------------------------------------------------------------------- bodies
+@register_jitable
+def plane_stats_at(pstats, x, p, M):
+    """pstats[0, p] = mean of plane p, pstats[1, p] = sum of squared deviations."""
+    NC = pstats.size // 2
+    acc = 0.0
+    for m in range(M):
+        acc += x[p * M + m]
+    mean = acc / M
+    m2 = 0.0
+    for m in range(M):
+        d = x[p * M + m] - mean
+        m2 += d * d
+    pstats[p] = mean
+    pstats[NC + p] = m2
+
+
+@register_jitable
+def channel_stats_at(stats, affine, pstats, w, b, rmean, rvar, c, C, M, eps, momentum, update):
+    """Channel c: stats = (mean, invstd) (float64), affine = (scale, shift); with ``update``,
+    the running statistics rmean, rvar in place."""
+    N = pstats.size // (2 * C)
+    NC = N * C
+    mean = 0.0
+    for n in range(N):
+        mean += pstats[n * C + c]
+    mean /= N
+    m2 = 0.0
+    for n in range(N):
+        d = pstats[n * C + c] - mean
+        m2 += pstats[NC + n * C + c] + M * d * d
+    K = N * M
+    invstd = 1.0 / math.sqrt(m2 / K + eps)
+    if update:
+        rmean[c] = (1.0 - momentum) * rmean[c] + momentum * mean
+        rvar[c] = (1.0 - momentum) * rvar[c] + momentum * m2 / (K - 1)
+    stats[c], stats[C + c] = mean, invstd
+    scale = w[c] * invstd
+    affine[c] = scale
+    affine[C + c] = b[c] - mean * scale
+
+
+@register_jitable
+def eval_stats_at(stats, affine, w, b, rmean, rvar, c, C, eps):
+    """As channel_stats_at, from the running statistics."""
+    mean = rmean[c] + 0.0  # float64
+    invstd = 1.0 / math.sqrt(rvar[c] + eps)
+    stats[c], stats[C + c] = mean, invstd
+    scale = w[c] * invstd
+    affine[c] = scale
+    affine[C + c] = b[c] - mean * scale
+
+
+@register_jitable
+def affine_at(y, x, affine, p, c, m, C, M):
+    """y = x scale[c] + shift[c] for element m of plane p = n C + c."""
+    y[p * M + m] = x[p * M + m] * affine[c] + affine[C + c]
+
+
+@register_jitable
+def plane_grad_at(psums, gy, x, stats, p, C, M):
+    """psums[0, p] = sum gy, psums[1, p] = sum gy (x - mu) over plane p."""
+    NC = psums.size // 2
+    mean = stats[p % C]
+    sg, sgx = 0.0, 0.0
+    for m in range(M):
+        g = gy[p * M + m]
+        sg += g
+        sgx += g * (x[p * M + m] - mean)
+    psums[p] = sg
+    psums[NC + p] = sgx
+
+
+@register_jitable
+def channel_grad_at(gwb, coef, psums, stats, w, c, C, M, training):
+    """gwb = (gw, gb); coef = (k, gmean, proj, mean) with gx = k (gy - gmean - (x - mean) proj)."""
+    NC = psums.size // 2
+    N = NC // C
+    sg, sgx = 0.0, 0.0
+    for n in range(N):
+        sg += psums[n * C + c]
+        sgx += psums[NC + n * C + c]
+    mean, invstd = stats[c], stats[C + c]
+    gwb[c] = sgx * invstd
+    gwb[C + c] = sg
+    K = N * M
+    coef[c] = w[c] * invstd
+    coef[C + c] = sg / K if training else 0.0
+    coef[2 * C + c] = invstd * invstd * sgx / K if training else 0.0
+    coef[3 * C + c] = mean
+
+
+@register_jitable
+def input_grad_at(gx, gy, x, coef, p, c, m, C, M):
+    i = p * M + m
+    gx[i] = coef[c] * (gy[i] - coef[C + c] - (x[i] - coef[3 * C + c]) * coef[2 * C + c])
+
+
+# CPU copies of the bodies, inlined into the prange loops: as plain calls they cost more
+# than the bodies themselves (array arguments on every element). CUDA kernels call the
+# register_jitable originals.
+plane_stats_at_cpu = njit(inline="always")(plane_stats_at)
+channel_stats_at_cpu = njit(inline="always")(channel_stats_at)
+eval_stats_at_cpu = njit(inline="always")(eval_stats_at)
+affine_at_cpu = njit(inline="always")(affine_at)
+plane_grad_at_cpu = njit(inline="always")(plane_grad_at)
+channel_grad_at_cpu = njit(inline="always")(channel_grad_at)
+input_grad_at_cpu = njit(inline="always")(input_grad_at)
+
+
+# ----------------------------------------------------------------------------- CPU kernels
+@njit(parallel=True, cache=True, fastmath=True)
+def _plane_stats_cpu(pstats, x, M):
+    for p in prange(pstats.size // 2):
+        plane_stats_at_cpu(pstats, x, int64(p), M)
+
+
+@njit(parallel=True, cache=True)
+def _channel_stats_cpu(stats, affine, pstats, w, b, rmean, rvar, C, M, eps, momentum, update):
+    for c in prange(C):
+        channel_stats_at_cpu(
+            stats, affine, pstats, w, b, rmean, rvar, int64(c), C, M, eps, momentum, update
+        )
+
+
+@njit(parallel=True, cache=True)
+def _eval_stats_cpu(stats, affine, w, b, rmean, rvar, C, eps):
+    for c in prange(C):
+        eval_stats_at_cpu(stats, affine, w, b, rmean, rvar, int64(c), C, eps)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _affine_cpu(y, x, affine, C, M):
+    for p in prange(y.size // M):  # one (n, c) plane per iteration: contiguous
+        p = int64(p)
+        for m in range(M):
+            affine_at_cpu(y, x, affine, p, p % C, m, C, M)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _plane_grad_cpu(psums, gy, x, stats, C, M):
+    for p in prange(psums.size // 2):
+        plane_grad_at_cpu(psums, gy, x, stats, int64(p), C, M)
+
+
+@njit(parallel=True, cache=True)
+def _channel_grad_cpu(gwb, coef, psums, stats, w, C, M, training):
+    for c in prange(C):
+        channel_grad_at_cpu(gwb, coef, psums, stats, w, int64(c), C, M, training)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _input_grad_cpu(gx, gy, x, coef, C, M):
+    for p in prange(gx.size // M):
+        p = int64(p)
+        for m in range(M):
+            input_grad_at_cpu(gx, gy, x, coef, p, p % C, m, C, M)
+
+
+# ----------------------------------------------------------------------------- CUDA kernels
+def _launcher(kernel, count):
+    """launch(*args) with a grid-stride loop over count(*args) items."""
+
+    def launch(*args):
+        blocks, threads = device.launch_config(count(*args))
+        kernel[blocks, threads](*args)
+
+    return launch
+
+
+def _plane_stats_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def plane_stats(pstats, x, M):
+        for p in range(cuda.grid(1), pstats.size // 2, cuda.gridsize(1)):
+            plane_stats_at(pstats, x, p, M)
+
+    return _launcher(plane_stats, lambda pstats, *args: pstats.size // 2)
+
+
+def _channel_stats_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def channel_stats(stats, affine, pstats, w, b, rmean, rvar, C, M, eps, momentum, update):
+        for c in range(cuda.grid(1), C, cuda.gridsize(1)):
+            channel_stats_at(
+                stats, affine, pstats, w, b, rmean, rvar, c, C, M, eps, momentum, update
+            )
+
+    return _launcher(channel_stats, lambda *args: args[7])
+
+
+def _eval_stats_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def eval_stats(stats, affine, w, b, rmean, rvar, C, eps):
+        for c in range(cuda.grid(1), C, cuda.gridsize(1)):
+            eval_stats_at(stats, affine, w, b, rmean, rvar, c, C, eps)
+
+    return _launcher(eval_stats, lambda *args: args[6])
+
+
+def _affine_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def affine(y, x, affine, C, M):
+        for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+            p = i // M
+            affine_at(y, x, affine, p, p % C, i % M, C, M)
+
+    return device.grid_stride_launcher(affine)
+
+
+def _plane_grad_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def plane_grad(psums, gy, x, stats, C, M):
+        for p in range(cuda.grid(1), psums.size // 2, cuda.gridsize(1)):
+            plane_grad_at(psums, gy, x, stats, p, C, M)
+
+    return _launcher(plane_grad, lambda psums, *args: psums.size // 2)
+
+
+def _channel_grad_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def channel_grad(gwb, coef, psums, stats, w, C, M, training):
+        for c in range(cuda.grid(1), C, cuda.gridsize(1)):
+            channel_grad_at(gwb, coef, psums, stats, w, c, C, M, training)
+
+    return _launcher(channel_grad, lambda *args: args[5])
+
+
+def _input_grad_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def input_grad(gx, gy, x, coef, C, M):
+        for i in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
+            p = i // M
+            input_grad_at(gx, gy, x, coef, p, p % C, i % M, C, M)
+
+    return device.grid_stride_launcher(input_grad)
+
+
+plane_stats_kernel = Kernel(cpu=_plane_stats_cpu, cuda=_plane_stats_cuda)
+channel_stats_kernel = Kernel(cpu=_channel_stats_cpu, cuda=_channel_stats_cuda)
+eval_stats_kernel = Kernel(cpu=_eval_stats_cpu, cuda=_eval_stats_cuda)
+affine_kernel = Kernel(cpu=_affine_cpu, cuda=_affine_cuda)
+plane_grad_kernel = Kernel(cpu=_plane_grad_cpu, cuda=_plane_grad_cuda)
+channel_grad_kernel = Kernel(cpu=_channel_grad_cpu, cuda=_channel_grad_cuda)
+input_grad_kernel = Kernel(cpu=_input_grad_cpu, cuda=_input_grad_cuda)
+
+
+# ----------------------------------------------------------------------------- op
+class BatchNorm(Function):
+    def __init__(self, running_mean, running_var, training, momentum, eps, has_w, has_b):
+        self.rmean, self.rvar = running_mean, running_var  # arrays updated in place, or None
+        self.training, self.momentum, self.eps = training, momentum, eps
+        self.has_w, self.has_b = has_w, has_b
+
+    def _params(self, x, wb):
+        """(w, b) as flat arrays of x's dtype: ones and zeros where not given."""
+        C, dev = x.shape[1], device.device_of(x)
+        wb = list(wb)
+        w = device.flat(wb.pop(0)) if self.has_w else device.full((C,), 1, x.dtype, dev)
+        b = device.flat(wb.pop(0)) if self.has_b else device.zeros((C,), x.dtype, dev)
+        return w, b
+
+    def forward(self, x, *wb):
+        N, C = x.shape[:2]
+        M = x.size // (N * C) if x.size else 0
+        dev = device.device_of(x)
+        self.w, b = self._params(x, wb)
+        self.x, self.M = x, M
+        self.w_shape = wb[0].shape if self.has_w else None
+        self.b_shape = wb[-1].shape if self.has_b else None
+        self.stats = device.empty((2, C), np.float64, dev)  # (mean, invstd) per channel
+        y = device.empty(x.shape, x.dtype, dev)
+        if x.size == 0:
+            return y
+        affine = device.empty((2, C), x.dtype, dev)  # (scale, shift) per channel
+        stats, flat = device.flat(self.stats), device.flat
+        if self.training:
+            pstats = device.empty((2, N * C), np.float64, dev)
+            plane_stats_kernel(flat(pstats), flat(x), M)
+            update = self.rmean is not None
+            rmean, rvar = (flat(self.rmean), flat(self.rvar)) if update else (stats, stats)
+            channel_stats_kernel(
+                stats,
+                flat(affine),
+                flat(pstats),
+                self.w,
+                b,
+                rmean,
+                rvar,
+                C,
+                M,
+                self.eps,
+                self.momentum,
+                update,
+            )
+        else:
+            eval_stats_kernel(
+                stats, flat(affine), self.w, b, flat(self.rmean), flat(self.rvar), C, self.eps
+            )
+        affine_kernel(flat(y), flat(x), flat(affine), C, M)
+        return y
+
+    def backward(self, gy):
+        x, M, flat = self.x, self.M, device.flat
+        N, C = x.shape[:2]
+        dev = device.device_of(gy)
+        gx = device.empty(x.shape, gy.dtype, dev)
+        gwb = device.zeros((2, C), gy.dtype, dev)  # (gw, gb)
+        if x.size:
+            psums = device.empty((2, N * C), np.float64, dev)
+            coef = device.empty((4, C), gy.dtype, dev)
+            plane_grad_kernel(flat(psums), flat(gy), flat(x), flat(self.stats), C, M)
+            channel_grad_kernel(
+                flat(gwb), flat(coef), flat(psums), flat(self.stats), self.w, C, M, self.training
+            )
+            input_grad_kernel(flat(gx), flat(gy), flat(x), flat(coef), C, M)
+        grads = [gx if self.needs_input_grad[0] else None]
+        if self.has_w:
+            grads.append(gwb[0].reshape(self.w_shape))
+        if self.has_b:
+            grads.append(gwb[1].reshape(self.b_shape))
+        return tuple(grads)
+
+
+def _check_channels(name, t, C, x_shape):
+    if t is not None and t.numel() != C:
+        raise ValueError(
+            f"batch_norm: {name} should contain {C} elements (the channels of the input of "
+            f"shape {tuple(x_shape)}), got shape {tuple(t.shape)}"
+        )
+
+
+def _check_args(x, running_mean, running_var, weight, bias, training):
+    if x.ndim < 2:
+        raise ValueError(
+            f"batch_norm: expected an input of 2 or more dimensions (N, C, ...), got shape "
+            f"{tuple(x.shape)}"
+        )
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"batch_norm: expected a floating-point input, got dtype {x.dtype}")
+    C = x.shape[1]
+    for name, t in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
+        _check_channels(name, t, C, x.shape)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(
+                f"batch_norm: {name} has dtype {t.dtype}, expected the input's {x.dtype}"
+            )
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("batch_norm: give both running_mean and running_var, or neither")
+    if not training and running_mean is None:
+        raise ValueError(
+            "batch_norm: running_mean and running_var must be defined in "
+            "evaluation mode (training=False)"
+        )
+    if training and x.numel() // max(C, 1) == 1:
+        raise ValueError(
+            f"batch_norm: Expected more than 1 value per channel when training, got input "
+            f"size {tuple(x.shape)}"
+        )
+
+
+def batch_norm(
+    input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5
+):
+    """``torch.nn.functional.batch_norm``. In training, running_mean and running_var (tensors
+    or None) are updated in place with the batch mean and the UNBIASED batch variance.
+
+    ``momentum`` is a float; for PyTorch's cumulative average (a module's ``momentum=None``)
+    pass ``1 / num_batches_tracked``, as ``torch.nn.BatchNorm2d`` does.
+    """
+    x = input
+    _check_args(x, running_mean, running_var, weight, bias, training)
+    if momentum is None:
+        raise ValueError(
+            "batch_norm: momentum must be a float; for a cumulative average pass "
+            "1 / num_batches_tracked"
+        )
+    check_same_device(
+        "batch_norm", [t for t in (x, running_mean, running_var, weight, bias) if t is not None]
+    )
+    fn = BatchNorm(
+        None if running_mean is None else running_mean.data,
+        None if running_var is None else running_var.data,
+        bool(training),
+        float(momentum),
+        float(eps),
+        weight is not None,
+        bias is not None,
+    )
+    return fn(*(t for t in (x, weight, bias) if t is not None))

@@ -1,0 +1,142 @@
+"""Fused channel pooling: mean and max over C in one pass (CBAM's spatial-attention input).
+
+For x (N, C, H, W), per pixel (n, h, w):
+
+    y[n, 0, h, w] = sum_c x[n, c, h, w] / C          (mean first, as in the CBAM paper)
+    y[n, 1, h, w] = max_c x[n, c, h, w],   argmax[n, h, w] = the FIRST c reaching it
+
+(a NaN wins, as in max_pool2d; the sum accumulates in float64). Gradient, a gather per input
+element (no atomics):
+
+    gx[n, c, h, w] = gy[n, 0, h, w] / C + gy[n, 1, h, w] [c == argmax[n, h, w]]
+
+PyTorch spells this ``torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)``:
+four ops whose ``amax`` backward alone dominates CBAM's time there (DESIGN.md decision 8).
+"""
+
+import math
+
+import numpy as np
+from numba import int64, njit, prange
+from numba.extending import register_jitable
+
+from minicbam import device
+from minicbam.device import Kernel
+from minicbam.function import Function
+
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+
+
+# ----------------------------------------------------------------------------- bodies
+@register_jitable
+def channel_pool_at(y, argmax, x, n, m, C, M):
+    """Pixel (n, m): mean into y[n, 0, m], max into y[n, 1, m], argmax[n, m]."""
+    acc = 0.0
+    best = y.dtype.type(-math.inf)
+    best_c = 0
+    for c in range(C):
+        v = x[(n * C + c) * M + m]
+        acc += v
+        if v > best or math.isnan(v):
+            best, best_c = v, c
+    y[2 * n * M + m] = acc / C
+    y[(2 * n + 1) * M + m] = best
+    argmax[n * M + m] = best_c
+
+
+@register_jitable
+def channel_pool_grad_at(gx, gy, argmax, n, c, m, C, M):
+    """gx[n, c, m]."""
+    g = gy[2 * n * M + m] * (gx.dtype.type(1) / gx.dtype.type(C))  # 1 / C: hoisted
+    if argmax[n * M + m] == c:
+        g += gy[(2 * n + 1) * M + m]
+    gx[(n * C + c) * M + m] = g
+
+
+# CPU copies of the bodies, inlined into the prange loops: as plain calls they cost more
+# than the bodies themselves (array arguments on every element). CUDA kernels call the
+# register_jitable originals.
+channel_pool_at_cpu = njit(inline="always")(channel_pool_at)
+channel_pool_grad_at_cpu = njit(inline="always")(channel_pool_grad_at)
+
+
+# ----------------------------------------------------------------------------- kernels
+@njit(parallel=True, cache=True)
+def _channel_pool_cpu(y, argmax, x, C, M):
+    for q in prange(argmax.size):
+        q = int64(q)
+        channel_pool_at_cpu(y, argmax, x, q // M, q % M, C, M)
+
+
+@njit(parallel=True, cache=True)
+def _channel_pool_grad_cpu(gx, gy, argmax, C, M):
+    for p in prange(gx.size // M):  # one (n, c) plane per iteration: contiguous writes
+        p = int64(p)
+        for m in range(M):
+            channel_pool_grad_at_cpu(gx, gy, argmax, p // C, p % C, m, C, M)
+
+
+def _channel_pool_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def channel_pool(y, argmax, x, C, M):
+        for q in range(cuda.grid(1), argmax.size, cuda.gridsize(1)):
+            channel_pool_at(y, argmax, x, q // M, q % M, C, M)
+
+    def launch(y, argmax, x, C, M):
+        blocks, threads = device.launch_config(argmax.size)
+        channel_pool[blocks, threads](y, argmax, x, C, M)
+
+    return launch
+
+
+def _channel_pool_grad_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def channel_pool_grad(gx, gy, argmax, C, M):
+        for i in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
+            p = i // M
+            channel_pool_grad_at(gx, gy, argmax, p // C, p % C, i % M, C, M)
+
+    return device.grid_stride_launcher(channel_pool_grad)
+
+
+channel_pool_kernel = Kernel(cpu=_channel_pool_cpu, cuda=_channel_pool_cuda)
+channel_pool_grad_kernel = Kernel(cpu=_channel_pool_grad_cpu, cuda=_channel_pool_grad_cuda)
+
+
+# ----------------------------------------------------------------------------- op
+class ChannelPool(Function):
+    def forward(self, x):
+        N, C, H, W = x.shape
+        dev = device.device_of(x)
+        self.x_shape = x.shape
+        y = device.empty((N, 2, H, W), x.dtype, dev)
+        self.argmax = device.empty((N, H, W), np.int64, dev)
+        if y.size:
+            channel_pool_kernel(device.flat(y), device.flat(self.argmax), device.flat(x), C, H * W)
+        return y
+
+    def backward(self, gy):
+        _, C, H, W = self.x_shape
+        gx = device.empty(self.x_shape, gy.dtype, device.device_of(gy))
+        if gx.size:
+            channel_pool_grad_kernel(
+                device.flat(gx), device.flat(gy), device.flat(self.argmax), C, H * W
+            )
+        return (gx,)
+
+
+def channel_pool(x):
+    """[mean over C, max over C] of x (N, C, H, W) as (N, 2, H, W), in one pass."""
+    if x.ndim != 4:
+        raise ValueError(f"channel_pool: expected a 4-D input (N, C, H, W), got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"channel_pool: expected a floating-point input, got dtype {x.dtype}")
+    if x.shape[1] == 0:
+        raise ValueError(f"channel_pool: expected at least one channel, got shape {x.shape}")
+    return ChannelPool()(x)

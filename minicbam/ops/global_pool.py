@@ -1,0 +1,186 @@
+"""Fused global average and max pooling over H*W, one pass per (n, c) plane.
+
+For x (N, C, H, W), M = H W and ``pool_types`` a sequence of "avg" / "max" (P of them):
+
+    y[k, n, c] = sum_{h, w} x[n, c, h, w] / M      where pool_types[k] == "avg"
+    y[k, n, c] = max_{h, w} x[n, c, h, w]          where pool_types[k] == "max"
+
+The max keeps its argmax (flat h W + w of the FIRST maximum; a NaN wins, as in max_pool2d).
+This is the channel-attention squeeze of CBAM: both pools read x once, and the (P, N, C)
+output feeds one shared MLP. Sums accumulate in float64.
+
+Gradient (a gather per input element):
+
+    gx[n, c, h, w] = gy[avg, n, c] / M + gy[max, n, c] [h W + w == argmax[n, c]]
+"""
+
+import math
+
+import numpy as np
+from numba import int64, njit, prange
+from numba.extending import register_jitable
+
+from minicbam import device
+from minicbam.device import Kernel
+from minicbam.function import Function
+
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+
+POOL_TYPES = ("avg", "max")
+
+
+# ----------------------------------------------------------------------------- bodies
+@register_jitable
+def global_plane(y, argmax, x, p, M, avg_slot, max_slot):
+    """Pool plane p (M elements) into y[slot * NC + p]; argmax[p] for the max."""
+    NC = x.size // M
+    acc = 0.0
+    best = y.dtype.type(-math.inf)
+    best_k = 0
+    for k in range(M):
+        v = x[p * M + k]
+        acc += v
+        if v > best or math.isnan(v):
+            best, best_k = v, k
+    if avg_slot >= 0:
+        y[avg_slot * NC + p] = acc / M
+    if max_slot >= 0:
+        y[max_slot * NC + p] = best
+        argmax[p] = best_k
+
+
+@register_jitable
+def global_grad_at(gx, gy, argmax, p, k, M, NC, avg_slot, max_slot):
+    """gx[p, k] for element k of plane p (of NC)."""
+    g = gx.dtype.type(0)
+    if avg_slot >= 0:
+        g += gy[avg_slot * NC + p] * (gx.dtype.type(1) / gx.dtype.type(M))  # hoisted 1 / M
+    if max_slot >= 0 and argmax[p] == k:
+        g += gy[max_slot * NC + p]
+    gx[p * M + k] = g
+
+
+# CPU copies of the bodies, inlined into the prange loops: as plain calls they cost more
+# than the bodies themselves (array arguments on every element). CUDA kernels call the
+# register_jitable originals.
+global_plane_cpu = njit(inline="always")(global_plane)
+global_grad_at_cpu = njit(inline="always")(global_grad_at)
+
+
+# ----------------------------------------------------------------------------- kernels
+@njit(parallel=True, cache=True)
+def _global_pool_cpu(y, argmax, x, M, avg_slot, max_slot):
+    for p in prange(x.size // M):
+        global_plane_cpu(y, argmax, x, int64(p), M, avg_slot, max_slot)
+
+
+@njit(parallel=True, cache=True)
+def _global_grad_cpu(gx, gy, argmax, M, avg_slot, max_slot):
+    NC = gx.size // M
+    for p in prange(NC):
+        for k in range(M):
+            global_grad_at_cpu(gx, gy, argmax, int64(p), k, M, NC, avg_slot, max_slot)
+
+
+def _global_pool_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def global_pool(y, argmax, x, M, avg_slot, max_slot):
+        for p in range(cuda.grid(1), x.size // M, cuda.gridsize(1)):
+            global_plane(y, argmax, x, p, M, avg_slot, max_slot)
+
+    def launch(y, argmax, x, M, avg_slot, max_slot):
+        blocks, threads = device.launch_config(x.size // M)
+        global_pool[blocks, threads](y, argmax, x, M, avg_slot, max_slot)
+
+    return launch
+
+
+def _global_grad_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def global_grad(gx, gy, argmax, M, avg_slot, max_slot):
+        NC = gx.size // M
+        for j in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
+            global_grad_at(gx, gy, argmax, j // M, j % M, M, NC, avg_slot, max_slot)
+
+    return device.grid_stride_launcher(global_grad)
+
+
+global_pool_kernel = Kernel(cpu=_global_pool_cpu, cuda=_global_pool_cuda)
+global_grad_kernel = Kernel(cpu=_global_grad_cpu, cuda=_global_grad_cuda)
+
+
+# ----------------------------------------------------------------------------- op
+class GlobalPool(Function):
+    def __init__(self, pool_types):
+        self.avg_slot = pool_types.index("avg") if "avg" in pool_types else -1
+        self.max_slot = pool_types.index("max") if "max" in pool_types else -1
+        self.P = len(pool_types)
+
+    def forward(self, x):
+        N, C, H, W = x.shape
+        dev = device.device_of(x)
+        self.x_shape, self.M = x.shape, H * W
+        y = device.empty((self.P, N, C), x.dtype, dev)
+        # avg alone never touches argmax; a one-element buffer keeps one kernel signature
+        self.argmax = device.empty((N, C) if self.max_slot >= 0 else (1,), np.int64, dev)
+        if y.size:
+            global_pool_kernel(
+                device.flat(y),
+                device.flat(self.argmax),
+                device.flat(x),
+                self.M,
+                self.avg_slot,
+                self.max_slot,
+            )
+        return y
+
+    def backward(self, gy):
+        gx = device.empty(self.x_shape, gy.dtype, device.device_of(gy))
+        if gx.size:
+            global_grad_kernel(
+                device.flat(gx),
+                device.flat(gy),
+                device.flat(self.argmax),
+                self.M,
+                self.avg_slot,
+                self.max_slot,
+            )
+        return (gx,)
+
+
+def check_pool_types(pool_types):
+    pool_types = (pool_types,) if isinstance(pool_types, str) else tuple(pool_types)
+    if (
+        not pool_types
+        or len(set(pool_types)) != len(pool_types)
+        or any(t not in POOL_TYPES for t in pool_types)
+    ):
+        raise ValueError(
+            f"global_pool: pool_types must be distinct entries of {POOL_TYPES}, got {pool_types}"
+        )
+    return pool_types
+
+
+def global_pool_with_indices(x, pool_types=POOL_TYPES):
+    """(y (P, N, C) tensor, argmax (N, C) int64 array or None when "max" is not pooled)."""
+    pool_types = check_pool_types(pool_types)
+    if x.ndim != 4:
+        raise ValueError(f"global_pool: expected a 4-D input (N, C, H, W), got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"global_pool: expected a floating-point input, got dtype {x.dtype}")
+    if x.shape[2] * x.shape[3] == 0:
+        raise ValueError(f"global_pool: expected non-empty H and W, got shape {x.shape}")
+    fn = GlobalPool(pool_types)
+    y = fn(x)
+    return y, (fn.argmax if fn.max_slot >= 0 else None)
+
+
+def global_pool(x, pool_types=POOL_TYPES):
+    """Global pools of x (N, C, H, W) stacked as (len(pool_types), N, C), one pass over x."""
+    return global_pool_with_indices(x, pool_types)[0]
