@@ -109,6 +109,15 @@ def to_device(array, device):
     return cuda_module().to_device(np.ascontiguousarray(array).reshape(array.shape))
 
 
+def copy(array):
+    """A new array with the same contents, on the same device."""
+    if isinstance(array, np.ndarray):
+        return array.copy()
+    out = cuda_module().device_array(array.shape, dtype=array.dtype)
+    out.copy_to_device(array)
+    return out
+
+
 def to_host(array):
     """A NumPy copy of any array."""
     if isinstance(array, np.ndarray):

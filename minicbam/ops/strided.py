@@ -27,26 +27,51 @@ cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
 
 
 @register_jitable
-def strided_offset(i, offset, shape, strides):
-    """Element offset of the row-major position ``i`` of ``shape`` in a strided view."""
-    i = int64(i)  # a prange index can be unsigned; unsigned % signed would give a float
-    off = offset
-    for k in range(MAX_DIMS - 1, -1, -1):
-        off += (i % shape[k]) * strides[k]
-        i //= shape[k]
-    return off
+def outer_offsets(o, offset, shape, strides):
+    """(source offset, output offset) of the start of outer block ``o``.
+
+    The first three (padded) dimensions are the *outer* index, decomposed with div/mod
+    once per block; the last three are walked by plain nested loops, so the per-element
+    cost is an add, not six integer divisions.
+    """
+    o = int64(o)  # a prange index can be unsigned; unsigned % signed would give a float
+    i2 = o % shape[2]
+    i1 = (o // shape[2]) % shape[1]
+    i0 = o // (shape[2] * shape[1])
+    src = offset + i0 * strides[0] + i1 * strides[1] + i2 * strides[2]
+    return src, o * shape[3] * shape[4] * shape[5]
 
 
 @njit(parallel=True, cache=True)
 def _gather_cpu(out, src, offset, shape, strides):
-    for i in prange(out.size):
-        out[i] = src[strided_offset(i, offset, shape, strides)]
+    for o in prange(shape[0] * shape[1] * shape[2]):
+        s, k = outer_offsets(o, offset, shape, strides)
+        n = shape[5]
+        for i3 in range(shape[3]):
+            for i4 in range(shape[4]):
+                s_row = s + i3 * strides[3] + i4 * strides[4]
+                if strides[5] == 1:  # contiguous rows copy as slices (vectorised)
+                    out[k : k + n] = src[s_row : s_row + n]
+                else:
+                    for i5 in range(n):
+                        out[k + i5] = src[s_row + i5 * strides[5]]
+                k += n
 
 
 @njit(parallel=True, cache=True)
 def _scatter_cpu(dst, src, offset, shape, strides):
-    for i in prange(src.size):
-        dst[strided_offset(i, offset, shape, strides)] = src[i]
+    for o in prange(shape[0] * shape[1] * shape[2]):
+        d, k = outer_offsets(o, offset, shape, strides)
+        n = shape[5]
+        for i3 in range(shape[3]):
+            for i4 in range(shape[4]):
+                d_row = d + i3 * strides[3] + i4 * strides[4]
+                if strides[5] == 1:
+                    dst[d_row : d_row + n] = src[k : k + n]
+                else:
+                    for i5 in range(n):
+                        dst[d_row + i5 * strides[5]] = src[k + i5]
+                k += n
 
 
 def _gather_cuda():
@@ -71,6 +96,18 @@ def _scatter_cuda():
             dst[strided_offset(i, offset, shape, strides)] = src[i]
 
     return device.launcher(scatter, items=lambda dst, src, *rest: src.size)
+
+
+@register_jitable
+def strided_offset(i, offset, shape, strides):
+    """Element offset of the row-major position ``i`` of ``shape`` in a strided view
+    (CUDA: one element per thread, so the per-element div/mod is spread over threads)."""
+    i = int64(i)
+    off = offset
+    for k in range(MAX_DIMS - 1, -1, -1):
+        off += (i % shape[k]) * strides[k]
+        i //= shape[k]
+    return off
 
 
 gather_kernel = Kernel(cpu=_gather_cpu, cuda=_gather_cuda)
@@ -134,4 +171,4 @@ def cast_array(a, dtype):
 
 
 def copy_array(a):
-    return gather(a, a.shape, contiguous_strides(a.shape))
+    return device.copy(a)
