@@ -23,3 +23,38 @@ __all__ = [
     "permute", "pow", "relu", "reshape", "sigmoid", "sqrt", "squeeze", "stack", "sub", "sum",
     "tanh", "transpose", "unsqueeze", "var",
 ]
+
+from minicbam.ops.conv2d import conv2d  # noqa: E402
+from minicbam.ops.linear import linear  # noqa: E402
+from minicbam.ops.matmul import matmul  # noqa: E402
+
+__all__ += ["conv2d", "linear", "matmul"]
+
+from minicbam.ops.cross_entropy import cross_entropy, nll_loss
+from minicbam.ops.dropout import dropout
+from minicbam.ops.losses import (
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    l1_loss,
+    mse_loss,
+    softplus,
+)
+from minicbam.ops.softmax import log_softmax, softmax
+
+__all__ += [
+    "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy", "dropout",
+    "l1_loss", "log_softmax", "mse_loss", "nll_loss", "softmax", "softplus",
+]
+
+from minicbam.ops.adaptive_pool import adaptive_avg_pool2d, adaptive_max_pool2d  # noqa: E402
+from minicbam.ops.avg_pool2d import avg_pool2d  # noqa: E402
+from minicbam.ops.batch_norm import batch_norm  # noqa: E402
+from minicbam.ops.channel_pool import channel_pool  # noqa: E402
+from minicbam.ops.gate import gate  # noqa: E402
+from minicbam.ops.global_pool import global_pool  # noqa: E402
+from minicbam.ops.max_pool2d import max_pool2d  # noqa: E402
+
+__all__ += [
+    "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm", "channel_pool",
+    "gate", "global_pool", "max_pool2d",
+]

@@ -1,0 +1,193 @@
+"""2-D convolution (PyTorch's conv2d, a cross-correlation) as im2col + GEMM.
+
+x (N, C, H, W), w (CO, C/G, KH, KW), optional b (CO,), G groups. With padding (pt, pb, pl, pr),
+stride (sh, sw) and dilation (dh, dw):
+
+    OH = (H + pt + pb - dh*(KH - 1) - 1) // sh + 1          (OW likewise), L = OH*OW
+    y[n, co, oh, ow] = b[co] + sum_{c in group(co), kh, kw}
+                       w[co, c - g*C/G, kh, kw] * x[n, c, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw]
+
+As matrices, per sample n and group g, with col_n = im2col(x_n) (C*KH*KW, L) whose rows of
+group g form col_ng (C/G*KH*KW, L) and W_g = w[g*CO/G:(g+1)*CO/G] as (CO/G, C/G*KH*KW):
+
+    y_ng     = W_g col_ng (+ b_g)
+    gW_g     = sum_n gy_ng col_ng^T
+    gcol_ng  = W_g^T gy_ng,          gx_n = col2im(gcol_n)   (im2col's adjoint, a gather)
+    gb[co]   = sum_{n, oh, ow} gy[n, co, oh, ow]
+
+The GEMMs run over (sample, group) batches (gemm.py), a chunk of samples at a time with the
+chunk's col in one buffer reused for every chunk: on the CPU a few samples (per-sample
+im2col + BLAS measured fastest here, NUMBA_FACTS 4.5), on CUDA up to 128 MiB of col.
+"""
+
+import numpy as np
+
+from minicbam import device
+from minicbam.function import Function, check_same_device
+from minicbam.ops.gemm import add_bias, add_into, bias_grad, gemm
+from minicbam.ops.im2col import col2im, im2col
+from minicbam.ops.reduce import sum_array
+
+# Elements of col per chunk of samples. CPU: a few MiB, reused for every chunk, so it stays
+# cheap to touch (one sample at a time measured fastest, NUMBA_FACTS 4.5; a few per chunk
+# cut the hand-offs between numba's and OpenBLAS's threads). CUDA: 128 MiB in float32.
+CPU_COL_BUDGET = 1 << 21
+CUDA_COL_BUDGET = 1 << 25
+
+
+class Conv2d(Function):
+    def __init__(self, stride, pads, dilation, groups):
+        self.stride, self.pads, self.dilation, self.groups = stride, pads, dilation, groups
+
+    def _setup(self, x, w):
+        (N, C, H, W), (CO, Cg, KH, KW) = x.shape, w.shape
+        (sh, sw), (pt, pb, pl, pr), (dh, dw) = self.stride, self.pads, self.dilation
+        OH = (H + pt + pb - dh * (KH - 1) - 1) // sh + 1
+        OW = (W + pl + pr - dw * (KW - 1) - 1) // sw + 1
+        self.geom = (KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
+        G = self.groups
+        self.L = OH * OW
+        # batched GEMM views: w as (G, CO/G, Cg*KH*KW), y/gy as (N, G, CO/G, L)
+        self.w3_shape = (G, CO // G, Cg * KH * KW)
+        self.y4_shape = (N, G, CO // G, self.L)
+        self.col4_shape = (G, Cg * KH * KW, self.L)
+        budget = CPU_COL_BUDGET if device.device_of(x) == device.CPU else CUDA_COL_BUDGET
+        self.chunk = max(1, min(N, budget // max(C * KH * KW * self.L, 1)))
+        return (N, CO, OH, OW)
+
+    def _col_buffer(self, x):
+        C, KK = x.shape[1], self.geom[0] * self.geom[1]
+        return device.empty((self.chunk, C * KK, self.L), x.dtype, device.device_of(x))
+
+    def _chunks(self, N):
+        for n0 in range(0, N, self.chunk):
+            yield n0, min(self.chunk, N - n0)
+
+    def forward(self, x, w, b=None):
+        y = device.empty(self._setup(x, w), x.dtype, device.device_of(x))
+        y4, w3 = y.reshape(self.y4_shape), w.reshape(self.w3_shape)
+        col = self._col_buffer(x)
+        for n0, nb in self._chunks(x.shape[0]):
+            im2col(col[:nb], x[n0 : n0 + nb], self.geom)
+            gemm(y4[n0 : n0 + nb], w3, col[:nb].reshape((nb,) + self.col4_shape))
+        if b is not None:
+            add_bias(y.reshape((y.shape[0], y.shape[1], self.L)), b, y.shape[1], self.L)
+        self.x, self.w, self.has_bias = x, w, b is not None
+        return y
+
+    def backward(self, gy):
+        need_x, need_w = self.needs_input_grad[:2]
+        x, w = self.x, self.w
+        dev = device.device_of(gy)
+        gy4, w3 = gy.reshape(self.y4_shape), w.reshape(self.w3_shape)
+        gx = device.empty(x.shape, x.dtype, dev) if need_x else None
+        gw = device.zeros(self.w3_shape, w.dtype, dev) if need_w else None
+        gw_part = device.empty((self.chunk,) + self.w3_shape, w.dtype, dev) if need_w else None
+        col = self._col_buffer(x) if need_w else None
+        gcol = self._col_buffer(x) if need_x else None
+        for n0, nb in self._chunks(x.shape[0]):
+            if need_w:
+                im2col(col[:nb], x[n0 : n0 + nb], self.geom)
+                cols = col[:nb].reshape((nb,) + self.col4_shape)
+                gemm(gw_part[:nb], gy4[n0 : n0 + nb], cols, tb=True)
+                add_into(gw, gw_part[0] if nb == 1 else sum_array(gw_part[:nb], (0,)))
+            if need_x:
+                gemm(gcol[:nb].reshape((nb,) + self.col4_shape), w3, gy4[n0 : n0 + nb], ta=True)
+                col2im(gx[n0 : n0 + nb], gcol[:nb], self.geom)
+        grads = (gx, None if gw is None else gw.reshape(w.shape))
+        if self.has_bias:
+            CO = gy.shape[1]
+            gb = bias_grad(gy.reshape((gy.shape[0], CO, self.L)), CO, self.L)
+            grads += (gb if self.needs_input_grad[2] else None,)
+        return grads
+
+
+# ----------------------------------------------------------------------------- arguments
+def _pair(name, value):
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    pair = tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) for v in pair):
+        raise ValueError(f"conv2d: {name} must be an int or a pair of ints, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _pads(padding, stride, dilation, kernel):
+    """(top, bottom, left, right) from an int, a pair, 'valid' or 'same' (as PyTorch)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, 0, 0, 0
+        if padding != "same":
+            raise ValueError(
+                f"conv2d: padding must be 'valid', 'same', an int or a pair, got {padding!r}"
+            )
+        if stride != (1, 1):
+            raise ValueError(
+                f"conv2d: padding='same' is not supported for strided "
+                f"convolutions, got stride={stride}"
+            )
+        # total padding d*(k-1); an odd total puts the extra row/column at the bottom/right
+        th, tw = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
+        return th // 2, th - th // 2, tw // 2, tw - tw // 2
+    ph, pw = _pair("padding", padding)
+    if ph < 0 or pw < 0:
+        raise ValueError(f"conv2d: padding must be non-negative, got {(ph, pw)}")
+    return ph, ph, pw, pw
+
+
+def _check_shapes(x, w, b, groups):
+    if x.ndim != 4:
+        raise ValueError(
+            f"conv2d: expected input of 4 dimensions (N, C, H, W), got shape {x.shape}"
+        )
+    if w.ndim != 4:
+        raise ValueError(
+            f"conv2d: expected weight of 4 dimensions (C_out, C_in/groups, KH, KW), "
+            f"got shape {w.shape}"
+        )
+    if not isinstance(groups, (int, np.integer)) or groups <= 0:
+        raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
+    C, CO = x.shape[1], w.shape[0]
+    if C % groups or CO % groups:
+        raise ValueError(
+            f"conv2d: groups={groups} must divide both input channels ({C}) and output "
+            f"channels ({CO}); input shape {x.shape}, weight shape {w.shape}"
+        )
+    if w.shape[1] * groups != C:
+        raise ValueError(
+            f"conv2d: input of shape {x.shape} has {C} channels, but weight of shape {w.shape} "
+            f"with groups={groups} expects {w.shape[1] * groups}"
+        )
+    if x.dtype != w.dtype or (b is not None and b.dtype != x.dtype):
+        got = f"input {x.dtype}, weight {w.dtype}" + ("" if b is None else f", bias {b.dtype}")
+        raise TypeError(f"conv2d: expected input, weight and bias of one dtype, got {got}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"conv2d: expected a floating-point input, got dtype {x.dtype}")
+    if b is not None and b.shape != (CO,):
+        raise ValueError(f"conv2d: expected bias of shape ({CO},), got shape {b.shape}")
+
+
+def _check_geometry(x, w, stride, pads, dilation):
+    if min(stride) <= 0:
+        raise ValueError(f"conv2d: stride must be positive, got {stride}")
+    if min(dilation) <= 0:
+        raise ValueError(f"conv2d: dilation must be positive, got {dilation}")
+    padded = (x.shape[2] + pads[0] + pads[1], x.shape[3] + pads[2] + pads[3])
+    extent = tuple(d * (k - 1) + 1 for d, k in zip(dilation, w.shape[2:]))
+    if extent[0] > padded[0] or extent[1] > padded[1]:
+        raise ValueError(
+            f"conv2d: kernel size {tuple(w.shape[2:])} (dilated extent {extent}) is larger than "
+            f"the padded input {padded} (input shape {x.shape})"
+        )
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """PyTorch's ``conv2d``: input (N, C, H, W), weight (C_out, C/groups, KH, KW)."""
+    x, w, b = input, weight, bias
+    check_same_device("conv2d", [t for t in (x, w, b) if t is not None])
+    _check_shapes(x, w, b, groups)
+    stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
+    pads = _pads(padding, stride, dilation, w.shape[2:])
+    _check_geometry(x, w, stride, pads, dilation)
+    fn = Conv2d(stride, pads, dilation, int(groups))
+    return fn(x, w) if b is None else fn(x, w, b)

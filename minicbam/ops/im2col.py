@@ -1,0 +1,144 @@
+"""im2col and its adjoint col2im, the data movement of a convolution done as a GEMM.
+
+Geometry ``geom = (KH, KW, sh, sw, ph, pw, dh, dw, OH, OW)`` (ph, pw: top and left padding).
+For x (N, C, H, W) and col (N, C*KH*KW, OH*OW), row r = (c*KH + kh)*KW + kw:
+
+    im2col:  col[n, r, oh*OW + ow] = x[n, c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]
+             (0 where the position falls in the padding)
+    col2im:  gx[n, c, h, w] = sum over (kh, kw, oh, ow) with h = oh*sh - ph + kh*dh and
+             w = ow*sw - pw + kw*dw of gcol[n, r, oh*OW + ow]
+
+col2im is written as a gather: one worker owns one plane (n, c) of gx and sums every
+column entry that im2col read from it (rows r = (c, kh, kw) of gcol[n]), so it needs no
+atomics, is deterministic and is the same code on both devices. Bodies work on one col row
+(n, r) or one gx plane (n, c), with the per-tap index maths hoisted out of the pixel loops;
+the CPU launcher runs them in ``prange``, the CUDA kernel in a grid-stride loop.
+"""
+
+from numba import int64, njit, prange
+from numba.extending import register_jitable
+
+from minicbam import device
+from minicbam.device import Kernel
+
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+
+
+@register_jitable
+def valid_range(w0, s, W, OW):
+    """[lo, hi): the ow in [0, OW) whose input column w0 + ow*s lies in [0, W)."""
+    lo = 0 if w0 >= 0 else (-w0 + s - 1) // s
+    hi = (W - w0 + s - 1) // s  # first ow with w0 + ow*s >= W (ceil division)
+    lo = min(lo, OW)
+    hi = min(max(hi, lo), OW)
+    return lo, hi
+
+
+@register_jitable
+def im2col_row(col, x, n, r, geom, zero):
+    """col[n, r, :] (all OH*OW output positions of kernel tap r = (c, kh, kw))."""
+    KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = geom
+    kw = r % KW
+    kh = (r // KW) % KH
+    c = r // (KH * KW)
+    w0 = kw * dw - pw
+    lo, hi = valid_range(w0, sw, x.shape[3], OW)
+    for oh in range(OH):
+        h = oh * sh - ph + kh * dh
+        base = oh * OW
+        if h < 0 or h >= x.shape[2]:
+            lo_h, hi_h = OW, OW  # the whole output row reads padding
+        else:
+            lo_h, hi_h = lo, hi
+        for ow in range(lo_h):
+            col[n, r, base + ow] = zero
+        if sw == 1:  # unit stride: a plain copy the compiler can vectorise
+            for ow in range(lo_h, hi_h):
+                col[n, r, base + ow] = x[n, c, h, w0 + ow]
+        else:
+            for ow in range(lo_h, hi_h):
+                col[n, r, base + ow] = x[n, c, h, w0 + ow * sw]
+        for ow in range(hi_h, OW):
+            col[n, r, base + ow] = zero
+
+
+@register_jitable
+def col2im_plane(gx, gcol, n, c, geom, zero):
+    """gx[n, c] (one H x W plane): the sum of every col entry im2col read from it, i.e.
+    the rows r = (c, kh, kw) of gcol[n] scattered back within this plane only."""
+    KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = geom
+    H, W = gx.shape[2], gx.shape[3]
+    for h in range(H):
+        for w in range(W):
+            gx[n, c, h, w] = zero
+    for kh in range(KH):
+        for kw in range(KW):
+            r = (c * KH + kh) * KW + kw
+            w0 = kw * dw - pw
+            lo, hi = valid_range(w0, sw, W, OW)
+            for oh in range(OH):
+                h = oh * sh - ph + kh * dh
+                if h < 0 or h >= H:
+                    continue
+                for ow in range(lo, hi):
+                    gx[n, c, h, w0 + ow * sw] += gcol[n, r, oh * OW + ow]
+
+
+@njit(parallel=True, cache=True)
+def _im2col_cpu(col, x, geom, zero):
+    R = col.shape[1]
+    for i in prange(col.shape[0] * R):
+        t = int64(i)  # a prange index can be unsigned; keep index maths signed
+        im2col_row(col, x, t // R, t % R, geom, zero)
+
+
+@njit(parallel=True, cache=True)
+def _col2im_cpu(gx, gcol, geom, zero):
+    C = gx.shape[1]
+    for i in prange(gx.shape[0] * C):
+        t = int64(i)
+        col2im_plane(gx, gcol, t // C, t % C, geom, zero)
+
+
+def _im2col_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def im2col(col, x, geom, zero):
+        R = col.shape[1]
+        for t in range(cuda.grid(1), col.shape[0] * R, cuda.gridsize(1)):
+            im2col_row(col, x, t // R, t % R, geom, zero)
+
+    return device.launcher(im2col, items=lambda col, *args: col.shape[0] * col.shape[1])
+
+
+def _col2im_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def col2im(gx, gcol, geom, zero):
+        C = gx.shape[1]
+        for t in range(cuda.grid(1), gx.shape[0] * C, cuda.gridsize(1)):
+            col2im_plane(gx, gcol, t // C, t % C, geom, zero)
+
+    return device.launcher(col2im, items=lambda gx, *args: gx.shape[0] * gx.shape[1])
+
+
+im2col_kernel = Kernel(cpu=_im2col_cpu, cuda=_im2col_cuda)
+col2im_kernel = Kernel(cpu=_col2im_cpu, cuda=_col2im_cuda)
+
+
+def im2col(col, x, geom):
+    """Fill col (nb, C*KH*KW, OH*OW) from x (nb, C, H, W); see the module docstring."""
+    if col.size:
+        im2col_kernel(col, x, tuple(int(g) for g in geom), x.dtype.type(0))
+    return col
+
+
+def col2im(gx, gcol, geom):
+    """Fill gx (nb, C, H, W) with the adjoint of im2col applied to gcol."""
+    if gx.size:
+        col2im_kernel(gx, gcol, tuple(int(g) for g in geom), gx.dtype.type(0))
+    return gx

@@ -1,0 +1,179 @@
+"""conv2d: forward vs two oracles (loops, scipy) and PyTorch, gradients, CUDA parity, errors."""
+
+import importlib
+
+import numpy as np
+import pytest
+import reference_conv as ref
+from helpers import arrays, assert_cuda_parity, assert_gradcheck, leaf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minicbam as mc
+from minicbam.ops.conv2d import conv2d
+
+# the module itself: minicbam.ops's attribute of that name is the function
+conv2d_module = importlib.import_module("minicbam.ops.conv2d")
+
+
+@st.composite
+def conv_cases(draw, max_n=2, max_c=4, max_side=7):
+    """(x shape, w shape, has bias, stride, padding, dilation, groups) with a valid geometry;
+    channels 1..max_c, groups dividing both."""
+    groups = draw(st.integers(1, max_c))
+    per_group = st.integers(1, max_c // groups)
+    cin, cout = groups * draw(per_group), groups * draw(per_group)
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    # the input must cover the dilated kernel once padded
+    h_min = max(1, dilation[0] * (kh - 1) + 1 - 2 * padding[0])
+    w_min = max(1, dilation[1] * (kw - 1) + 1 - 2 * padding[1])
+    h = draw(st.integers(h_min, max(h_min, max_side)))
+    w = draw(st.integers(w_min, max(w_min, max_side)))
+    x_shape = (draw(st.integers(1, max_n)), cin, h, w)
+    w_shape = (cout, cin // groups, kh, kw)
+    return x_shape, w_shape, draw(st.booleans()), stride, padding, dilation, groups
+
+
+def _pads(padding):
+    return (padding[0], padding[0], padding[1], padding[1])
+
+
+def _inputs(case, seed, dtype):
+    x_shape, w_shape, has_bias, *_ = case
+    x, w = arrays(x_shape, seed, dtype=dtype), arrays(w_shape, seed + 1, dtype=dtype)
+    return (x, w, arrays((w_shape[0],), seed + 2, dtype=dtype)) if has_bias else (x, w)
+
+
+def _fn(case):
+    _, _, _, stride, padding, dilation, groups = case
+    return lambda x, w, b=None: conv2d(x, w, b, stride, padding, dilation, groups)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(case=conv_cases(), seed=st.integers(0, 2**31))
+def test_forward_matches_oracles(dtype, case, seed):
+    _, _, _, stride, padding, dilation, groups = case
+    arrays_in = _inputs(case, seed, dtype)
+    y = _fn(case)(*(leaf(a, requires_grad=False) for a in arrays_in))
+    kwargs = {"stride": stride, "pads": _pads(padding), "dilation": dilation, "groups": groups}
+    expected = ref.conv2d(*arrays_in, **kwargs)
+    assert y.dtype == dtype and y.shape == expected.shape
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    np.testing.assert_allclose(y.numpy(), expected, **tol)
+    np.testing.assert_allclose(y.numpy(), ref.conv2d_scipy(*arrays_in, **kwargs), **tol)
+
+
+@given(case=conv_cases(), seed=st.integers(0, 2**31))
+def test_gradcheck(case, seed):
+    assert_gradcheck(_fn(case), *_inputs(case, seed, np.float64))
+
+
+def test_gradcheck_four_groups():
+    case = ((2, 4, 5, 4), (4, 1, 3, 2), True, (2, 1), (1, 2), (1, 2), 4)
+    assert_gradcheck(_fn(case), *_inputs(case, 7, np.float64))
+
+
+@pytest.mark.parametrize("padding", ["same", "valid", 0, (2, 1)])
+def test_matches_torch(padding):
+    torch = pytest.importorskip("torch")
+    x, w, b, gy_seed = arrays((2, 4, 7, 6), 1), arrays((6, 2, 2, 3), 2), arrays((6,), 3), 4
+    kwargs = {"padding": padding, "dilation": (2, 1), "groups": 2}
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = torch.nn.functional.conv2d(tx, tw, tb, **kwargs)
+    gy = arrays(tuple(ty.shape), gy_seed)
+    ty.backward(torch.tensor(gy))
+    mx, mw, mb = leaf(x), leaf(w), leaf(b)
+    y = conv2d(mx, mw, mb, **kwargs)
+    y.backward(mc.tensor(gy, dtype=np.float64))
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+    for m, t in ((mx, tx), (mw, tw), (mb, tb)):
+        np.testing.assert_allclose(m.grad.numpy(), t.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("budget", [1, 900])
+def test_chunked_batch(monkeypatch, budget):
+    # col holds 2*3*3 x 5*5 = 450 elements per sample: chunks of 1, then of 2 plus a remainder
+    monkeypatch.setattr(conv2d_module, "CPU_COL_BUDGET", budget)
+    case = ((3, 2, 5, 5), (4, 2, 3, 3), True, (1, 1), (1, 1), (1, 1), 1)
+    arrays_in = _inputs(case, 5, np.float64)
+    y = _fn(case)(*(leaf(a, requires_grad=False) for a in arrays_in))
+    np.testing.assert_allclose(y.numpy(), ref.conv2d(*arrays_in, pads=(1, 1, 1, 1)), rtol=1e-12)
+    assert_gradcheck(_fn(case), *arrays_in)
+
+
+def test_only_weight_grad_and_no_bias_grad():
+    x, w = arrays((2, 3, 5, 5), 1), arrays((2, 3, 3, 3), 2)
+    mx, mw, mb = leaf(x, requires_grad=False), leaf(w), leaf(arrays((2,), 3), requires_grad=False)
+    conv2d(mx, mw, mb, padding=1).sum().backward()
+    assert mx.grad is None and mb.grad is None and mw.grad.shape == w.shape
+
+
+@pytest.mark.cuda
+@settings(max_examples=3)
+@given(case=conv_cases(max_n=2, max_c=4, max_side=6), seed=st.integers(0, 2**31))
+def test_cuda_parity(case, seed):
+    assert_cuda_parity(_fn(case), *_inputs(case, seed, np.float64), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.cuda
+def test_cuda_parity_float32_groups():
+    case = ((2, 4, 5, 6), (4, 2, 3, 3), True, (1, 2), (1, 1), (1, 1), 2)
+    assert_cuda_parity(_fn(case), *_inputs(case, 3, np.float32), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- errors
+def _t(shape, dtype=np.float32):
+    return mc.tensor(np.zeros(shape, dtype=dtype))
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, kwargs, exc, words",
+    [
+        ((3, 8, 8), (4, 3, 3, 3), {}, ValueError, ["conv2d", "4 dimensions", "(3, 8, 8)"]),
+        ((1, 3, 8, 8), (4, 3, 3), {}, ValueError, ["conv2d", "weight", "(4, 3, 3)"]),
+        ((1, 3, 8, 8), (4, 2, 3, 3), {}, ValueError, ["conv2d", "3 channels", "(4, 2, 3, 3)"]),
+        ((1, 4, 8, 8), (6, 1, 3, 3), {"groups": 4}, ValueError, ["conv2d", "groups=4", "6"]),
+        ((1, 4, 8, 8), (4, 4, 3, 3), {"groups": 0}, ValueError, ["conv2d", "groups"]),
+        ((1, 3, 8, 8), (4, 3, 3, 3), {"stride": 0}, ValueError, ["conv2d", "stride", "(0, 0)"]),
+        ((1, 3, 8, 8), (4, 3, 3, 3), {"dilation": (1, -1)}, ValueError, ["conv2d", "dilation"]),
+        ((1, 3, 8, 8), (4, 3, 3, 3), {"padding": -1}, ValueError, ["conv2d", "padding"]),
+        ((1, 3, 2, 8), (4, 3, 3, 3), {}, ValueError, ["conv2d", "larger", "(1, 3, 2, 8)"]),
+        ((1, 3, 4, 4), (4, 3, 3, 3), {"dilation": 2}, ValueError, ["conv2d", "(5, 5)"]),
+        ((1, 3, 8, 8), (4, 3, 3, 3), {"padding": "full"}, ValueError, ["conv2d", "'full'"]),
+        (
+            (1, 3, 8, 8),
+            (4, 3, 3, 3),
+            {"padding": "same", "stride": 2},
+            ValueError,
+            ["conv2d", "same", "stride"],
+        ),
+        ((1, 3, 8, 8), (4, 3, 3, 3), {"stride": (1, 2, 3)}, ValueError, ["conv2d", "stride"]),
+    ],
+)
+def test_errors(x_shape, w_shape, kwargs, exc, words):
+    with pytest.raises(exc) as info:
+        conv2d(_t(x_shape), _t(w_shape), **kwargs)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_dtype_mismatch():
+    with pytest.raises(TypeError, match=r"conv2d.*float32.*float64"):
+        conv2d(_t((1, 3, 5, 5)), _t((2, 3, 3, 3), np.float64))
+    with pytest.raises(TypeError, match=r"conv2d.*bias float64"):
+        conv2d(_t((1, 3, 5, 5)), _t((2, 3, 3, 3)), _t((2,), np.float64))
+
+
+def test_bias_shape():
+    with pytest.raises(ValueError, match=r"conv2d.*bias.*\(2,\).*\(3,\)"):
+        conv2d(_t((1, 3, 5, 5)), _t((2, 3, 3, 3)), _t((3,)))
+
+
+@pytest.mark.cuda
+def test_device_mismatch():
+    x = mc.tensor(np.zeros((1, 3, 5, 5), np.float32), device="cuda")
+    with pytest.raises(RuntimeError, match=r"conv2d.*cuda.*cpu|conv2d.*cpu.*cuda"):
+        conv2d(x, _t((2, 3, 3, 3)))
