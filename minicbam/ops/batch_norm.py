@@ -201,13 +201,8 @@ def _input_grad_cpu(gx, gy, x, coef, C, M):
 
 # ----------------------------------------------------------------------------- CUDA kernels
 def _launcher(kernel, count):
-    """launch(*args) with a grid-stride loop over count(*args) items."""
-
-    def launch(*args):
-        blocks, threads = device.launch_config(count(*args))
-        kernel[blocks, threads](*args)
-
-    return launch
+    """A grid-stride launch over count(*args) items (see device.launcher)."""
+    return device.launcher(kernel, items=count)
 
 
 def _plane_stats_cuda():

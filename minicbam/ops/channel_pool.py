@@ -85,11 +85,7 @@ def _channel_pool_cuda():
         for q in range(cuda.grid(1), argmax.size, cuda.gridsize(1)):
             channel_pool_at(y, argmax, x, q // M, q % M, C, M)
 
-    def launch(y, argmax, x, C, M):
-        blocks, threads = device.launch_config(argmax.size)
-        channel_pool[blocks, threads](y, argmax, x, C, M)
-
-    return launch
+    return device.launcher(channel_pool, items=lambda y, argmax, *rest: argmax.size)
 
 
 def _channel_pool_grad_cuda():
@@ -105,7 +101,8 @@ def _channel_pool_grad_cuda():
     return device.grid_stride_launcher(channel_pool_grad)
 
 
-channel_pool_kernel = Kernel(cpu=_channel_pool_cpu, cuda=_channel_pool_cuda)
+# float64_math: the channel mean accumulates in float64.
+channel_pool_kernel = Kernel(cpu=_channel_pool_cpu, cuda=_channel_pool_cuda, float64_math=True)
 channel_pool_grad_kernel = Kernel(cpu=_channel_pool_grad_cpu, cuda=_channel_pool_grad_cuda)
 
 

@@ -131,7 +131,8 @@ def _logit_grad_cuda():
 
 sigmoid_kernel = Kernel(cpu=_sigmoid_cpu, cuda=_sigmoid_cuda)
 scale_kernel = Kernel(cpu=_scale_cpu, cuda=_scale_cuda)
-logit_grad_kernel = Kernel(cpu=_logit_grad_cpu, cuda=_logit_grad_cuda)
+# float64_math: the sum over a channel plane or over channels accumulates in float64.
+logit_grad_kernel = Kernel(cpu=_logit_grad_cpu, cuda=_logit_grad_cuda, float64_math=True)
 
 
 # ----------------------------------------------------------------------------- op

@@ -91,11 +91,7 @@ def _global_pool_cuda():
         for p in range(cuda.grid(1), x.size // M, cuda.gridsize(1)):
             global_plane(y, argmax, x, p, M, avg_slot, max_slot)
 
-    def launch(y, argmax, x, M, avg_slot, max_slot):
-        blocks, threads = device.launch_config(x.size // M)
-        global_pool[blocks, threads](y, argmax, x, M, avg_slot, max_slot)
-
-    return launch
+    return device.launcher(global_pool, items=lambda y, argmax, x, M, *rest: x.size // M)
 
 
 def _global_grad_cuda():
@@ -111,7 +107,8 @@ def _global_grad_cuda():
     return device.grid_stride_launcher(global_grad)
 
 
-global_pool_kernel = Kernel(cpu=_global_pool_cpu, cuda=_global_pool_cuda)
+# float64_math: the plane mean accumulates in float64.
+global_pool_kernel = Kernel(cpu=_global_pool_cpu, cuda=_global_pool_cuda, float64_math=True)
 global_grad_kernel = Kernel(cpu=_global_grad_cpu, cuda=_global_grad_cuda)
 
 
