@@ -5,8 +5,11 @@
 
 The reduced dimensions are moved last (a gather, skipped when they already are), so
 every reduction is a row reduction of an (R, K) matrix: ``out[r] = sum_k x[r * K + k]``,
-one row per CPU iteration / CUDA thread. Rows are summed in float64 for float32 inputs
-too, so results do not depend on K's size or the device.
+one row per CPU iteration / CUDA thread. Reducing *leading* dimensions (a batch: bias
+gradients, broadcast gradients, per-sample partial sums) instead sums the columns of an
+(R, J) matrix in place, ``out[j] = sum_r x[r * J + j]``, without moving anything. Sums
+accumulate in float64 for float32 inputs too, so results do not depend on the sizes or
+the device.
 """
 
 import numpy as np
@@ -46,6 +49,41 @@ def _sum_rows_cuda():
 
 sum_rows_kernel = Kernel(cpu=_sum_rows_cpu, cuda=_sum_rows_cuda, float64_math=True)
 
+COLUMN_BLOCK = 256  # columns per CPU task: the inner loop runs along contiguous memory
+
+
+@njit(parallel=True, cache=True)
+def _sum_columns_cpu(out, x, R):
+    J = out.size
+    for block in prange((J + COLUMN_BLOCK - 1) // COLUMN_BLOCK):
+        j0 = block * COLUMN_BLOCK
+        j1 = min(J, j0 + COLUMN_BLOCK)
+        acc = np.zeros(j1 - j0, dtype=np.float64)
+        for r in range(R):
+            for j in range(j0, j1):
+                acc[j - j0] += x[r * J + j]
+        for j in range(j0, j1):
+            out[j] = acc[j - j0]
+
+
+def _sum_columns_cuda():
+    global cuda
+    cuda = device.cuda_module()
+
+    @cuda.jit
+    def sum_columns(out, x, R):
+        J = out.size
+        for j in range(cuda.grid(1), J, cuda.gridsize(1)):  # neighbouring threads, neighbouring j
+            acc = 0.0
+            for r in range(R):
+                acc += x[r * J + j]
+            out[j] = acc
+
+    return device.grid_stride_launcher(sum_columns)
+
+
+sum_columns_kernel = Kernel(cpu=_sum_columns_cpu, cuda=_sum_columns_cuda, float64_math=True)
+
 
 def normalize_dims(dim, ndim, op="sum"):
     """Sorted, non-negative, unique dims from None, an int or a sequence of ints.
@@ -83,9 +121,13 @@ def keepdim_shape(shape, dims):
 
 
 def sum_array(x, dims, keepdim=False):
-    rows, keep_shape, K = rows_layout(x, dims)
+    keep_shape = tuple(s for d, s in enumerate(x.shape) if d not in dims)
     out = device.empty(keep_shape, x.dtype, device.device_of(x))
-    if out.size:
+    if out.size and dims == tuple(range(len(dims))) and keep_shape:
+        R = int(np.prod(x.shape[: len(dims)], dtype=np.int64))
+        sum_columns_kernel(device.flat(out), device.flat(x), R)
+    elif out.size:
+        rows, _, K = rows_layout(x, dims)
         sum_rows_kernel(device.flat(out), device.flat(rows), K)
     return out.reshape(keepdim_shape(x.shape, dims)) if keepdim else out
 
