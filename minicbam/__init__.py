@@ -21,6 +21,7 @@ from minicbam.function import (  # noqa: E402
     set_grad_enabled,
 )
 from minicbam.ops import cat, stack  # noqa: E402
+from minicbam.serialization import load, save  # noqa: E402
 from minicbam.tensor import (  # noqa: E402
     Tensor,
     arange,
@@ -44,6 +45,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GradcheckError", "Tensor", "arange", "bool_", "cat", "cuda_is_available", "detect_anomaly", "enable_grad", "float32",
-    "float64", "full", "gradcheck", "int32", "int64", "is_grad_enabled", "manual_seed", "no_grad", "ones",
-    "ones_like", "rand", "randn", "set_detect_anomaly", "set_grad_enabled", "stack", "tensor", "zeros", "zeros_like",
+    "float64", "full", "gradcheck", "int32", "int64", "is_grad_enabled", "load", "manual_seed", "no_grad", "ones",
+    "ones_like", "rand", "randn", "save", "set_detect_anomaly", "set_grad_enabled", "stack", "tensor", "zeros", "zeros_like",
 ]

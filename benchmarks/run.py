@@ -1,0 +1,122 @@
+"""minicbam vs PyTorch CPU on the same workloads, in one run: medians and ratios.
+
+    python benchmarks/run.py [--quick] [--only NAME ...] [--json FILE] [--threads N]
+
+Each workload builds the same computation in minicbam and (when torch is importable) in
+PyTorch with the same shapes and layers, warms both up, then times ``--repeats`` calls of each and
+reports the medians and ``torch / minicbam`` (above 1: minicbam is faster). Both use the
+same number of threads (numba and torch.set_num_threads). The environment that matters
+(OPENBLAS_CORETYPE, OMP_WAIT_POLICY, threads, load average) is printed with the table and
+stored in the JSON. Speed is measured here, never asserted in tests.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import workloads  # noqa: E402
+
+
+def median_seconds(fn, repeats, warmup):
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def environment(threads):
+    import numba
+
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "numba_threads": numba.get_num_threads(),
+        "threads": threads,
+        "threading_layer": _threading_layer(),
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
+        "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE", "(unset)"),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+        "loadavg_1min": os.getloadavg()[0],
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def _threading_layer():
+    import numba
+
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel function has run yet
+        return "(not initialised)"
+
+
+def run(names, repeats, warmup, quick, threads, use_torch):
+    import numba
+
+    numba.set_num_threads(threads)
+    torch = workloads.import_torch(threads) if use_torch else None
+    rows = []
+    for name in names:
+        case = workloads.CASES[name](quick=quick, torch=torch)
+        row = {"name": name, "what": case.what, "unit": case.unit, "per_call": case.per_call}
+        row["minicbam_s"] = median_seconds(case.minicbam, repeats, warmup)
+        if torch is not None and case.torch is not None:
+            row["torch_s"] = median_seconds(case.torch, repeats, warmup)
+            row["ratio"] = row["torch_s"] / row["minicbam_s"]
+        rows.append(row)
+        print(format_row(row), flush=True)
+    return rows
+
+
+def format_row(row):
+    def cell(seconds):
+        if seconds is None:
+            return "-"
+        rate = row["per_call"] / seconds if row["per_call"] else None
+        text = f"{seconds * 1e3:9.2f} ms"
+        return text + (f" ({rate:,.0f} {row['unit']})" if rate else "")
+
+    ratio = f"{row['ratio']:.2f}x" if "ratio" in row else "-"
+    return f"{row['name']:<28} {cell(row['minicbam_s']):<34} {cell(row.get('torch_s')):<34} {ratio}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=sorted(workloads.CASES), default=None)
+    parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--no-torch", action="store_true", help="time minicbam alone")
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 7)
+    names = args.only or list(workloads.CASES)
+    env = environment(args.threads)
+    print(" ".join(f"{k}={v}" for k, v in env.items()))
+    print(f"{'workload':<28} {'minicbam (median)':<34} {'torch (median)':<34} torch/minicbam")
+    rows = run(names, repeats, args.warmup, args.quick, args.threads, not args.no_torch)
+    env["threading_layer"] = _threading_layer()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "results": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

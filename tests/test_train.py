@@ -1,0 +1,205 @@
+"""Training runs through ``minicbam train``: outputs, resume reproducibility, eval.
+
+Runs are tiny (a fixed 96-sample subset of the 8x8 digits, batches of 32, 2 epochs) so the
+module takes seconds; they check plumbing and exact reproducibility, not accuracy.
+"""
+
+import csv
+
+import numpy as np
+import pytest
+
+import minicbam as mc
+from minicbam import optim
+from minicbam.cli import main
+from minicbam.train import (
+    METRIC_FIELDS,
+    TrainConfig,
+    UserError,
+    fit,
+    make_model,
+    make_scheduler,
+)
+
+TINY = ["--limit-train", "96", "--limit-test", "48", "--batch-size", "32", "--no-progress"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def read_metrics(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """Two uninterrupted epochs."""
+    out = tmp_path_factory.mktemp("full")
+    assert main(["train", "--epochs", "2", "--out", str(out), *TINY]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory):
+    """The same run, stopped after epoch 1 and resumed from its checkpoint."""
+    out = tmp_path_factory.mktemp("resumed")
+    assert main(["train", "--epochs", "2", "--stop-after", "1", "--out", str(out), *TINY]) == 0
+    assert len(read_metrics(out / "metrics.csv")) == 1
+    assert main(["train", "--resume", str(out / "checkpoint.safetensors"), "--no-progress"]) == 0
+    return out
+
+
+def test_train_writes_metrics_curves_and_checkpoints(full_run):
+    for name in ("metrics.csv", "curves.png", "checkpoint.safetensors", "best.safetensors"):
+        assert (full_run / name).stat().st_size > 0, name
+    assert (full_run / "curves.png").read_bytes()[:8] == PNG_SIGNATURE
+    rows = read_metrics(full_run / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert tuple(rows[0]) == METRIC_FIELDS
+    for row in rows:
+        assert 0.0 <= float(row["test_acc"]) <= 1.0 and float(row["train_loss"]) > 0
+    # cosine over 2 epochs: the full lr, then half of it
+    assert [float(r["lr"]) for r in rows] == pytest.approx([3e-3, 1.5e-3])
+
+
+def test_checkpoint_contents(full_run):
+    tree = mc.load(full_run / "checkpoint.safetensors")
+    assert tree["epoch"] == 2 and len(tree["history"]) == 2
+    assert {"model", "optimizer", "scheduler", "rng", "config", "data"} <= set(tree)
+    assert tree["config"]["model"] == "digits-cnn" and tree["config"]["attention"] == "cbam"
+    assert any(key.endswith("attn.spatial.conv.weight") for key in tree["model"])
+
+
+def test_resume_reproduces_an_uninterrupted_run(full_run, resumed_run):
+    a = mc.load(full_run / "checkpoint.safetensors")
+    b = mc.load(resumed_run / "checkpoint.safetensors")
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        np.testing.assert_array_equal(a["model"][key], b["model"][key], err_msg=key)
+    state_a, state_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    for index in state_a:
+        for name in state_a[index]:
+            np.testing.assert_array_equal(state_a[index][name], state_b[index][name])
+    rows_a = read_metrics(full_run / "metrics.csv")
+    rows_b = read_metrics(resumed_run / "metrics.csv")
+    for row_a, row_b in zip(rows_a, rows_b, strict=True):
+        row_a.pop("seconds"), row_b.pop("seconds")
+        assert row_a == row_b
+
+
+def test_resume_of_a_finished_run_is_refused(full_run, capsys):
+    assert main(["train", "--resume", str(full_run / "checkpoint.safetensors")]) == 2
+    assert "already holds 2 epochs" in capsys.readouterr().err
+
+
+def test_eval_prints_accuracy_and_confusion_matrix(full_run, capsys):
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(full_run / "best.safetensors"),
+                "--limit",
+                "40",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "40 samples" in out and "accuracy" in out and "confusion matrix" in out
+    matrix = [line.split()[1:] for line in out.splitlines()[-10:]]
+    assert sum(int(v) for row in matrix for v in row) == 40
+
+
+def test_eval_on_a_dataset_with_other_channels_is_refused(full_run, tmp_path, capsys):
+    # A CIFAR-10 test batch in the binary format: per image a label byte + 3 x 32 x 32 pixels.
+    rng = np.random.default_rng(0)
+    records = [np.concatenate([[k], rng.integers(0, 256, 3072)]) for k in range(10)]
+    (tmp_path / "test_batch.bin").write_bytes(np.concatenate(records).astype(np.uint8).tobytes())
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(full_run / "best.safetensors"),
+                "--dataset",
+                "cifar10",
+                "--data-dir",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "takes 1-channel images; cifar10 has 3" in err and "Traceback" not in err
+
+
+def test_config_validation_names_the_setting():
+    with pytest.raises(UserError, match="unknown model 'lenet'; choose one of: digits-cnn"):
+        TrainConfig(model="lenet").validate()
+    with pytest.raises(UserError, match="--batch-size must be at least 1"):
+        TrainConfig(batch_size=0).validate()
+    with pytest.raises(UserError, match="--lr must be a positive number"):
+        TrainConfig(lr=float("nan")).validate()
+
+
+def scheduled_lrs(**settings):
+    config = TrainConfig(lr=1.0, **settings)
+    opt = optim.SGD([mc.zeros(1, requires_grad=True)], lr=config.lr)
+    scheduler = make_scheduler(config, opt)
+    lrs = []
+    for _ in range(config.epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        if scheduler is not None:
+            scheduler.step()
+    return lrs
+
+
+def test_schedules_with_and_without_warmup():
+    assert scheduled_lrs(epochs=3, scheduler="none") == [1.0, 1.0, 1.0]
+    assert scheduled_lrs(epochs=6, scheduler="step", step_size=2) == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01]
+    )
+    assert scheduled_lrs(epochs=4, scheduler="cosine", warmup_epochs=2) == pytest.approx(
+        [1 / 3, 2 / 3, 1.0, 0.5]
+    )
+    assert scheduled_lrs(epochs=4, scheduler="none", warmup_epochs=1) == pytest.approx(
+        [0.5, 1.0, 1.0, 1.0]
+    )
+
+
+def test_fit_in_process_with_sgd_step_and_se(tmp_path):
+    config = TrainConfig(
+        attention="se",
+        optimizer="sgd",
+        scheduler="step",
+        epochs=1,
+        batch_size=16,
+        limit_train=32,
+        limit_test=16,
+        out=str(tmp_path),
+    )
+    lines = []
+    result = fit(config, log=lines.append)
+    assert len(result["history"]) == 1 and "digits-cnn (attention se)" in lines[0]
+    assert (tmp_path / "checkpoint.safetensors").exists()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_resnets_take_the_datasets_channels(name):
+    # Forward only: a full-width ResNet's backward takes tens of seconds on 2 cores.
+    model = make_model(name, "cbam", num_classes=10, in_channels=1).eval()
+    with mc.no_grad():
+        assert model(mc.rand(2, 1, 8, 8)).shape == (2, 10)
+    assert model.layer1[0].attn is not None
+
+
+def test_resume_can_extend_a_run_and_keeps_its_settings(full_run, tmp_path, capsys):
+    checkpoint = str(full_run / "checkpoint.safetensors")
+    args = ["train", "--resume", checkpoint, "--epochs", "3", "--lr", "1", "--out", str(tmp_path)]
+    assert main([*args, "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "resuming keeps the checkpoint's --lr 0.003" in captured.err
+    assert "epoch   3/3" in captured.out
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]  # the history travels with the run
