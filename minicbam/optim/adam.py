@@ -15,7 +15,7 @@ State per parameter: ``step`` (int), ``exp_avg`` (m), ``exp_avg_sq`` (v) and, wi
 ``max_exp_avg_sq`` (vmax).
 """
 
-from minicbam.ops import stack
+from minicbam.ops.adam_update import adam_update_
 from minicbam.optim.optimizer import Optimizer, check_non_negative
 from minicbam.tensor import zeros_like
 
@@ -50,26 +50,28 @@ class Adam(Optimizer):
                 )
 
     def _update_group(self, group):
+        # One fused in-place kernel per parameter (ops/adam_update.py carries the same
+        # formulas as this module's docstring).
         for p in group["params"]:
-            if p.grad is not None:
-                p.data = self._updated(p, group).data
-
-    def _updated(self, p, group):
-        """The parameter's new value (a Tensor); updates ``self.state[p]``."""
-        lr, wd = group["lr"], group["weight_decay"]
-        beta1, beta2 = group["betas"]
-        g = p.grad
-        if wd != 0 and not self.decoupled_weight_decay:
-            g = g + wd * p
-        state = self._state(p, group)
-        state["step"] = t = state["step"] + 1
-        state["exp_avg"] = m = beta1 * state["exp_avg"] + (1 - beta1) * g
-        state["exp_avg_sq"] = v = beta2 * state["exp_avg_sq"] + (1 - beta2) * (g * g)
-        if group["amsgrad"]:
-            state["max_exp_avg_sq"] = v = stack([state["max_exp_avg_sq"], v]).amax(0)
-        denom = v.sqrt() / (1 - beta2**t) ** 0.5 + group["eps"]
-        x = p * (1 - lr * wd) if wd != 0 and self.decoupled_weight_decay else p
-        return x - (lr / (1 - beta1**t)) * (m / denom)
+            if p.grad is None:
+                continue
+            state = self._state(p, group)
+            state["step"] += 1
+            vmax = state.get("max_exp_avg_sq")
+            adam_update_(
+                p.data,
+                p.grad.data,
+                state["exp_avg"].data,
+                state["exp_avg_sq"].data,
+                None if vmax is None else vmax.data,
+                state["step"],
+                group["lr"],
+                group["betas"],
+                group["eps"],
+                group["weight_decay"],
+                self.decoupled_weight_decay,
+                group["amsgrad"],
+            )
 
     def _state(self, p, group):
         state = self.state.setdefault(p, {})

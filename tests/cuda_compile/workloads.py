@@ -4,6 +4,7 @@ import numpy as np
 
 import minicbam as mc
 import minicbam.nn.functional as F
+from minicbam import optim
 
 
 def _leaf(rng, shape, dtype):
@@ -41,6 +42,8 @@ def _network_ops(rng, dtype):
     loss.backward()
     with mc.no_grad():
         F.batch_norm(x, rm, rv, training=False)
+    optim.Adam([x, w], lr=1e-3, weight_decay=0.1, amsgrad=True).step()
+    optim.AdamW([x, w], lr=1e-3).step()
 
 
 def run_all_ops(dtype):
