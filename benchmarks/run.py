@@ -14,9 +14,13 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+import tracemalloc
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -36,6 +40,16 @@ def median_seconds(fn, repeats, warmup):
         fn()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+def traced_peak_mib(fn):
+    """Peak of the arrays one call allocates (NumPy reports its buffers to tracemalloc)."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
 
 
 def environment(threads):
@@ -75,12 +89,46 @@ def run(names, repeats, warmup, quick, threads, use_torch):
         case = workloads.CASES[name](quick=quick, torch=torch)
         row = {"name": name, "what": case.what, "unit": case.unit, "per_call": case.per_call}
         row["minicbam_s"] = median_seconds(case.minicbam, repeats, warmup)
+        row["minicbam_peak_mib"] = traced_peak_mib(case.minicbam)
         if torch is not None and case.torch is not None:
             row["torch_s"] = median_seconds(case.torch, repeats, warmup)
             row["ratio"] = row["torch_s"] / row["minicbam_s"]
         rows.append(row)
         print(format_row(row), flush=True)
     return rows
+
+
+COLD_START = (
+    "import time; t0 = time.perf_counter(); import numpy as np; import minicbam as mc; "
+    "import minicbam.nn as nn; cbam = nn.CBAM(64); "
+    "y = cbam(mc.tensor(np.ones((2, 64, 16, 16), np.float32))); "
+    "print(time.perf_counter() - t0)"
+)
+
+
+def cold_start(cache_dir):
+    """Seconds for import + building a CBAM + its first forward, in a fresh process."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    out = subprocess.run([sys.executable, "-c", COLD_START], env=env, capture_output=True,
+                         text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def cold_start_rows():
+    """Cold start with an empty numba cache (compiles) and with a warm one (loads)."""
+    with tempfile.TemporaryDirectory() as cache:
+        empty = cold_start(cache)
+        warm = statistics.median(cold_start(cache) for _ in range(3))
+    for name, seconds in (("cold_start_empty_cache", empty), ("cold_start_warm_cache", warm)):
+        row = {"name": name, "what": "import + CBAM first forward", "unit": "", "per_call": 0,
+               "minicbam_s": seconds}
+        print(format_row(row), flush=True)
+        yield row
+
+
+def peak_memory_mb():
+    """Peak resident memory of this process so far (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def format_row(row):
@@ -92,7 +140,9 @@ def format_row(row):
         return text + (f" ({rate:,.0f} {row['unit']})" if rate else "")
 
     ratio = f"{row['ratio']:.2f}x" if "ratio" in row else "-"
-    return f"{row['name']:<28} {cell(row['minicbam_s']):<34} {cell(row.get('torch_s')):<34} {ratio}"
+    peak = f"{row['minicbam_peak_mib']:.0f}" if "minicbam_peak_mib" in row else "-"
+    return (f"{row['name']:<28} {cell(row['minicbam_s']):<34} {cell(row.get('torch_s')):<34} "
+            f"{ratio:>7} {peak:>8}")
 
 
 def main(argv=None):
@@ -109,9 +159,14 @@ def main(argv=None):
     names = args.only or list(workloads.CASES)
     env = environment(args.threads)
     print(" ".join(f"{k}={v}" for k, v in env.items()))
-    print(f"{'workload':<28} {'minicbam (median)':<34} {'torch (median)':<34} torch/minicbam")
+    print(f"{'workload':<28} {'minicbam (median)':<34} {'torch (median)':<34} {'ratio':>7} "
+          f"{'peak MiB':>8}")
     rows = run(names, repeats, args.warmup, args.quick, args.threads, not args.no_torch)
+    if not args.only:
+        rows.extend(cold_start_rows())
     env["threading_layer"] = _threading_layer()
+    env["peak_rss_mib"] = peak_memory_mb()
+    print(f"peak resident memory of this run: {env['peak_rss_mib']:.0f} MiB")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "results": rows}, f, indent=2)
