@@ -308,9 +308,13 @@ def make_attention(kind, channels, variant="default", reduction=16, kernel_size=
     kinds; ``kwargs`` go to the constructor (e.g. ``pool_types``).
     """
     if kind not in ATTENTION_KINDS:
-        raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {kind!r}")
+        raise ValueError(
+            f"make_attention: attention must be one of {ATTENTION_KINDS}, got {kind!r}"
+        )
     if variant not in VARIANTS:
-        raise ValueError(f"attention_variant must be one of {VARIANTS}, got {variant!r}")
+        raise ValueError(
+            f"make_attention: attention_variant must be one of {VARIANTS}, got {variant!r}"
+        )
     if kind is None:
         return None
     if kind == "se":

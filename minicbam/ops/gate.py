@@ -67,7 +67,6 @@ def logit_grad_at(gl, gy, x, s, j, C, M, spatial):
 # than the bodies themselves (array arguments on every element). CUDA kernels call the
 # register_jitable originals.
 sigmoid_at_cpu = njit(inline="always")(sigmoid_at)
-scale_at_cpu = njit(inline="always")(scale_at)
 logit_grad_at_cpu = njit(inline="always")(logit_grad_at)
 
 
@@ -80,16 +79,38 @@ def _sigmoid_cpu(s, logits):
 
 @njit(parallel=True, cache=True)
 def _scale_cpu(y, x, s, C, M, spatial):
+    # scale_at with the logit index hoisted out of the pixel loop (it vectorises then).
     for p in prange(y.size // M):  # one (n, c) plane per iteration: contiguous
         p = int64(p)
-        for m in range(M):
-            scale_at_cpu(y, x, s, p // C, p % C, m, C, M, spatial)
+        base = p * M
+        if spatial:
+            s_base = (p // C) * M
+            for m in range(M):
+                y[base + m] = x[base + m] * s[s_base + m]
+        else:
+            sp = s[p]
+            for m in range(M):
+                y[base + m] = x[base + m] * sp
 
 
 @njit(parallel=True, cache=True, fastmath=True)
 def _logit_grad_cpu(gl, gy, x, s, C, M, spatial):
-    for j in prange(gl.size):
-        logit_grad_at_cpu(gl, gy, x, s, int64(j), C, M, spatial)
+    if not spatial:
+        for j in prange(gl.size):
+            logit_grad_at_cpu(gl, gy, x, s, int64(j), C, M, spatial)
+        return
+    # Spatial gate: logit_grad_at's sum over c for a pixel, with channels outer and pixels
+    # inner so that reads are contiguous (one sample per task).
+    one = gl.dtype.type(1)
+    for n in prange(gl.size // M):
+        acc = np.zeros(M, dtype=np.float64)
+        for c in range(C):
+            base = (n * C + c) * M
+            for m in range(M):
+                acc[m] += gy[base + m] * x[base + m]
+        for m in range(M):
+            j = n * M + m
+            gl[j] = s[j] * (one - s[j]) * acc[m]
 
 
 def _sigmoid_cuda():
