@@ -258,6 +258,12 @@ def _load_npz(data, path):
         raise _bad(path, "not an npz (zip) archive", data)
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         flat = {name: npz[name] for name in npz.files}
+    # np.load hands back a member without the .npy magic (any name) as raw bytes.
+    stray = [name for name, value in flat.items() if not isinstance(value, np.ndarray)]
+    if stray:
+        torch_zip = any(name.endswith("/data.pkl") for name in stray)
+        hint = "; it looks like a zip-format torch file (.pth)" if torch_zip else ""
+        raise _bad(path, f"zip member {stray[0]!r} is not a .npy array{hint}")
     header = flat.pop(_TREE_KEY, None)
     if header is None:
         return flat

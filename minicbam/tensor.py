@@ -86,7 +86,8 @@ class Tensor:
     def requires_grad_(self, requires_grad=True):
         if requires_grad and not np.issubdtype(self.dtype, np.floating):
             raise RuntimeError(
-                f"only floating-point tensors can require gradients, got dtype {self.dtype}"
+                f"requires_grad_: only floating-point tensors can require gradients, "
+                f"got dtype {self.dtype}"
             )
         if not self.is_leaf and not requires_grad:
             raise RuntimeError("requires_grad_: you can only change requires_grad of leaf tensors")

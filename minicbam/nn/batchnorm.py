@@ -76,6 +76,13 @@ class _BatchNorm(Module):
     def _check_input_dim(self, input):
         raise NotImplementedError
 
+    def _check_channels(self, input):
+        if input.shape[1] != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__}({self.num_features}): expected input with "
+                f"{self.num_features} channels, got shape {input.shape}"
+            )
+
     def _average_factor(self):
         """The running-stat update factor of this forward; counts the batch when training."""
         if not (self.training and self.track_running_stats):
@@ -105,6 +112,7 @@ class _BatchNorm(Module):
 
     def forward(self, input):
         self._check_input_dim(input)
+        self._check_channels(input)
         return self._normalize(input)
 
     def extra_repr(self):
@@ -120,7 +128,7 @@ class BatchNorm2d(_BatchNorm):
 
     def _check_input_dim(self, input):
         if input.ndim != 4:
-            raise ValueError(f"expected 4D input (got {input.ndim}D input)")
+            raise ValueError(f"BatchNorm2d: expected 4D input (got {input.ndim}D input)")
 
 
 class BatchNorm1d(_BatchNorm):
@@ -128,10 +136,11 @@ class BatchNorm1d(_BatchNorm):
 
     def _check_input_dim(self, input):
         if input.ndim not in (2, 3):
-            raise ValueError(f"expected 2D or 3D input (got {input.ndim}D input)")
+            raise ValueError(f"BatchNorm1d: expected 2D or 3D input (got {input.ndim}D input)")
 
     def forward(self, input):
         self._check_input_dim(input)
+        self._check_channels(input)
         shape = input.shape
         x = input.reshape(shape[0], shape[1], shape[2] if input.ndim == 3 else 1, 1)
         return self._normalize(x).reshape(*shape)

@@ -13,6 +13,7 @@ references.
 """
 
 from collections import namedtuple
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -238,6 +239,11 @@ class Module:
         Shape mismatches always raise; missing and unexpected keys raise when ``strict``.
         Nothing is copied unless every check passes. Returns (missing_keys, unexpected_keys).
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                f"load_state_dict: expected state_dict to be dict-like, got "
+                f"{type(state_dict).__name__}"
+            )
         own = self._state_tensors()
         missing = [key for key in own if key not in state_dict]
         unexpected = [key for key in state_dict if key not in own]

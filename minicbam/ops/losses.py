@@ -24,6 +24,7 @@ from numba.extending import register_jitable
 
 from minicbam.function import Function
 from minicbam.ops.elementwise import apply_binary, apply_unary, binary_kernel, unary_kernel
+from minicbam.ops.expand import broadcast_shape
 from minicbam.ops.reduce import mean, sum
 from minicbam.ops.unary import abs, clamp, log
 
@@ -98,6 +99,7 @@ def _check_shapes(op, x, t):
 def mse_loss(input, target, reduction="mean"):
     """Mean squared error ``R((x - t)^2)``; shapes broadcast as in PyTorch."""
     _check_reduction("mse_loss", reduction)
+    broadcast_shape("mse_loss", input.shape, getattr(target, "shape", ()))
     d = input - target
     return _reduce(d * d, reduction)
 
@@ -105,6 +107,7 @@ def mse_loss(input, target, reduction="mean"):
 def l1_loss(input, target, reduction="mean"):
     """Mean absolute error ``R(|x - t|)``; shapes broadcast as in PyTorch."""
     _check_reduction("l1_loss", reduction)
+    broadcast_shape("l1_loss", input.shape, getattr(target, "shape", ()))
     return _reduce(abs(input - target), reduction)
 
 

@@ -185,27 +185,43 @@ class MaxWithIndex(_MaxBase):
         return (self._unpermute(g_rows),)
 
 
+def check_nonempty(op, shape, dims):
+    """PyTorch's IndexError for a maximum over no elements (it has no value)."""
+    empty = [d for d in dims if shape[d] == 0]
+    if empty:
+        raise IndexError(
+            f"{op}: expected reduction dim {empty[0]} to have non-zero size, got shape {shape}"
+        )
+
+
 def amax(x, dim=None, keepdim=False):
     if dim is not None and not isinstance(dim, (int, np.integer)) and len(dim) == 0:
         dim = None
-    return AMax(normalize_dims(dim, x.ndim, "amax"), keepdim)(x)
+    dims = normalize_dims(dim, x.ndim, "amax")
+    check_nonempty("amax", x.shape, dims)
+    return AMax(dims, keepdim)(x)
 
 
 def max(x, dim=None, keepdim=False):  # noqa: A001 - mirrors torch.max
     """``max(x)``: the largest element; ``max(x, dim)``: (values, indices) along ``dim``."""
     if dim is None:
+        check_nonempty("max", x.shape, tuple(range(x.ndim)))
         return amax(x)
     if not isinstance(dim, (int, np.integer)):
         raise TypeError(f"max: dim must be an int, got {type(dim).__name__}")
-    fn = MaxWithIndex(normalize_dims(dim, x.ndim, "max"), keepdim)
+    dims = normalize_dims(dim, x.ndim, "max")
+    check_nonempty("max", x.shape, dims)
+    fn = MaxWithIndex(dims, keepdim)
     values = fn(x)
     return MaxResult(values, Tensor(fn.indices.reshape(values.shape)))
 
 
 def argmax(x, dim=None, keepdim=False):
     if dim is None:
+        check_nonempty("argmax", (x.numel(),), (0,))
         _, indices, _, _ = max_rows(x.data.reshape(x.numel()), (0,))
         return Tensor(indices)
     dims = normalize_dims(dim, x.ndim, "argmax")
+    check_nonempty("argmax", x.shape, dims)
     _, indices, _, _ = max_rows(x.data, dims)
     return Tensor(indices.reshape(keepdim_shape(x.shape, dims)) if keepdim else indices)

@@ -37,7 +37,7 @@ class Optimizer:
         self.defaults = dict(defaults)
         self.state = {}  # keyed by the parameter Tensor itself (hashed by identity)
         self.param_groups = []
-        groups = _as_param_list(params)
+        groups = _named(type(self).__name__, _as_param_list, params)
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
         for group in groups:
@@ -56,10 +56,11 @@ class Optimizer:
         if not isinstance(param_group, dict):
             raise TypeError(f"param group must be a dict, got {type(param_group).__name__}")
         group = dict(param_group)
-        params = group["params"] = _check_params(group.get("params"))
+        name = type(self).__name__
+        params = group["params"] = _named(name, _check_params, group.get("params"))
         for key, value in self.defaults.items():
             group.setdefault(key, value)
-        self._check_group(group)
+        _named(name, self._check_group, group)
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         if any(id(p) in seen for p in params):
             raise ValueError("some parameters appear in more than one parameter group")
@@ -141,6 +142,14 @@ class Optimizer:
 def check_non_negative(name, value):
     if not value >= 0.0:  # also rejects NaN
         raise ValueError(f"invalid {name}: {value} (must be >= 0)")
+
+
+def _named(owner, check, *args):
+    """Run the validation ``check(*args)``; its TypeError/ValueError names the optimizer."""
+    try:
+        return check(*args)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{owner}: {e}") from None
 
 
 def _as_param_list(params):
