@@ -24,11 +24,11 @@ import tracemalloc
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import workloads  # noqa: E402
+import workloads
 
 
 def median_seconds(fn, repeats, warmup):
@@ -109,8 +109,9 @@ COLD_START = (
 def cold_start(cache_dir):
     """Seconds for import + building a CBAM + its first forward, in a fresh process."""
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
-    out = subprocess.run([sys.executable, "-c", COLD_START], env=env, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", COLD_START], env=env, capture_output=True, text=True, check=True
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -120,8 +121,13 @@ def cold_start_rows():
         empty = cold_start(cache)
         warm = statistics.median(cold_start(cache) for _ in range(3))
     for name, seconds in (("cold_start_empty_cache", empty), ("cold_start_warm_cache", warm)):
-        row = {"name": name, "what": "import + CBAM first forward", "unit": "", "per_call": 0,
-               "minicbam_s": seconds}
+        row = {
+            "name": name,
+            "what": "import + CBAM first forward",
+            "unit": "",
+            "per_call": 0,
+            "minicbam_s": seconds,
+        }
         print(format_row(row), flush=True)
         yield row
 
@@ -141,8 +147,10 @@ def format_row(row):
 
     ratio = f"{row['ratio']:.2f}x" if "ratio" in row else "-"
     peak = f"{row['minicbam_peak_mib']:.0f}" if "minicbam_peak_mib" in row else "-"
-    return (f"{row['name']:<28} {cell(row['minicbam_s']):<34} {cell(row.get('torch_s')):<34} "
-            f"{ratio:>7} {peak:>8}")
+    return (
+        f"{row['name']:<28} {cell(row['minicbam_s']):<34} {cell(row.get('torch_s')):<34} "
+        f"{ratio:>7} {peak:>8}"
+    )
 
 
 def main(argv=None):
@@ -159,8 +167,10 @@ def main(argv=None):
     names = args.only or list(workloads.CASES)
     env = environment(args.threads)
     print(" ".join(f"{k}={v}" for k, v in env.items()))
-    print(f"{'workload':<28} {'minicbam (median)':<34} {'torch (median)':<34} {'ratio':>7} "
-          f"{'peak MiB':>8}")
+    print(
+        f"{'workload':<28} {'minicbam (median)':<34} {'torch (median)':<34} {'ratio':>7} "
+        f"{'peak MiB':>8}"
+    )
     rows = run(names, repeats, args.warmup, args.quick, args.threads, not args.no_torch)
     if not args.only:
         rows.extend(cold_start_rows())

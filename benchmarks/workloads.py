@@ -11,9 +11,8 @@ import collections
 import numpy as np
 
 import minicbam as mc
-import minicbam.nn as nn
 import minicbam.nn.functional as F
-from minicbam import models, optim
+from minicbam import models, nn, optim
 
 Case = collections.namedtuple("Case", "what unit per_call minicbam torch")
 
@@ -176,8 +175,13 @@ def _conv_case(backward, quick, torch):
         tx = torch.tensor(_x(shape), requires_grad=backward)
         theirs = _torch_fwd_bwd(torch, tconv, tx) if backward else _torch_fwd(torch, tconv, tx)
     flops = 2 * shape[0] * 64 * 64 * 9 * shape[2] * shape[3] * (3 if backward else 1)
-    return Case(f"conv3x3 64->64 {'fwd+bwd' if backward else 'fwd'} {shape}", "GFLOP/s",
-                flops / 1e9, mine, theirs)
+    return Case(
+        f"conv3x3 64->64 {'fwd+bwd' if backward else 'fwd'} {shape}",
+        "GFLOP/s",
+        flops / 1e9,
+        mine,
+        theirs,
+    )
 
 
 def _layer_case(name, quick, torch):
@@ -215,7 +219,9 @@ def _resnet_case(train, quick, torch):
     x = mc.tensor(_x((batch, 3, 32, 32)))
     y = mc.tensor(np.arange(batch) % 10)
     if train:
-        mine = _train_step(model.train(), optim.SGD(model.parameters(), lr=0.01, momentum=0.9), x, y)
+        mine = _train_step(
+            model.train(), optim.SGD(model.parameters(), lr=0.01, momentum=0.9), x, y
+        )
     else:
         mine = _fwd(model.eval(), x)
     theirs = None
@@ -240,8 +246,9 @@ def _digits_case(quick, torch):
     if torch is not None:
         tm = torch_digits_like(torch, model)
         tx, ty = torch.tensor(_x((batch, 1, 8, 8))), torch.tensor(np.arange(batch) % 10)
-        theirs = _torch_train_step(torch, tm.train(), torch.optim.Adam(tm.parameters(), 1e-3),
-                                   tx, ty)
+        theirs = _torch_train_step(
+            torch, tm.train(), torch.optim.Adam(tm.parameters(), 1e-3), tx, ty
+        )
     return Case(f"digits-cnn-cbam train step batch {batch}", "img/s", batch, mine, theirs)
 
 
@@ -263,8 +270,12 @@ def torch_digits_like(torch, model):
 
     width = model.block1.conv.weight.shape[0]
     return tnn.Sequential(
-        Block(1, width), tnn.MaxPool2d(2), Block(width, 2 * width), tnn.AdaptiveAvgPool2d(2),
-        tnn.Flatten(), tnn.Linear(2 * width * 4, 10),
+        Block(1, width),
+        tnn.MaxPool2d(2),
+        Block(width, 2 * width),
+        tnn.AdaptiveAvgPool2d(2),
+        tnn.Flatten(),
+        tnn.Linear(2 * width * 4, 10),
     )
 
 

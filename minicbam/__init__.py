@@ -10,9 +10,8 @@ import os
 # first parallel call; libgomp reads it when it loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from minicbam.device import cuda_is_available  # noqa: E402
-from minicbam.gradcheck import GradcheckError, gradcheck  # noqa: E402
-from minicbam.function import (  # noqa: E402
+from minicbam.device import cuda_is_available
+from minicbam.function import (
     detect_anomaly,
     enable_grad,
     is_grad_enabled,
@@ -20,9 +19,10 @@ from minicbam.function import (  # noqa: E402
     set_detect_anomaly,
     set_grad_enabled,
 )
-from minicbam.ops import cat, stack  # noqa: E402
-from minicbam.serialization import load, save  # noqa: E402
-from minicbam.tensor import (  # noqa: E402
+from minicbam.gradcheck import GradcheckError, gradcheck
+from minicbam.ops import cat, stack
+from minicbam.serialization import load, save
+from minicbam.tensor import (
     Tensor,
     arange,
     bool_,
@@ -44,7 +44,33 @@ from minicbam.tensor import (  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
-    "GradcheckError", "Tensor", "arange", "bool_", "cat", "cuda_is_available", "detect_anomaly", "enable_grad", "float32",
-    "float64", "full", "gradcheck", "int32", "int64", "is_grad_enabled", "load", "manual_seed", "no_grad", "ones",
-    "ones_like", "rand", "randn", "save", "set_detect_anomaly", "set_grad_enabled", "stack", "tensor", "zeros", "zeros_like",
+    "GradcheckError",
+    "Tensor",
+    "arange",
+    "bool_",
+    "cat",
+    "cuda_is_available",
+    "detect_anomaly",
+    "enable_grad",
+    "float32",
+    "float64",
+    "full",
+    "gradcheck",
+    "int32",
+    "int64",
+    "is_grad_enabled",
+    "load",
+    "manual_seed",
+    "no_grad",
+    "ones",
+    "ones_like",
+    "rand",
+    "randn",
+    "save",
+    "set_detect_anomaly",
+    "set_grad_enabled",
+    "stack",
+    "tensor",
+    "zeros",
+    "zeros_like",
 ]

@@ -55,7 +55,9 @@ def _check_finite(array, what):
     host = array if isinstance(array, np.ndarray) else device.to_host(array)
     if np.issubdtype(host.dtype, np.floating) and not np.all(np.isfinite(host)):
         kind = "nan" if np.any(np.isnan(host)) else "inf"
-        raise FloatingPointError(f"detect_anomaly: {what} produced {kind} values (shape {host.shape})")
+        raise FloatingPointError(
+            f"detect_anomaly: {what} produced {kind} values (shape {host.shape})"
+        )
 
 
 class _GradMode(contextlib.ContextDecorator):

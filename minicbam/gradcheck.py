@@ -107,8 +107,10 @@ def _compare(k, shape, numeric, analytic, atol, rtol):
         return []
     worst = np.unravel_index(int(np.argmax(np.where(np.isfinite(err), err, np.inf))), shape)
     return [
-        f"gradcheck: input {k} (shape {tuple(shape)}): {int(np.sum(~(err <= 0)))} of "
-        f"{numeric.size} elements disagree; worst at index {tuple(int(i) for i in worst)}: "
-        f"numeric {numeric[worst]:.8g} vs analytic {analytic[worst]:.8g} "
-        f"(atol={atol}, rtol={rtol})"
+        (
+            f"gradcheck: input {k} (shape {tuple(shape)}): {int(np.sum(~(err <= 0)))} of "
+            f"{numeric.size} elements disagree; worst at index {tuple(int(i) for i in worst)}: "
+            f"numeric {numeric[worst]:.8g} vs analytic {analytic[worst]:.8g} "
+            f"(atol={atol}, rtol={rtol})"
+        )
     ]

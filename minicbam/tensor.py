@@ -246,7 +246,7 @@ class Tensor:
     def tanh(self):
         return _ops().tanh(self)
 
-    def clamp(self, min=None, max=None):  # noqa: A002 - torch's argument names
+    def clamp(self, min=None, max=None):
         return _ops().clamp(self, min, max)
 
     def pow(self, exponent):
@@ -374,13 +374,15 @@ def full(shape, fill_value, dtype=None, device="cpu", requires_grad=False):
 
 
 def zeros_like(t, dtype=None, device=None, requires_grad=False):
-    return zeros(t.shape, dtype=dtype or t.dtype, device=device or t.device,
-                 requires_grad=requires_grad)
+    return zeros(
+        t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad
+    )
 
 
 def ones_like(t, dtype=None, device=None, requires_grad=False):
-    return ones(t.shape, dtype=dtype or t.dtype, device=device or t.device,
-                requires_grad=requires_grad)
+    return ones(
+        t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad
+    )
 
 
 def randn(*shape, dtype=None, device="cpu", requires_grad=False):

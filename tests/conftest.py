@@ -11,8 +11,8 @@ os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py and tests/helpers.py
 
-import pytest  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
+import pytest
+from hypothesis import HealthCheck, settings
 
 if os.environ["NUMBA_ENABLE_CUDASIM"] == "1":
     # The simulator runs one Python thread per CUDA thread; a short GIL switch interval
@@ -20,7 +20,7 @@ if os.environ["NUMBA_ENABLE_CUDASIM"] == "1":
     sys.setswitchinterval(1e-4)
 
 # deadline=None: the first call of a kernel compiles it, which takes seconds.
-_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_common = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 settings.register_profile("dev", max_examples=10, **_common)
 settings.register_profile("ci", max_examples=20, derandomize=True, **_common)
 settings.register_profile("intense", max_examples=300, **_common)

@@ -18,15 +18,45 @@ from minicbam.ops.unary import abs, clamp, exp, log, neg, pow, relu, sigmoid, sq
 from minicbam.ops.var import var
 
 __all__ = [
-    "abs", "add", "amax", "argmax", "broadcast_to", "cast", "cat", "clamp", "compare", "div",
-    "exp", "expand", "flatten", "getitem", "log", "max", "mean", "move", "mul", "neg",
-    "permute", "pow", "relu", "reshape", "sigmoid", "sqrt", "squeeze", "stack", "sub", "sum",
-    "tanh", "transpose", "unsqueeze", "var",
+    "abs",
+    "add",
+    "amax",
+    "argmax",
+    "broadcast_to",
+    "cast",
+    "cat",
+    "clamp",
+    "compare",
+    "div",
+    "exp",
+    "expand",
+    "flatten",
+    "getitem",
+    "log",
+    "max",
+    "mean",
+    "move",
+    "mul",
+    "neg",
+    "permute",
+    "pow",
+    "relu",
+    "reshape",
+    "sigmoid",
+    "sqrt",
+    "squeeze",
+    "stack",
+    "sub",
+    "sum",
+    "tanh",
+    "transpose",
+    "unsqueeze",
+    "var",
 ]
 
-from minicbam.ops.conv2d import conv2d  # noqa: E402
-from minicbam.ops.linear import linear  # noqa: E402
-from minicbam.ops.matmul import matmul  # noqa: E402
+from minicbam.ops.conv2d import conv2d
+from minicbam.ops.linear import linear
+from minicbam.ops.matmul import matmul
 
 __all__ += ["conv2d", "linear", "matmul"]
 
@@ -42,19 +72,33 @@ from minicbam.ops.losses import (
 from minicbam.ops.softmax import log_softmax, softmax
 
 __all__ += [
-    "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy", "dropout",
-    "l1_loss", "log_softmax", "mse_loss", "nll_loss", "softmax", "softplus",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "dropout",
+    "l1_loss",
+    "log_softmax",
+    "mse_loss",
+    "nll_loss",
+    "softmax",
+    "softplus",
 ]
 
-from minicbam.ops.adaptive_pool import adaptive_avg_pool2d, adaptive_max_pool2d  # noqa: E402
-from minicbam.ops.avg_pool2d import avg_pool2d  # noqa: E402
-from minicbam.ops.batch_norm import batch_norm  # noqa: E402
-from minicbam.ops.channel_pool import channel_pool  # noqa: E402
-from minicbam.ops.gate import gate  # noqa: E402
-from minicbam.ops.global_pool import global_pool  # noqa: E402
-from minicbam.ops.max_pool2d import max_pool2d  # noqa: E402
+from minicbam.ops.adaptive_pool import adaptive_avg_pool2d, adaptive_max_pool2d
+from minicbam.ops.avg_pool2d import avg_pool2d
+from minicbam.ops.batch_norm import batch_norm
+from minicbam.ops.channel_pool import channel_pool
+from minicbam.ops.gate import gate
+from minicbam.ops.global_pool import global_pool
+from minicbam.ops.max_pool2d import max_pool2d
 
 __all__ += [
-    "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm", "channel_pool",
-    "gate", "global_pool", "max_pool2d",
+    "adaptive_avg_pool2d",
+    "adaptive_max_pool2d",
+    "avg_pool2d",
+    "batch_norm",
+    "channel_pool",
+    "gate",
+    "global_pool",
+    "max_pool2d",
 ]

@@ -1,6 +1,6 @@
 """dtype conversion: y = x converted elementwise (a gather into an array of the new dtype).
 
-    backward: gx = gy converted back to x's dtype (no gradient flows into integer tensors).
+backward: gx = gy converted back to x's dtype (no gradient flows into integer tensors).
 """
 
 import numpy as np

@@ -1,8 +1,8 @@
 """Concatenation and stacking.
 
-    cat:   y = [x_0 | x_1 | ...] along ``dim``; each x_i is scattered into its slab of y
-    backward: gx_i = the slab of gy that x_i filled (a gather)
-    stack: cat of the inputs each unsqueezed at ``dim``
+cat:   y = [x_0 | x_1 | ...] along ``dim``; each x_i is scattered into its slab of y
+backward: gx_i = the slab of gy that x_i filled (a gather)
+stack: cat of the inputs each unsqueezed at ``dim``
 """
 
 from minicbam import device
@@ -69,6 +69,7 @@ def stack(tensors, dim=0):
         raise ValueError("stack: expected a non-empty list of tensors")
     for t in tensors:
         if t.shape != tensors[0].shape:
-            raise ValueError(f"stack: expected tensors of one shape, got {tensors[0].shape} "
-                             f"and {t.shape}")
+            raise ValueError(
+                f"stack: expected tensors of one shape, got {tensors[0].shape} and {t.shape}"
+            )
     return cat([unsqueeze(t, dim) for t in tensors], dim if dim >= 0 else dim + tensors[0].ndim + 1)

@@ -10,11 +10,11 @@ paired with a float) and expands both operands to one shape.
 
 import numpy as np
 
-from minicbam.tensor import Tensor, tensor
 from minicbam.function import Function
 from minicbam.ops.cast import cast
 from minicbam.ops.reduce import sum_to_array
 from minicbam.ops.strided import broadcast_array
+from minicbam.tensor import Tensor, tensor
 
 
 class Expand(Function):

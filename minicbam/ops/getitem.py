@@ -59,8 +59,9 @@ def view_of(index, shape):
         elif hasattr(item, "__index__"):
             i = item.__index__()
             if not -size <= i < size:
-                raise IndexError(f"getitem: index {i} is out of bounds for dimension {dim} "
-                                 f"with size {size}")
+                raise IndexError(
+                    f"getitem: index {i} is out of bounds for dimension {dim} with size {size}"
+                )
             offset += (i % size) * stride
         else:
             raise IndexError(

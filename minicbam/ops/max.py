@@ -18,11 +18,11 @@ from numba import njit, prange
 from numba.extending import register_jitable
 
 from minicbam import device
-from minicbam.tensor import Tensor
 from minicbam.device import Kernel
 from minicbam.function import Function
 from minicbam.ops.reduce import keepdim_shape, normalize_dims, rows_layout
 from minicbam.ops.strided import permute_array
+from minicbam.tensor import Tensor
 
 cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
 
@@ -165,8 +165,13 @@ class AMax(_MaxBase):
     def backward(self, gy):
         g_rows = device.empty(self.rows.shape, gy.dtype, device.device_of(gy))
         if g_rows.size:
-            amax_grad_kernel(device.flat(g_rows), device.flat(self.rows),
-                             device.flat(self.values), device.flat(gy), self.K)
+            amax_grad_kernel(
+                device.flat(g_rows),
+                device.flat(self.rows),
+                device.flat(self.values),
+                device.flat(gy),
+                self.K,
+            )
         return (self._unpermute(g_rows),)
 
 
@@ -180,8 +185,9 @@ class MaxWithIndex(_MaxBase):
     def backward(self, gy):
         g_rows = device.empty(self.rows_shape, gy.dtype, device.device_of(gy))
         if g_rows.size:
-            index_grad_kernel(device.flat(g_rows), device.flat(self.indices),
-                              device.flat(gy), self.K)
+            index_grad_kernel(
+                device.flat(g_rows), device.flat(self.indices), device.flat(gy), self.K
+            )
         return (self._unpermute(g_rows),)
 
 
@@ -202,7 +208,7 @@ def amax(x, dim=None, keepdim=False):
     return AMax(dims, keepdim)(x)
 
 
-def max(x, dim=None, keepdim=False):  # noqa: A001 - mirrors torch.max
+def max(x, dim=None, keepdim=False):
     """``max(x)``: the largest element; ``max(x, dim)``: (values, indices) along ``dim``."""
     if dim is None:
         check_nonempty("max", x.shape, tuple(range(x.ndim)))

@@ -1,6 +1,6 @@
 """Permute dimensions: y = x.transpose(dims), materialised by a strided gather.
 
-    backward: gx = gy permuted by the inverse permutation (argsort of dims).
+backward: gx = gy permuted by the inverse permutation (argsort of dims).
 """
 
 import numpy as np

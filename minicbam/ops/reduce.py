@@ -157,7 +157,7 @@ class Sum(Function):
         return (broadcast_array(gy, self.x_shape),)
 
 
-def sum(x, dim=None, keepdim=False):  # noqa: A001 - mirrors torch.sum
+def sum(x, dim=None, keepdim=False):
     return Sum(normalize_dims(dim, x.ndim, "sum"), keepdim)(x)
 
 

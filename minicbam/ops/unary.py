@@ -48,7 +48,7 @@ def _abs(x, a, b):
 
 @register_jitable
 def _relu(x, zero, one):
-    return x if x > zero else zero
+    return max(zero, x)
 
 
 @register_jitable
@@ -115,8 +115,16 @@ def _pow_grad(gy, x, p, p_minus_1):
 
 
 exp_kernel, log_kernel, sqrt_kernel = unary_kernel(_exp), unary_kernel(_log), unary_kernel(_sqrt)
-abs_kernel, relu_kernel, sigmoid_kernel = unary_kernel(_abs), unary_kernel(_relu), unary_kernel(_sigmoid)
-tanh_kernel, clamp_kernel, pow_kernel = unary_kernel(_tanh), unary_kernel(_clamp), unary_kernel(_pow)
+abs_kernel, relu_kernel, sigmoid_kernel = (
+    unary_kernel(_abs),
+    unary_kernel(_relu),
+    unary_kernel(_sigmoid),
+)
+tanh_kernel, clamp_kernel, pow_kernel = (
+    unary_kernel(_tanh),
+    unary_kernel(_clamp),
+    unary_kernel(_pow),
+)
 log_grad_kernel, sqrt_grad_kernel = binary_kernel(_log_grad), binary_kernel(_sqrt_grad)
 abs_grad_kernel, relu_grad_kernel = binary_kernel(_abs_grad), binary_kernel(_relu_grad)
 sigmoid_grad_kernel, tanh_grad_kernel = binary_kernel(_sigmoid_grad), binary_kernel(_tanh_grad)
@@ -225,7 +233,7 @@ def sqrt(x):
     return Sqrt()(x)
 
 
-def abs(x):  # noqa: A001 - mirrors torch.abs
+def abs(x):
     return Abs()(x)
 
 
@@ -243,7 +251,7 @@ def tanh(x):
     return Tanh()(x)
 
 
-def clamp(x, min=None, max=None):  # noqa: A002 - torch's argument names
+def clamp(x, min=None, max=None):
     if min is None and max is None:
         raise ValueError("clamp: at least one of min and max must be given")
     lo = -math.inf if min is None else float(min)
@@ -251,7 +259,7 @@ def clamp(x, min=None, max=None):  # noqa: A002 - torch's argument names
     return Clamp(lo, hi)(x)
 
 
-def pow(x, exponent):  # noqa: A001 - mirrors torch.pow
+def pow(x, exponent):
     if not isinstance(exponent, (int, float)):
         raise TypeError(f"pow: only scalar exponents are supported, got {type(exponent).__name__}")
     _require_float("pow", x)

@@ -1,6 +1,6 @@
 """Variance over dimensions, composed from differentiable ops:
 
-    var = sum((x - mean(x))^2) / (K - correction),   correction = 1 (unbiased) by default
+var = sum((x - mean(x))^2) / (K - correction),   correction = 1 (unbiased) by default
 """
 
 from minicbam.ops.reduce import mean, normalize_dims, sum

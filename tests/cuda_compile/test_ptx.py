@@ -13,9 +13,9 @@ Kernel says ``float64_math=True`` (reductions that accumulate in float64 on purp
 import numpy as np
 import pytest
 from numba import typeof
+from workloads import run_all_ops
 
 from minicbam import device
-from workloads import run_all_ops
 
 cuda = pytest.importorskip("numba.cuda")
 
@@ -40,7 +40,7 @@ def recorded():
 def fake_compute_capability(monkeypatch):
     # Typing a kernel that calls a device function asks the current device for its
     # compute capability, which fails without a driver (NUMBA_FACTS.md 3).
-    import numba.cuda.dispatcher as dispatcher
+    from numba.cuda import dispatcher
 
     class Device:
         compute_capability = (8, 0)
