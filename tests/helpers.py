@@ -42,3 +42,19 @@ def assert_cuda_parity(fn, *arrays_in, rtol=1e-5, atol=1e-6):
     np.testing.assert_allclose(y_gpu, y_cpu, rtol=rtol, atol=atol)
     for a, b in zip(g_gpu, g_cpu):
         np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+
+def randomize_(module, seed=0, scale=1.0):
+    """Random parameters and running statistics (variances in [0.5, 1.5]), so that no check
+    passes by symmetry; ``num_batches_tracked`` is kept."""
+    rng = np.random.default_rng(seed)
+    sd = {}
+    for key, value in module.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            sd[key] = value
+        elif key.endswith("running_var"):
+            sd[key] = rng.uniform(0.5, 1.5, value.shape)
+        else:
+            sd[key] = rng.standard_normal(value.shape) * scale
+    module.load_state_dict(sd)
+    return module

@@ -3,6 +3,7 @@ initialisation, and float64 gradient checks of CBAM blocks and a tiny CBAM-ResNe
 
 import re
 
+import helpers
 import numpy as np
 import pytest
 
@@ -28,16 +29,7 @@ def rand_input(shape, seed=0, requires_grad=False):
 
 
 def randomize_(module, seed=0):
-    rng = np.random.default_rng(seed)
-    sd = {}
-    for key, value in module.state_dict().items():
-        if key.endswith("num_batches_tracked"):
-            sd[key] = value
-        elif key.endswith("running_var"):
-            sd[key] = rng.uniform(0.5, 1.5, value.shape)
-        else:
-            sd[key] = rng.standard_normal(value.shape) * 0.5
-    module.load_state_dict(sd)
+    helpers.randomize_(module, seed, scale=0.5)
     return module
 
 

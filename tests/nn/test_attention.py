@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+from helpers import randomize_
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -36,21 +37,6 @@ batch_st = st.integers(1, 3)
 def rand_input(shape, seed=0, requires_grad=True):
     data = np.random.default_rng(seed).standard_normal(shape)
     return mc.tensor(data, dtype=mc.float64, requires_grad=requires_grad)
-
-
-def randomize_(module, seed=0):
-    """Random parameters and running statistics, so no check passes by symmetry."""
-    rng = np.random.default_rng(seed)
-    sd = {}
-    for key, value in module.state_dict().items():
-        if key.endswith("num_batches_tracked"):
-            sd[key] = value
-        elif key.endswith("running_var"):
-            sd[key] = rng.uniform(0.5, 1.5, value.shape)
-        else:
-            sd[key] = rng.standard_normal(value.shape)
-    module.load_state_dict(sd)
-    return module
 
 
 def check_module_grads(module, x, train):
