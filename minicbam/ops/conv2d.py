@@ -20,19 +20,39 @@ chunk's col in one buffer reused for every chunk: on the CPU a few samples (per-
 im2col + BLAS measured fastest here, NUMBA_FACTS 4.5), on CUDA up to 128 MiB of col.
 """
 
+import threading
+
 import numpy as np
 
 from minicbam import device
 from minicbam.function import Function, check_same_device
-from minicbam.ops.gemm import add_bias, add_into, bias_grad, gemm
+from minicbam.ops.gemm import add_bias, add_into, bias_grad, cpu_workers, gemm, run_tasks
 from minicbam.ops.im2col import col2im, im2col
 from minicbam.ops.reduce import sum_array
+from minicbam.ops.strided import gather, scatter_into
 
 # Elements of col per chunk of samples. CPU: a few MiB, reused for every chunk, so it stays
 # cheap to touch (one sample at a time measured fastest, NUMBA_FACTS 4.5; a few per chunk
 # cut the hand-offs between numba's and OpenBLAS's threads). CUDA: 128 MiB in float32.
-CPU_COL_BUDGET = 1 << 21
+CPU_COL_BUDGET = 1 << 20
 CUDA_COL_BUDGET = 1 << 25
+
+
+# CPU scratch: col buffers are used only inside one forward or backward call, so each
+# thread keeps one per dtype and reuses it. A fresh multi-MiB buffer costs its first touch
+# in page faults (NUMBA_FACTS 4.3), which measured as much as the im2col that fills it.
+_scratch_buffers = threading.local()
+
+
+def _scratch(name, shape, dtype):
+    """A reused C-contiguous CPU array of this shape (contents undefined)."""
+    size = int(np.prod(shape))
+    cache = _scratch_buffers.__dict__.setdefault("cache", {})
+    key = (name, np.dtype(dtype))
+    buf = cache.get(key)
+    if buf is None or buf.size < size:
+        buf = cache[key] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
 
 
 class Conv2d(Function):
@@ -57,7 +77,10 @@ class Conv2d(Function):
 
     def _col_buffer(self, x):
         C, KK = x.shape[1], self.geom[0] * self.geom[1]
-        return device.empty((self.chunk, C * KK, self.L), x.dtype, device.device_of(x))
+        shape = (self.chunk, C * KK, self.L)
+        if device.device_of(x) == device.CPU:
+            return _scratch("col", shape, x.dtype)
+        return device.empty(shape, x.dtype, device.device_of(x))
 
     def _chunks(self, N):
         for n0 in range(0, N, self.chunk):
@@ -66,16 +89,21 @@ class Conv2d(Function):
     def forward(self, x, w, b=None):
         y = device.empty(self._setup(x, w), x.dtype, device.device_of(x))
         y4, w3 = y.reshape(self.y4_shape), w.reshape(self.w3_shape)
-        col = self._col_buffer(x)
-        for n0, nb in self._chunks(x.shape[0]):
-            im2col(col[:nb], x[n0 : n0 + nb], self.geom)
-            gemm(y4[n0 : n0 + nb], w3, col[:nb].reshape((nb,) + self.col4_shape))
+        if device.device_of(x) == device.CPU:
+            self._forward_cpu(x, w3, y)
+        else:
+            col = self._col_buffer(x)
+            for n0, nb in self._chunks(x.shape[0]):
+                im2col(col[:nb], x[n0 : n0 + nb], self.geom)
+                gemm(y4[n0 : n0 + nb], w3, col[:nb].reshape((nb,) + self.col4_shape))
         if b is not None:
             add_bias(y.reshape((y.shape[0], y.shape[1], self.L)), b, y.shape[1], self.L)
         self.x, self.w, self.has_bias = x, w, b is not None
         return y
 
     def backward(self, gy):
+        if device.device_of(gy) == device.CPU:
+            return self._backward_cpu(gy)
         need_x, need_w = self.needs_input_grad[:2]
         x, w = self.x, self.w
         dev = device.device_of(gy)
@@ -100,6 +128,91 @@ class Conv2d(Function):
             gb = bias_grad(gy.reshape((gy.shape[0], CO, self.L)), CO, self.L)
             grads += (gb if self.needs_input_grad[2] else None,)
         return grads
+
+    # ------------------------------------------------------------------------- CPU
+    # The CPU splits the batch into chunks, one task each on the CPU pool (gemm.run_tasks):
+    # a task fills its own col (thread-local scratch) and runs its products on its thread,
+    # so one task's memory-bound im2col overlaps another's GEMM, and col is consumed while
+    # still in cache. A chunk's col is one (C*KH*KW, nb*L) matrix ("joined": sample n's
+    # columns at [n*L, (n+1)*L)), filled through a (nb, C*KH*KW, L) strided view, so each
+    # product of a chunk is one GEMM with nb*L columns: deep layers (L = 16 at 4x4) get
+    # products BLAS runs efficiently. gy and y move between (nb, CO, L) and the joined
+    # (CO, nb*L) by a strided gather/scatter (no copy when nb = 1).
+    def _cpu_chunks(self, N, per_sample):
+        tasks = -(-N // max(1, CPU_COL_BUDGET // max(per_sample, 1)))
+        workers = cpu_workers()
+        tasks = min(N, max(tasks, workers) if tasks < workers else -(-tasks // workers) * workers)
+        chunk = -(-N // tasks)
+        return [(n0, min(chunk, N - n0)) for n0 in range(0, N, chunk)]
+
+    def _joined_col(self, x, nb):
+        """col as a (nb, C*KH*KW, L) view for im2col/col2im and as (G, Cg*KH*KW, nb*L)."""
+        G, K, L = self.col4_shape
+        buf = _scratch("col", (G * K, nb * L), x.dtype)
+        return buf.reshape(G * K, nb, L).transpose(1, 0, 2), buf.reshape(G, K, nb * L)
+
+    def _y_view(self, nb, n0):
+        """(shape, strides, offset) of y[n0:n0+nb] as (G, CO/G, nb, L), for gather/scatter."""
+        _, G, COg, L = self.y4_shape
+        return (G, COg, nb, L), (COg * L, L, G * COg * L, 1), n0 * G * COg * L
+
+    def _forward_cpu(self, x, w3, y):
+        per_sample = x.shape[1] * self.geom[0] * self.geom[1] * self.L
+        run_tasks(
+            self._forward_chunk,
+            [(x, w3, y, n0, nb) for n0, nb in self._cpu_chunks(x.shape[0], per_sample)],
+        )
+
+    def _forward_chunk(self, x, w3, y, n0, nb):
+        col, colj = self._joined_col(x, nb)
+        im2col(col, x[n0 : n0 + nb], self.geom)
+        G, COg = self.y4_shape[1:3]
+        if nb == 1:  # the joined layout is y's own
+            gemm(y.reshape(self.y4_shape)[n0], w3, colj)
+            return
+        shape, strides, offset = self._y_view(nb, n0)
+        yj = _scratch("y", shape, x.dtype)
+        gemm(yj.reshape((G, COg, nb * self.L)), w3, colj)
+        scatter_into(y, yj, strides, offset)
+
+    def _backward_cpu(self, gy):
+        need_x, need_w = self.needs_input_grad[:2]
+        x, w = self.x, self.w
+        gx = device.empty(x.shape, x.dtype, device.CPU) if need_x else None
+        per_sample = x.shape[1] * self.geom[0] * self.geom[1] * self.L
+        chunks = self._cpu_chunks(x.shape[0], per_sample)
+        parts = run_tasks(self._backward_chunk, [(gy, gx, n0, nb) for n0, nb in chunks])
+        gw = None
+        if need_w:
+            gw = parts[0]
+            for part in parts[1:]:
+                add_into(gw, part)
+            gw = gw.reshape(w.shape)
+        grads = (gx, gw)
+        if self.has_bias:
+            CO = gy.shape[1]
+            gb = bias_grad(gy.reshape((gy.shape[0], CO, self.L)), CO, self.L)
+            grads += (gb if self.needs_input_grad[2] else None,)
+        return grads
+
+    def _backward_chunk(self, gy, gx, n0, nb):
+        """gx[n0:n0+nb] (when asked) and this chunk's part of gW (returned, or None)."""
+        x, w3 = self.x, self.w.reshape(self.w3_shape)
+        G, COg, L = self.y4_shape[1], self.y4_shape[2], self.L
+        if nb == 1:
+            gyj = gy.reshape(self.y4_shape)[n0]
+        else:
+            shape, strides, offset = self._y_view(nb, n0)
+            gyj = gather(gy, shape, strides, offset).reshape((G, COg, nb * L))
+        col, colj = self._joined_col(x, nb)
+        gw = None
+        if self.needs_input_grad[1]:
+            im2col(col, x[n0 : n0 + nb], self.geom)
+            gw = gemm(device.empty(self.w3_shape, x.dtype, device.CPU), gyj, colj, tb=True)
+        if gx is not None:
+            gemm(colj, w3, gyj, ta=True)  # col now holds gcol
+            col2im(gx[n0 : n0 + nb], col, self.geom)
+        return gw
 
 
 # ----------------------------------------------------------------------------- arguments

@@ -84,20 +84,73 @@ def col2im_plane(gx, gcol, n, c, geom, zero):
                     gx[n, c, h, w0 + ow * sw] += gcol[n, r, oh * OW + ow]
 
 
-@njit(parallel=True, cache=True)
+# CPU launchers: one (n, c) plane per iteration, so the input plane stays in L1/L2 while
+# its KH*KW col rows are written, and each col row is taken once as a 1-D view (cheap
+# indexing; a C-contiguous row vectorises). col may be a strided view (conv2d's joined
+# layout, (C*KH*KW, nb, L) seen as (nb, C*KH*KW, L)). nogil: conv2d may call them from
+# its worker threads.
+@njit(inline="always")
+def _im2col_plane(col, x, n, c, geom, zero):
+    KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = geom
+    H, W = x.shape[2], x.shape[3]
+    for kh in range(KH):
+        for kw in range(KW):
+            r = (c * KH + kh) * KW + kw
+            w0 = kw * dw - pw
+            lo, hi = valid_range(w0, sw, W, OW)
+            for oh in range(OH):
+                h = oh * sh - ph + kh * dh
+                base = oh * OW
+                if h < 0 or h >= H:
+                    for ow in range(OW):
+                        col[n, r, base + ow] = zero
+                    continue
+                for ow in range(lo):
+                    col[n, r, base + ow] = zero
+                if sw == 1:
+                    for ow in range(lo, hi):
+                        col[n, r, base + ow] = x[n, c, h, w0 + ow]
+                else:
+                    for ow in range(lo, hi):
+                        col[n, r, base + ow] = x[n, c, h, w0 + ow * sw]
+                for ow in range(hi, OW):
+                    col[n, r, base + ow] = zero
+
+
+@njit(parallel=True, cache=True, nogil=True)
 def _im2col_cpu(col, x, geom, zero):
-    R = col.shape[1]
-    for i in prange(col.shape[0] * R):
+    C = x.shape[1]
+    for i in prange(col.shape[0] * C):
         t = int64(i)  # a prange index can be unsigned; keep index maths signed
-        im2col_row(col, x, t // R, t % R, geom, zero)
+        _im2col_plane(col, x, t // C, t % C, geom, zero)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _col2im_cpu(gx, gcol, geom, zero):
-    C = gx.shape[1]
+    KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = geom
+    C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
     for i in prange(gx.shape[0] * C):
         t = int64(i)
-        col2im_plane(gx, gcol, t // C, t % C, geom, zero)
+        n, c = t // C, t % C
+        for h in range(H):
+            for w in range(W):
+                gx[n, c, h, w] = zero
+        for kh in range(KH):
+            for kw in range(KW):
+                r = (c * KH + kh) * KW + kw
+                w0 = kw * dw - pw
+                lo, hi = valid_range(w0, sw, W, OW)
+                for oh in range(OH):
+                    h = oh * sh - ph + kh * dh
+                    if h < 0 or h >= H:
+                        continue
+                    base = oh * OW
+                    if sw == 1:
+                        for ow in range(lo, hi):
+                            gx[n, c, h, w0 + ow] += gcol[n, r, base + ow]
+                    else:
+                        for ow in range(lo, hi):
+                            gx[n, c, h, w0 + ow * sw] += gcol[n, r, base + ow]
 
 
 def _im2col_cuda():

@@ -104,6 +104,18 @@ def test_chunked_batch(monkeypatch, budget):
     assert_gradcheck(_fn(case), *arrays_in)
 
 
+@pytest.mark.parametrize("budget", [1, 2 * 4 * 9 * 25, 10**6])
+def test_cpu_tasks_joined_chunks_with_groups(monkeypatch, budget):
+    # CPU tasks of 1 sample, of 2 samples (joined col, gathered gy), and the whole batch
+    monkeypatch.setattr(conv2d_module, "CPU_COL_BUDGET", budget)
+    case = ((5, 4, 5, 5), (6, 2, 3, 3), True, (1, 1), (1, 1), (1, 1), 2)
+    arrays_in = _inputs(case, 7, np.float64)
+    y = _fn(case)(*(leaf(a, requires_grad=False) for a in arrays_in))
+    expected = ref.conv2d(*arrays_in, pads=(1, 1, 1, 1), groups=2)
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-12)
+    assert_gradcheck(_fn(case), *arrays_in)
+
+
 def test_only_weight_grad_and_no_bias_grad():
     x, w = arrays((2, 3, 5, 5), 1), arrays((2, 3, 3, 3), 2)
     mx, mw, mb = leaf(x, requires_grad=False), leaf(w), leaf(arrays((2,), 3), requires_grad=False)

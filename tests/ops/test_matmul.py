@@ -133,3 +133,26 @@ def test_dtype_mismatch():
 def test_device_mismatch():
     with pytest.raises(RuntimeError, match="matmul"):
         matmul(mc.tensor(np.zeros((2, 3), np.float32), device="cuda"), _t((3, 2)))
+
+
+@pytest.mark.parametrize(
+    "a_shape, b_shape, ta, tb",
+    [
+        ((1, 64, 576), (3, 576, 1024), False, False),  # split along rows of op(a)
+        ((6, 64, 1024), (6, 576, 1024), False, True),  # split along the batch
+        ((1, 64, 576), (5, 64, 1024), True, False),
+        ((2, 1, 64, 200), (1, 7, 200, 300), False, False),  # broadcast batch dims
+        ((512, 512), (512, 512), False, False),
+    ],
+)
+def test_cpu_threaded_products_equal_numpy(a_shape, b_shape, ta, tb):
+    # big enough for gemm's CPU pool: the pieces must give exactly np.matmul's result
+    from minicbam.ops.gemm import gemm
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(a_shape).astype(np.float32)
+    b = rng.standard_normal(b_shape).astype(np.float32)
+    expected = np.matmul(np.swapaxes(a, -1, -2) if ta else a, np.swapaxes(b, -1, -2) if tb else b)
+    out = np.empty(expected.shape, np.float32)
+    gemm(out, a, b, ta, tb)
+    np.testing.assert_array_equal(out, expected)
