@@ -141,20 +141,29 @@ def input_grad_at(gx, gy, x, coef, p, c, m, C, M):
 # CPU copies of the bodies, inlined into the prange loops: as plain calls they cost more
 # than the bodies themselves (array arguments on every element). CUDA kernels call the
 # register_jitable originals.
-plane_stats_at_cpu = njit(inline="always")(plane_stats_at)
 channel_stats_at_cpu = njit(inline="always")(channel_stats_at)
 eval_stats_at_cpu = njit(inline="always")(eval_stats_at)
-affine_at_cpu = njit(inline="always")(affine_at)
-plane_grad_at_cpu = njit(inline="always")(plane_grad_at)
 channel_grad_at_cpu = njit(inline="always")(channel_grad_at)
-input_grad_at_cpu = njit(inline="always")(input_grad_at)
 
 
 # ----------------------------------------------------------------------------- CPU kernels
 @njit(parallel=True, cache=True, fastmath=True)
 def _plane_stats_cpu(pstats, x, M):
-    for p in prange(pstats.size // 2):
-        plane_stats_at_cpu(pstats, x, int64(p), M)
+    # plane_stats_at on a 2-D (plane, element) view: flat ``p * M + m`` indices keep a
+    # wraparound check per element, which stops the sums from vectorising.
+    NC = pstats.size // 2
+    x2 = x.reshape(NC, M)
+    for p in prange(NC):
+        acc = 0.0
+        for m in range(M):
+            acc += x2[p, m]
+        mean = acc / M
+        m2 = 0.0
+        for m in range(M):
+            d = x2[p, m] - mean
+            m2 += d * d
+        pstats[p] = mean
+        pstats[NC + p] = m2
 
 
 @njit(parallel=True, cache=True)
@@ -173,16 +182,30 @@ def _eval_stats_cpu(stats, affine, w, b, rmean, rvar, C, eps):
 
 @njit(parallel=True, cache=True, fastmath=True)
 def _affine_cpu(y, x, affine, C, M):
-    for p in prange(y.size // M):  # one (n, c) plane per iteration: contiguous
-        p = int64(p)
+    # affine_at per (n, c) plane on 2-D views, scale and shift hoisted (vectorises).
+    P = y.size // M
+    y2, x2 = y.reshape(P, M), x.reshape(P, M)
+    for p in prange(P):
+        c = p % C
+        scale, shift = affine[c], affine[C + c]
         for m in range(M):
-            affine_at_cpu(y, x, affine, p, p % C, m, C, M)
+            y2[p, m] = x2[p, m] * scale + shift
 
 
 @njit(parallel=True, cache=True, fastmath=True)
 def _plane_grad_cpu(psums, gy, x, stats, C, M):
-    for p in prange(psums.size // 2):
-        plane_grad_at_cpu(psums, gy, x, stats, int64(p), C, M)
+    # plane_grad_at on 2-D views (vectorised float64 sums).
+    NC = psums.size // 2
+    gy2, x2 = gy.reshape(NC, M), x.reshape(NC, M)
+    for p in prange(NC):
+        mean = stats[p % C]
+        sg, sgx = 0.0, 0.0
+        for m in range(M):
+            g = gy2[p, m]
+            sg += g
+            sgx += g * (x2[p, m] - mean)
+        psums[p] = sg
+        psums[NC + p] = sgx
 
 
 @njit(parallel=True, cache=True)
@@ -193,10 +216,14 @@ def _channel_grad_cpu(gwb, coef, psums, stats, w, C, M, training):
 
 @njit(parallel=True, cache=True, fastmath=True)
 def _input_grad_cpu(gx, gy, x, coef, C, M):
-    for p in prange(gx.size // M):
-        p = int64(p)
+    # input_grad_at per (n, c) plane on 2-D views, coefficients hoisted (vectorises).
+    P = gx.size // M
+    gx2, gy2, x2 = gx.reshape(P, M), gy.reshape(P, M), x.reshape(P, M)
+    for p in prange(P):
+        c = p % C
+        k, gmean, proj, mean = coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c]
         for m in range(M):
-            input_grad_at_cpu(gx, gy, x, coef, p, p % C, m, C, M)
+            gx2[p, m] = k * (gy2[p, m] - gmean - (x2[p, m] - mean) * proj)
 
 
 # ----------------------------------------------------------------------------- CUDA kernels

@@ -17,7 +17,7 @@ four ops whose ``amax`` backward alone dominates CBAM's time there (DESIGN.md de
 import math
 
 import numpy as np
-from numba import int64, njit, prange
+from numba import njit, prange
 from numba.extending import register_jitable
 
 from minicbam import device
@@ -53,43 +53,46 @@ def channel_pool_grad_at(gx, gy, argmax, n, c, m, C, M):
     gx[(n * C + c) * M + m] = g
 
 
-# CPU copies of the bodies, inlined into the prange loops: as plain calls they cost more
-# than the bodies themselves (array arguments on every element). CUDA kernels call the
-# register_jitable originals.
-channel_pool_grad_at_cpu = njit(inline="always")(channel_pool_grad_at)
-
-
 # ----------------------------------------------------------------------------- kernels
 @njit(parallel=True, cache=True)
 def _channel_pool_cpu(y, argmax, x, C, M):
     # channel_pool_at's loop turned inside out: one sample per task, channels outer and
     # pixels inner, so every read is contiguous and the pixel loop vectorises. Same
-    # comparisons in the same channel order, so the same results and argmax.
+    # comparisons in the same channel order, so the same results and argmax. 2-D views:
+    # flat ``base + m`` indices keep a wraparound check per element and do not vectorise.
     N = argmax.size // M
+    x2, y2, a2 = x.reshape(N * C, M), y.reshape(2 * N, M), argmax.reshape(N, M)
     for n in prange(N):
         acc = np.zeros(M, dtype=np.float64)
         best = np.full(M, -np.inf, dtype=y.dtype)
         best_c = np.zeros(M, dtype=np.int64)
         for c in range(C):
-            base = (n * C + c) * M
+            p = n * C + c
             for m in range(M):
-                v = x[base + m]
+                v = x2[p, m]
                 acc[m] += v
                 if v > best[m] or math.isnan(v):
                     best[m] = v
                     best_c[m] = c
         for m in range(M):
-            y[2 * n * M + m] = acc[m] / C
-            y[(2 * n + 1) * M + m] = best[m]
-            argmax[n * M + m] = best_c[m]
+            y2[2 * n, m] = acc[m] / C
+            y2[2 * n + 1, m] = best[m]
+            a2[n, m] = best_c[m]
 
 
 @njit(parallel=True, cache=True)
 def _channel_pool_grad_cpu(gx, gy, argmax, C, M):
-    for p in prange(gx.size // M):  # one (n, c) plane per iteration: contiguous writes
-        p = int64(p)
+    # channel_pool_grad_at per (n, c) plane on 2-D views (contiguous, vectorised writes).
+    P = gx.size // M
+    gx2, gy2, a2 = gx.reshape(P, M), gy.reshape(2 * (P // C), M), argmax.reshape(P // C, M)
+    inv_c = gx.dtype.type(1) / gx.dtype.type(C)
+    for p in prange(P):
+        n, c = p // C, p % C
         for m in range(M):
-            channel_pool_grad_at_cpu(gx, gy, argmax, p // C, p % C, m, C, M)
+            g = gy2[2 * n, m] * inv_c
+            if a2[n, m] == c:
+                g += gy2[2 * n + 1, m]
+            gx2[p, m] = g
 
 
 def _channel_pool_cuda():

@@ -17,7 +17,7 @@ Gradient (a gather per input element):
 import math
 
 import numpy as np
-from numba import int64, njit, prange
+from numba import njit, prange
 from numba.extending import register_jitable
 
 from minicbam import device
@@ -60,26 +60,43 @@ def global_grad_at(gx, gy, argmax, p, k, M, NC, avg_slot, max_slot):
     gx[p * M + k] = g
 
 
-# CPU copies of the bodies, inlined into the prange loops: as plain calls they cost more
-# than the bodies themselves (array arguments on every element). CUDA kernels call the
-# register_jitable originals.
-global_plane_cpu = njit(inline="always")(global_plane)
-global_grad_at_cpu = njit(inline="always")(global_grad_at)
-
-
 # ----------------------------------------------------------------------------- kernels
+# The CPU loops are global_plane / global_grad_at on 2-D (plane, element) views: flat
+# ``p * M + k`` indices keep a wraparound check per element and do not vectorise.
 @njit(parallel=True, cache=True)
 def _global_pool_cpu(y, argmax, x, M, avg_slot, max_slot):
-    for p in prange(x.size // M):
-        global_plane_cpu(y, argmax, x, int64(p), M, avg_slot, max_slot)
+    NC = x.size // M
+    x2 = x.reshape(NC, M)
+    for p in prange(NC):
+        acc = 0.0
+        best = y.dtype.type(-math.inf)
+        best_k = 0
+        for k in range(M):
+            v = x2[p, k]
+            acc += v
+            if v > best or math.isnan(v):
+                best, best_k = v, k
+        if avg_slot >= 0:
+            y[avg_slot * NC + p] = acc / M
+        if max_slot >= 0:
+            y[max_slot * NC + p] = best
+            argmax[p] = best_k
 
 
 @njit(parallel=True, cache=True)
 def _global_grad_cpu(gx, gy, argmax, M, avg_slot, max_slot):
     NC = gx.size // M
+    gx2 = gx.reshape(NC, M)
+    inv_m = gx.dtype.type(1) / gx.dtype.type(M)
     for p in prange(NC):
+        g = gx.dtype.type(0)
+        if avg_slot >= 0:
+            g += gy[avg_slot * NC + p] * inv_m
         for k in range(M):
-            global_grad_at_cpu(gx, gy, argmax, int64(p), k, M, NC, avg_slot, max_slot)
+            gx2[p, k] = g
+        if max_slot >= 0:
+            k = argmax[p]
+            gx2[p, k] = g + gy[max_slot * NC + p]
 
 
 def _global_pool_cuda():

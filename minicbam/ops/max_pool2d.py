@@ -164,24 +164,82 @@ def max_pool_grad_at(gx, gy, argmax, p, ih, iw, g):
 # CPU copies of the bodies, inlined into the prange loops: as plain calls they cost more
 # than the bodies themselves (array arguments on every element). CUDA kernels call the
 # register_jitable originals.
-max_window_cpu = njit(inline="always")(max_window)
 max_pool_grad_at_cpu = njit(inline="always")(max_pool_grad_at)
 
 
 # ----------------------------------------------------------------------------- kernels
 @njit(parallel=True, cache=True)
 def _max_pool_cpu(y, argmax, x, g):
-    OH, OW = g[2], g[3]
-    for r in prange(y.size // OW):  # one output row (p, oh) per iteration
-        r = int64(r)  # prange indices can be unsigned; unsigned // signed gives a float
+    # max_window on 3-D (plane, row, column) views: flat ``base + ih * W + iw`` indices keep a
+    # wraparound check per element. When every window lies inside the input (no padding, no
+    # ceil-mode overhang) the bounds checks go too. Same scan order and comparisons.
+    H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW = g
+    P = x.size // (H * W)
+    x3, y3, a3 = x.reshape(P, H, W), y.reshape(P, OH, OW), argmax.reshape(P, OH, OW)
+    inside = (
+        PH == 0
+        and PW == 0
+        and (OH - 1) * SH + (KH - 1) * DH < H
+        and (OW - 1) * SW + (KW - 1) * DW < W
+    )
+    if inside and KH == 2 and KW == 2 and DH == 1 and DW == 1:
+        # The common 2x2 window, unrolled: the same four comparisons in scan order.
+        for r in prange(P * OH):
+            p, oh = r // OH, r % OH
+            ih = oh * SH
+            for ow in range(OW):
+                iw = ow * SW
+                best, best_k = x3[p, ih, iw], ih * W + iw
+                v = x3[p, ih, iw + 1]
+                if v > best or math.isnan(v):
+                    best, best_k = v, ih * W + iw + 1
+                v = x3[p, ih + 1, iw]
+                if v > best or math.isnan(v):
+                    best, best_k = v, (ih + 1) * W + iw
+                v = x3[p, ih + 1, iw + 1]
+                if v > best or math.isnan(v):
+                    best, best_k = v, (ih + 1) * W + iw + 1
+                y3[p, oh, ow] = best
+                a3[p, oh, ow] = best_k
+        return
+    for r in prange(P * OH):  # one output row (p, oh) per iteration
         p, oh = r // OH, r % OH
         for ow in range(OW):
-            max_window_cpu(y, argmax, x, r * OW + ow, p, oh, ow, g)
+            best = y.dtype.type(-math.inf)
+            best_k = -1
+            for kh in range(KH):
+                ih = oh * SH - PH + kh * DH
+                if not inside and (ih < 0 or ih >= H):
+                    continue
+                for kw in range(KW):
+                    iw = ow * SW - PW + kw * DW
+                    if not inside and (iw < 0 or iw >= W):
+                        continue
+                    v = x3[p, ih, iw]
+                    if best_k < 0 or v > best or math.isnan(v):
+                        best, best_k = v, ih * W + iw
+            y3[p, oh, ow] = best
+            a3[p, oh, ow] = best_k
 
 
 @njit(parallel=True, cache=True)
 def _max_pool_grad_cpu(gx, gy, argmax, g):
-    H, W = g[0], g[1]
+    H, W, OH, OW, KH, KW, SH, SW, _, _, DH, DW = g
+    P = gx.size // (H * W)
+    if (KH - 1) * DH < SH and (KW - 1) * DW < SW:
+        # Windows do not overlap: each input element is in at most one window, so
+        # max_pool_grad_at's gather has at most one term and a scatter per plane gives the
+        # same values (0 + gy, as the gather adds to 0) without the per-element search.
+        gx2, gy2, a2 = gx.reshape(P, H * W), gy.reshape(P, OH * OW), argmax.reshape(P, OH * OW)
+        zero = gx.dtype.type(0)
+        for p in prange(P):
+            for k in range(H * W):
+                gx2[p, k] = zero
+            for o in range(OH * OW):
+                k = a2[p, o]
+                if k >= 0:
+                    gx2[p, k] = zero + gy2[p, o]
+        return
     for r in prange(gx.size // W):  # one input row (p, ih) per iteration
         r = int64(r)
         for iw in range(W):
