@@ -31,6 +31,8 @@ from minicbam.ops.im2col import col2im, im2col
 from minicbam.ops.reduce import sum_array
 from minicbam.ops.strided import gather, scatter_into
 
+MIN_POOLED_FLOPS = 1 << 26  # smaller convs run their chunks on the calling thread
+
 # Elements of col per chunk of samples. CPU: a few MiB, reused for every chunk, so it stays
 # cheap to touch (one sample at a time measured fastest, NUMBA_FACTS 4.5; a few per chunk
 # cut the hand-offs between numba's and OpenBLAS's threads). CUDA: 128 MiB in float32.
@@ -138,9 +140,20 @@ class Conv2d(Function):
     # product of a chunk is one GEMM with nb*L columns: deep layers (L = 16 at 4x4) get
     # products BLAS runs efficiently. gy and y move between (nb, CO, L) and the joined
     # (CO, nb*L) by a strided gather/scatter (no copy when nb = 1).
+    def _pooled(self):
+        """Whether this conv is big enough for the task pool: handing tasks to threads
+        costs ~1 ms, more than all of a small conv (CBAM's 2 -> 1 channel spatial conv)."""
+        _, G, COg, L = self.y4_shape
+        return 2 * G * COg * self.w3_shape[2] * L * self.y4_shape[0] >= MIN_POOLED_FLOPS
+
+    def _run_chunks(self, fn, arg_lists):
+        if self._pooled():
+            return run_tasks(fn, arg_lists)
+        return [fn(*args) for args in arg_lists]  # numba's own threads parallelise im2col
+
     def _cpu_chunks(self, N, per_sample):
         tasks = -(-N // max(1, CPU_COL_BUDGET // max(per_sample, 1)))
-        workers = cpu_workers()
+        workers = cpu_workers() if self._pooled() else 1
         tasks = min(N, max(tasks, workers) if tasks < workers else -(-tasks // workers) * workers)
         chunk = -(-N // tasks)
         return [(n0, min(chunk, N - n0)) for n0 in range(0, N, chunk)]
@@ -158,7 +171,7 @@ class Conv2d(Function):
 
     def _forward_cpu(self, x, w3, y):
         per_sample = x.shape[1] * self.geom[0] * self.geom[1] * self.L
-        run_tasks(
+        self._run_chunks(
             self._forward_chunk,
             [(x, w3, y, n0, nb) for n0, nb in self._cpu_chunks(x.shape[0], per_sample)],
         )
@@ -181,7 +194,7 @@ class Conv2d(Function):
         gx = device.empty(x.shape, x.dtype, device.CPU) if need_x else None
         per_sample = x.shape[1] * self.geom[0] * self.geom[1] * self.L
         chunks = self._cpu_chunks(x.shape[0], per_sample)
-        parts = run_tasks(self._backward_chunk, [(gy, gx, n0, nb) for n0, nb in chunks])
+        parts = self._run_chunks(self._backward_chunk, [(gy, gx, n0, nb) for n0, nb in chunks])
         gw = None
         if need_w:
             gw = parts[0]
