@@ -15,6 +15,12 @@ group g form col_ng (C/G*KH*KW, L) and W_g = w[g*CO/G:(g+1)*CO/G] as (CO/G, C/G*
     gcol_ng  = W_g^T gy_ng,          gx_n = col2im(gcol_n)   (im2col's adjoint, a gather)
     gb[co]   = sum_{n, oh, ow} gy[n, co, oh, ow]
 
+Tiny convolutions (CBAM's 2 -> 1 channel 7x7 spatial conv) skip im2col: per output position
+and group both paths do Cg*COg*KH*KW multiply-adds, but im2col also writes Cg*KH*KW col
+values, as much work as the products when COg is small (im2col was ~6 ms of a 17 ms CBAM
+forward). So when Cg * COg <= DIRECT_MAX_PRODUCT (channels per group, input times output; the
+kernel size cancels out) conv2d_direct.py computes y, gx and gw directly, on both devices.
+
 The GEMMs run over (sample, group) batches (gemm.py), a chunk of samples at a time with the
 chunk's col in one buffer reused for every chunk: on the CPU a few samples (per-sample
 im2col + BLAS measured fastest here, NUMBA_FACTS 4.5), on CUDA up to 128 MiB of col.
@@ -26,11 +32,14 @@ import numpy as np
 
 from minicbam import device
 from minicbam.function import Function, check_same_device
+from minicbam.ops.conv2d_direct import conv_direct, conv_direct_input_grad, conv_direct_weight_grad
 from minicbam.ops.gemm import add_bias, add_into, bias_grad, cpu_workers, gemm, run_tasks
 from minicbam.ops.im2col import col2im, im2col
 from minicbam.ops.reduce import sum_array
 from minicbam.ops.strided import gather, scatter_into
 
+# Direct path when (C/G) * (CO/G) <= this (see the docstring); 0 forces im2col + GEMM.
+DIRECT_MAX_PRODUCT = 8
 MIN_POOLED_FLOPS = 1 << 26  # smaller convs run their chunks on the calling thread
 
 # Elements of col per chunk of samples. CPU: a few MiB, reused for every chunk, so it stays
@@ -91,7 +100,10 @@ class Conv2d(Function):
     def forward(self, x, w, b=None):
         y = device.empty(self._setup(x, w), x.dtype, device.device_of(x))
         y4, w3 = y.reshape(self.y4_shape), w.reshape(self.w3_shape)
-        if device.device_of(x) == device.CPU:
+        self.direct = w.shape[1] * (w.shape[0] // self.groups) <= DIRECT_MAX_PRODUCT
+        if self.direct:
+            conv_direct(y, x, w, self.geom, self.groups)
+        elif device.device_of(x) == device.CPU:
             self._forward_cpu(x, w3, y)
         else:
             col = self._col_buffer(x)
@@ -104,6 +116,8 @@ class Conv2d(Function):
         return y
 
     def backward(self, gy):
+        if self.direct:
+            return self._backward_direct(gy)
         if device.device_of(gy) == device.CPU:
             return self._backward_cpu(gy)
         need_x, need_w = self.needs_input_grad[:2]
@@ -124,12 +138,25 @@ class Conv2d(Function):
             if need_x:
                 gemm(gcol[:nb].reshape((nb,) + self.col4_shape), w3, gy4[n0 : n0 + nb], ta=True)
                 col2im(gx[n0 : n0 + nb], gcol[:nb], self.geom)
-        grads = (gx, None if gw is None else gw.reshape(w.shape))
+        return self._with_bias_grad(gy, (gx, None if gw is None else gw.reshape(w.shape)))
+
+    def _with_bias_grad(self, gy, grads):
         if self.has_bias:
             CO = gy.shape[1]
             gb = bias_grad(gy.reshape((gy.shape[0], CO, self.L)), CO, self.L)
             grads += (gb if self.needs_input_grad[2] else None,)
         return grads
+
+    def _backward_direct(self, gy):
+        x, w, dev = self.x, self.w, device.device_of(gy)
+        gx = gw = None
+        if self.needs_input_grad[0]:
+            gx = conv_direct_input_grad(
+                device.empty(x.shape, x.dtype, dev), gy, w, self.geom, self.groups
+            )
+        if self.needs_input_grad[1]:
+            gw = conv_direct_weight_grad(gy, x, w.shape, self.geom, self.groups)
+        return self._with_bias_grad(gy, (gx, gw))
 
     # ------------------------------------------------------------------------- CPU
     # The CPU splits the batch into chunks, one task each on the CPU pool (gemm.run_tasks):
@@ -201,12 +228,7 @@ class Conv2d(Function):
             for part in parts[1:]:
                 add_into(gw, part)
             gw = gw.reshape(w.shape)
-        grads = (gx, gw)
-        if self.has_bias:
-            CO = gy.shape[1]
-            gb = bias_grad(gy.reshape((gy.shape[0], CO, self.L)), CO, self.L)
-            grads += (gb if self.needs_input_grad[2] else None,)
-        return grads
+        return self._with_bias_grad(gy, (gx, gw))
 
     def _backward_chunk(self, gy, gx, n0, nb):
         """gx[n0:n0+nb] (when asked) and this chunk's part of gW (returned, or None)."""

@@ -24,9 +24,10 @@ def _core_ops(rng, dtype):
 
 def _network_ops(rng, dtype):
     x = _leaf(rng, (2, 4, 6, 6), dtype)
-    w = _leaf(rng, (4, 2, 3, 3), dtype)
+    w = _leaf(rng, (4, 4, 3, 3), dtype)
     rm, rv = mc.zeros(4, dtype=dtype), mc.ones(4, dtype=dtype)
-    y = F.conv2d(x, w, _leaf(rng, (4,), dtype), stride=1, padding=1, groups=2)
+    # 4 x 4 channels: im2col + GEMM; the 2 -> 1 channel conv below takes the direct path
+    y = F.conv2d(x, w, _leaf(rng, (4,), dtype), stride=1, padding=1)
     y = F.batch_norm(y, rm, rv, _leaf(rng, (4,), dtype), _leaf(rng, (4,), dtype), training=True)
     s = F.channel_pool(y)
     y = F.gate(y, F.conv2d(s, _leaf(rng, (1, 2, 3, 3), dtype), padding=1))

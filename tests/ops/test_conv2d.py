@@ -1,5 +1,10 @@
-"""conv2d: forward vs two oracles (loops, scipy) and PyTorch, gradients, CUDA parity, errors."""
+"""conv2d: forward vs two oracles (loops, scipy) and PyTorch, gradients, CUDA parity, errors.
 
+Both paths are tested on the same drawn shapes: ``path="direct"`` forces conv2d_direct.py for
+every shape, ``path="im2col"`` forces im2col + GEMM (conv2d.DIRECT_MAX_PRODUCT).
+"""
+
+import contextlib
 import importlib
 
 import numpy as np
@@ -14,6 +19,20 @@ from minicbam.ops.conv2d import conv2d
 
 # the module itself: minicbam.ops's attribute of that name is the function
 conv2d_module = importlib.import_module("minicbam.ops.conv2d")
+
+PATHS = ["direct", "im2col"]
+
+
+@contextlib.contextmanager
+def conv_path(path):
+    """Force every conv2d call inside onto one path (a context manager, not a fixture:
+    hypothesis runs many examples per test function)."""
+    saved = conv2d_module.DIRECT_MAX_PRODUCT
+    conv2d_module.DIRECT_MAX_PRODUCT = {"direct": 10**9, "im2col": 0}[path]
+    try:
+        yield
+    finally:
+        conv2d_module.DIRECT_MAX_PRODUCT = saved
 
 
 @st.composite
@@ -52,12 +71,14 @@ def _fn(case):
     return lambda x, w, b=None: conv2d(x, w, b, stride, padding, dilation, groups)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @given(case=conv_cases(), seed=st.integers(0, 2**31))
-def test_forward_matches_oracles(dtype, case, seed):
+def test_forward_matches_oracles(dtype, path, case, seed):
     _, _, _, stride, padding, dilation, groups = case
     arrays_in = _inputs(case, seed, dtype)
-    y = _fn(case)(*(leaf(a, requires_grad=False) for a in arrays_in))
+    with conv_path(path):
+        y = _fn(case)(*(leaf(a, requires_grad=False) for a in arrays_in))
     kwargs = {"stride": stride, "pads": _pads(padding), "dilation": dilation, "groups": groups}
     expected = ref.conv2d(*arrays_in, **kwargs)
     assert y.dtype == dtype and y.shape == expected.shape
@@ -66,18 +87,71 @@ def test_forward_matches_oracles(dtype, case, seed):
     np.testing.assert_allclose(y.numpy(), ref.conv2d_scipy(*arrays_in, **kwargs), **tol)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @given(case=conv_cases(), seed=st.integers(0, 2**31))
-def test_gradcheck(case, seed):
-    assert_gradcheck(_fn(case), *_inputs(case, seed, np.float64))
+def test_gradcheck(path, case, seed):
+    with conv_path(path):
+        assert_gradcheck(_fn(case), *_inputs(case, seed, np.float64))
 
 
-def test_gradcheck_four_groups():
+@pytest.mark.parametrize("path", PATHS)
+def test_gradcheck_four_groups(path):
     case = ((2, 4, 5, 4), (4, 1, 3, 2), True, (2, 1), (1, 2), (1, 2), 4)
-    assert_gradcheck(_fn(case), *_inputs(case, 7, np.float64))
+    with conv_path(path):
+        assert_gradcheck(_fn(case), *_inputs(case, 7, np.float64))
 
 
+def _created_by_direct(y):
+    return y.creator.direct
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, groups, direct",
+    [
+        ((2, 2, 9, 9), (1, 2, 7, 7), 1, True),  # CBAM's spatial attention conv
+        ((2, 4, 5, 5), (2, 4, 3, 3), 1, True),  # 4 * 2 = 8
+        ((2, 3, 5, 5), (3, 3, 3, 3), 1, False),  # 9
+        ((2, 8, 5, 5), (8, 2, 3, 3), 4, True),  # per group 2 * 2
+        ((2, 6, 5, 5), (6, 1, 3, 3), 6, True),  # depthwise
+    ],
+)
+def test_path_rule(x_shape, w_shape, groups, direct):
+    x, w = leaf(arrays(x_shape, 1)), leaf(arrays(w_shape, 2))
+    assert _created_by_direct(conv2d(x, w, groups=groups)) is direct
+    with conv_path("im2col"):
+        assert not _created_by_direct(conv2d(x, w, groups=groups))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_spatial_attention_conv_both_paths(dtype):
+    # 2 -> 1 channels, 7x7, padding 3: the direct path vs the oracle and vs im2col
+    x, w = arrays((3, 2, 10, 12), 4, dtype=dtype), arrays((1, 2, 7, 7), 5, dtype=dtype)
+    expected = ref.conv2d(x, w, pads=(3, 3, 3, 3))
+    gy = arrays((3, 1, 10, 12), 6, dtype=dtype)
+    results = {}
+    for path in PATHS:
+        mx, mw = leaf(x), leaf(w)
+        with conv_path(path):
+            y = conv2d(mx, mw, padding=3)
+            y.backward(mc.tensor(gy))
+        results[path] = (y.numpy(), mx.grad.numpy(), mw.grad.numpy())
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    np.testing.assert_allclose(results["direct"][0], expected, **tol)
+    for a, b in zip(results["direct"], results["im2col"]):
+        np.testing.assert_allclose(a, b, **tol)
+    assert_gradcheck(lambda x, w: conv2d(x, w, padding=3), x, w)
+
+
+def test_direct_weight_grad_empty_batch():
+    mx, mw = leaf(np.zeros((0, 2, 5, 5))), leaf(arrays((1, 2, 3, 3), 1))
+    conv2d(mx, mw, padding=1).sum().backward()
+    assert mx.grad.shape == (0, 2, 5, 5)
+    np.testing.assert_array_equal(mw.grad.numpy(), np.zeros((1, 2, 3, 3)))
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("padding", ["same", "valid", 0, (2, 1)])
-def test_matches_torch(padding):
+def test_matches_torch(padding, path):
     torch = pytest.importorskip("torch")
     x, w, b, gy_seed = arrays((2, 4, 7, 6), 1), arrays((6, 2, 2, 3), 2), arrays((6,), 3), 4
     kwargs = {"padding": padding, "dilation": (2, 1), "groups": 2}
@@ -86,8 +160,9 @@ def test_matches_torch(padding):
     gy = arrays(tuple(ty.shape), gy_seed)
     ty.backward(torch.tensor(gy))
     mx, mw, mb = leaf(x), leaf(w), leaf(b)
-    y = conv2d(mx, mw, mb, **kwargs)
-    y.backward(mc.tensor(gy, dtype=np.float64))
+    with conv_path(path):
+        y = conv2d(mx, mw, mb, **kwargs)
+        y.backward(mc.tensor(gy, dtype=np.float64))
     np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-12, atol=1e-12)
     for m, t in ((mx, tx), (mw, tw), (mb, tb)):
         np.testing.assert_allclose(m.grad.numpy(), t.grad.numpy(), rtol=1e-10, atol=1e-12)
@@ -97,6 +172,7 @@ def test_matches_torch(padding):
 def test_chunked_batch(monkeypatch, budget):
     # col holds 2*3*3 x 5*5 = 450 elements per sample: chunks of 1, then of 2 plus a remainder
     monkeypatch.setattr(conv2d_module, "CPU_COL_BUDGET", budget)
+    monkeypatch.setattr(conv2d_module, "DIRECT_MAX_PRODUCT", 0)  # chunks are im2col's
     case = ((3, 2, 5, 5), (4, 2, 3, 3), True, (1, 1), (1, 1), (1, 1), 1)
     arrays_in = _inputs(case, 5, np.float64)
     y = _fn(case)(*(leaf(a, requires_grad=False) for a in arrays_in))
@@ -108,6 +184,7 @@ def test_chunked_batch(monkeypatch, budget):
 def test_cpu_tasks_joined_chunks_with_groups(monkeypatch, budget):
     # CPU tasks of 1 sample, of 2 samples (joined col, gathered gy), and the whole batch
     monkeypatch.setattr(conv2d_module, "CPU_COL_BUDGET", budget)
+    monkeypatch.setattr(conv2d_module, "DIRECT_MAX_PRODUCT", 0)  # chunks are im2col's
     case = ((5, 4, 5, 5), (6, 2, 3, 3), True, (1, 1), (1, 1), (1, 1), 2)
     arrays_in = _inputs(case, 7, np.float64)
     y = _fn(case)(*(leaf(a, requires_grad=False) for a in arrays_in))
@@ -116,24 +193,37 @@ def test_cpu_tasks_joined_chunks_with_groups(monkeypatch, budget):
     assert_gradcheck(_fn(case), *arrays_in)
 
 
-def test_only_weight_grad_and_no_bias_grad():
+@pytest.mark.parametrize("path", PATHS)
+def test_only_weight_grad_and_no_bias_grad(path):
     x, w = arrays((2, 3, 5, 5), 1), arrays((2, 3, 3, 3), 2)
     mx, mw, mb = leaf(x, requires_grad=False), leaf(w), leaf(arrays((2,), 3), requires_grad=False)
-    conv2d(mx, mw, mb, padding=1).sum().backward()
+    with conv_path(path):
+        conv2d(mx, mw, mb, padding=1).sum().backward()
     assert mx.grad is None and mb.grad is None and mw.grad.shape == w.shape
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=3)
 @given(case=conv_cases(max_n=2, max_c=4, max_side=6), seed=st.integers(0, 2**31))
-def test_cuda_parity(case, seed):
-    assert_cuda_parity(_fn(case), *_inputs(case, seed, np.float64), rtol=1e-10, atol=1e-12)
+def test_cuda_parity(path, case, seed):
+    with conv_path(path):
+        assert_cuda_parity(_fn(case), *_inputs(case, seed, np.float64), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.cuda
-def test_cuda_parity_float32_groups():
+@pytest.mark.parametrize("path", PATHS)
+def test_cuda_parity_float32_groups(path):
     case = ((2, 4, 5, 6), (4, 2, 3, 3), True, (1, 2), (1, 1), (1, 1), 2)
-    assert_cuda_parity(_fn(case), *_inputs(case, 3, np.float32), rtol=1e-5, atol=1e-5)
+    with conv_path(path):
+        assert_cuda_parity(_fn(case), *_inputs(case, 3, np.float32), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_cuda_parity_spatial_attention_conv():
+    # the default rule (direct), 2 -> 1 channels, 5x5, padding 2, float32
+    case = ((2, 2, 6, 5), (1, 2, 5, 5), False, (1, 1), (2, 2), (1, 1), 1)
+    assert_cuda_parity(_fn(case), *_inputs(case, 8, np.float32), rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- errors
