@@ -4,7 +4,8 @@
 
 Each workload builds the same computation in minicbam and (when torch is importable) in
 PyTorch with the same shapes and layers, warms both up, then times ``--repeats`` calls of each and
-reports the medians and ``torch / minicbam`` (above 1: minicbam is faster). Both use the
+reports the medians and ``torch / minicbam`` (above 1: minicbam is faster). The two are
+timed interleaved, one call each per round. Both use the
 same number of threads (numba and torch.set_num_threads). The environment that matters
 (OPENBLAS_CORETYPE, OMP_WAIT_POLICY, threads, load average) is printed with the table and
 stored in the JSON. Speed is measured here, never asserted in tests.
@@ -31,15 +32,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workloads
 
 
-def median_seconds(fn, repeats, warmup):
+def median_seconds(fns, repeats, warmup):
+    """Median seconds of each callable. They are timed interleaved (one call of each per
+    round), so that both frameworks see the same machine state: the 2-core machine is
+    shared, and a burst of other work then slows both instead of one."""
     for _ in range(warmup):
-        fn()
-    samples = []
+        for fn in fns:
+            fn()
+    samples = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        for fn, times in zip(fns, samples):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return [statistics.median(times) for times in samples]
 
 
 def traced_peak_mib(fn):
@@ -88,11 +94,13 @@ def run(names, repeats, warmup, quick, threads, use_torch):
     for name in names:
         case = workloads.CASES[name](quick=quick, torch=torch)
         row = {"name": name, "what": case.what, "unit": case.unit, "per_call": case.per_call}
-        row["minicbam_s"] = median_seconds(case.minicbam, repeats, warmup)
-        row["minicbam_peak_mib"] = traced_peak_mib(case.minicbam)
-        if torch is not None and case.torch is not None:
-            row["torch_s"] = median_seconds(case.torch, repeats, warmup)
+        fns = [case.minicbam] + ([case.torch] if torch is not None and case.torch else [])
+        medians = median_seconds(fns, repeats, warmup)
+        row["minicbam_s"] = medians[0]
+        if len(medians) == 2:
+            row["torch_s"] = medians[1]
             row["ratio"] = row["torch_s"] / row["minicbam_s"]
+        row["minicbam_peak_mib"] = traced_peak_mib(case.minicbam)
         rows.append(row)
         print(format_row(row), flush=True)
     return rows
@@ -158,7 +166,7 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", choices=sorted(workloads.CASES), default=None)
     parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--no-torch", action="store_true", help="time minicbam alone")
     parser.add_argument("--json", default=None, help="write the results here")
