@@ -21,9 +21,10 @@ values, as much work as the products when COg is small (im2col was ~6 ms of a 17
 forward). So when Cg * COg <= DIRECT_MAX_PRODUCT (channels per group, input times output; the
 kernel size cancels out) conv2d_direct.py computes y, gx and gw directly, on both devices.
 
-The GEMMs run over (sample, group) batches (gemm.py), a chunk of samples at a time with the
-chunk's col in one buffer reused for every chunk: on the CPU a few samples (per-sample
-im2col + BLAS measured fastest here, NUMBA_FACTS 4.5), on CUDA up to 128 MiB of col.
+The GEMMs run over (sample, group) batches (gemm.py), a chunk of samples at a time. On the
+CPU each chunk is one task on gemm.py's task pool with its col in a thread-local scratch
+buffer (see "CPU" below); on CUDA the chunks run in turn through one col buffer of up to
+128 MiB.
 """
 
 import threading
@@ -42,9 +43,8 @@ from minicbam.ops.strided import gather, scatter_into
 DIRECT_MAX_PRODUCT = 8
 MIN_POOLED_FLOPS = 1 << 26  # smaller convs run their chunks on the calling thread
 
-# Elements of col per chunk of samples. CPU: a few MiB, reused for every chunk, so it stays
-# cheap to touch (one sample at a time measured fastest, NUMBA_FACTS 4.5; a few per chunk
-# cut the hand-offs between numba's and OpenBLAS's threads). CUDA: 128 MiB in float32.
+# Elements of col per chunk of samples. CPU: a few MiB per task, reused, so it stays cheap
+# to touch (NUMBA_FACTS 4.5). CUDA: 128 MiB in float32.
 CPU_COL_BUDGET = 1 << 20
 CUDA_COL_BUDGET = 1 << 25
 
@@ -82,15 +82,14 @@ class Conv2d(Function):
         self.w3_shape = (G, CO // G, Cg * KH * KW)
         self.y4_shape = (N, G, CO // G, self.L)
         self.col4_shape = (G, Cg * KH * KW, self.L)
-        budget = CPU_COL_BUDGET if device.device_of(x) == device.CPU else CUDA_COL_BUDGET
-        self.chunk = max(1, min(N, budget // max(C * KH * KW * self.L, 1)))
+        # samples per chunk on CUDA (the CPU sizes its tasks in _cpu_chunks)
+        self.chunk = max(1, min(N, CUDA_COL_BUDGET // max(C * KH * KW * self.L, 1)))
         return (N, CO, OH, OW)
 
     def _col_buffer(self, x):
+        """The CUDA path's col buffer, (chunk, C*KH*KW, L)."""
         C, KK = x.shape[1], self.geom[0] * self.geom[1]
         shape = (self.chunk, C * KK, self.L)
-        if device.device_of(x) == device.CPU:
-            return _scratch("col", shape, x.dtype)
         return device.empty(shape, x.dtype, device.device_of(x))
 
     def _chunks(self, N):
