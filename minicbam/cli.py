@@ -22,7 +22,7 @@ import time
 
 from minicbam import __version__
 from minicbam.checkpoint import load_model, read_checkpoint
-from minicbam.cli_dev import add_bench, add_gradcheck, builtin_bench, cmd_bench, cmd_gradcheck
+from minicbam.cli_dev import add_bench, add_gradcheck
 from minicbam.cli_types import non_negative_float, non_negative_int, positive_float, positive_int
 from minicbam.config import (
     ATTENTIONS,
@@ -39,15 +39,7 @@ from minicbam.factories import make_datasets
 from minicbam.serialization import CorruptFileError, UnsafeFileError
 from minicbam.train import evaluate, fit
 
-# The gradcheck and bench commands moved to minicbam.cli_dev; they stay importable from here.
-__all__ = [
-    "build_parser",
-    "builtin_bench",
-    "cmd_bench",
-    "cmd_gradcheck",
-    "format_confusion",
-    "main",
-]
+__all__ = ["build_parser", "format_confusion", "main"]
 
 DEFAULTS = TrainConfig()
 

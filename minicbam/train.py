@@ -1,6 +1,7 @@
 """Training and evaluation loops behind ``minicbam train`` and ``minicbam eval``.
 
-    from minicbam.train import TrainConfig, fit
+    from minicbam.config import TrainConfig
+    from minicbam.train import fit
     result = fit(TrainConfig(model="digits-cnn", attention="cbam", epochs=15, out="runs/x"))
 
 ``fit`` trains one of the named models on one of the named datasets and writes into
@@ -30,60 +31,13 @@ import numpy as np
 
 import minicbam as mc
 import minicbam.nn.functional as F
-from minicbam.checkpoint import (
-    METRIC_FIELDS,
-    load_model,
-    read_checkpoint,
-    rng_state,
-    set_rng_state,
-    write_metrics,
-)
-from minicbam.config import (
-    ATTENTIONS,
-    DATASETS,
-    DEVICES,
-    MODELS,
-    OPTIMIZERS,
-    SCHEDULERS,
-    TrainConfig,
-    UserError,
-    check_device,
-)
+from minicbam.checkpoint import rng_state, set_rng_state, write_metrics
+from minicbam.config import check_device
 from minicbam.data import DataLoader
-from minicbam.factories import (
-    DataInfo,
-    make_datasets,
-    make_model,
-    make_optimizer,
-    make_scheduler,
-)
+from minicbam.factories import make_datasets, make_model, make_optimizer, make_scheduler
 from minicbam.serialization import save
 
-# The settings, builders and checkpoint readers moved to minicbam.config, minicbam.factories
-# and minicbam.checkpoint; they stay importable from here.
-__all__ = [
-    "ATTENTIONS",
-    "DATASETS",
-    "DEVICES",
-    "METRIC_FIELDS",
-    "MODELS",
-    "OPTIMIZERS",
-    "SCHEDULERS",
-    "DataInfo",
-    "TrainConfig",
-    "UserError",
-    "check_device",
-    "evaluate",
-    "fit",
-    "load_model",
-    "make_datasets",
-    "make_model",
-    "make_optimizer",
-    "make_scheduler",
-    "read_checkpoint",
-    "run_epoch",
-    "write_metrics",
-]
+__all__ = ["evaluate", "fit", "run_epoch"]
 
 
 # ------------------------------------------------------------------------------ loops
