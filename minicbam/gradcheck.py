@@ -64,6 +64,25 @@ def _analytic_grads(fn, inputs, cotangents):
     return [None if x.grad is None else x.grad.numpy() for x in inputs]
 
 
+def gradient_errors(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0):
+    """(largest |numeric - analytic| over every input that requires grad, report lines for
+    the inputs that fail the tolerance). The work behind ``gradcheck``, without its checks."""
+    rng = np.random.default_rng(seed)
+    with no_grad():
+        outputs = _outputs(fn, inputs)
+    cotangents = [rng.standard_normal(y.shape) for y in outputs]
+    analytic = _analytic_grads(fn, inputs, cotangents)
+    worst, report = 0.0, []
+    for k, x in enumerate(inputs):
+        if not (isinstance(x, Tensor) and x.requires_grad):
+            continue
+        numeric = _numeric_grad(fn, inputs, k, cotangents, eps)
+        got = np.zeros_like(numeric) if analytic[k] is None else analytic[k]
+        worst = max(worst, float(np.max(np.abs(numeric - got), initial=0.0)))
+        report.extend(_compare(k, x.shape, numeric, got, atol, rtol))
+    return worst, report
+
+
 def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, seed=0):
     """Check the gradients of ``fn`` at ``inputs`` (a tensor or a tuple of tensors).
 
@@ -82,16 +101,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
                 f"gradcheck: input {k} has dtype {inputs[k].dtype}; finite differences need "
                 "float64 inputs (use .double())"
             )
-    rng = np.random.default_rng(seed)
-    with no_grad():
-        outputs = _outputs(fn, inputs)
-    cotangents = [rng.standard_normal(y.shape) for y in outputs]
-    analytic = _analytic_grads(fn, inputs, cotangents)
-    report = []
-    for k in checked:
-        numeric = _numeric_grad(fn, inputs, k, cotangents, eps)
-        got = np.zeros_like(numeric) if analytic[k] is None else analytic[k]
-        report.extend(_compare(k, inputs[k].shape, numeric, got, atol, rtol))
+    _, report = gradient_errors(fn, inputs, eps, atol, rtol, seed)
     gradcheck.last_report = "\n".join(report)
     if report and raise_exception:
         raise GradcheckError(gradcheck.last_report)
