@@ -37,9 +37,8 @@ from minicbam.device import Kernel
 from minicbam.function import Function
 from minicbam.ops.binary import div_kernel
 from minicbam.ops.elementwise import apply_binary
-from minicbam.ops.reduce import rows_layout, sum_array
+from minicbam.ops.reduce import from_rows, rows_layout, sum_array
 from minicbam.ops.reshape import reshape
-from minicbam.ops.softmax import from_rows
 from minicbam.tensor import Tensor, int64
 
 cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
@@ -206,7 +205,7 @@ class ClassLoss(Function):
                 self.fused,
                 self.mode,
             )
-        return from_rows(gx, self.x_shape, 1), None, None
+        return from_rows(gx, self.x_shape, (1,)), None, None
 
 
 # ----------------------------------------------------------------------------- wrappers

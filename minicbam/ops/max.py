@@ -20,8 +20,7 @@ from numba.extending import register_jitable
 from minicbam import device
 from minicbam.device import Kernel
 from minicbam.function import Function
-from minicbam.ops.reduce import keepdim_shape, normalize_dims, rows_layout
-from minicbam.ops.strided import permute_array
+from minicbam.ops.reduce import from_rows, keepdim_shape, normalize_dims, rows_layout
 from minicbam.tensor import Tensor
 
 cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
@@ -147,13 +146,7 @@ class _MaxBase(Function):
 
     def _unpermute(self, g_rows):
         """Row-layout gradient back to x's layout."""
-        keep = tuple(d for d in range(len(self.x_shape)) if d not in self.dims)
-        order = keep + self.dims
-        shape = tuple(self.x_shape[d] for d in order)
-        g = g_rows.reshape(shape)
-        if order == tuple(range(len(order))):
-            return g
-        return permute_array(g, tuple(np.argsort(order)))
+        return from_rows(g_rows, self.x_shape, self.dims)
 
 
 class AMax(_MaxBase):

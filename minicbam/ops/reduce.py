@@ -116,6 +116,16 @@ def rows_layout(x, dims):
     return rows, keep_shape, K
 
 
+def from_rows(rows, x_shape, dims):
+    """Undo rows_layout: (kept..., reduced...) rows back to x's layout (x_shape)."""
+    keep = tuple(d for d in range(len(x_shape)) if d not in dims)
+    order = keep + tuple(dims)
+    g = rows.reshape(tuple(x_shape[d] for d in order))
+    if order == tuple(range(len(order))):
+        return g
+    return permute_array(g, tuple(int(d) for d in np.argsort(order)))
+
+
 def keepdim_shape(shape, dims):
     return tuple(1 if d in dims else s for d, s in enumerate(shape))
 

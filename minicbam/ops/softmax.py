@@ -25,9 +25,8 @@ from minicbam import device
 from minicbam.device import Kernel
 from minicbam.function import Function
 from minicbam.ops.cast import cast
-from minicbam.ops.reduce import normalize_dims, rows_layout
+from minicbam.ops.reduce import from_rows, normalize_dims, rows_layout
 from minicbam.ops.reshape import reshape
-from minicbam.ops.strided import permute_array
 
 cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
 
@@ -119,15 +118,6 @@ def softmax_rows_array(rows, K, log=False):
     return out
 
 
-def from_rows(rows, x_shape, dim):
-    """Undo rows_layout for one dim: (..., K) rows back to x's layout."""
-    order = tuple(d for d in range(len(x_shape)) if d != dim) + (dim,)
-    g = rows.reshape(tuple(x_shape[d] for d in order))
-    if order == tuple(range(len(order))):
-        return g
-    return permute_array(g, tuple(int(d) for d in np.argsort(order)))
-
-
 class Softmax(Function):
     """Softmax (``log=False``) or log-softmax (``log=True``) over ``dim``."""
 
@@ -138,7 +128,7 @@ class Softmax(Function):
         self.x_shape = x.shape
         rows, _, self.K = rows_layout(x, (self.dim,))
         self.y_rows = softmax_rows_array(rows, self.K, self.log)
-        return from_rows(self.y_rows, self.x_shape, self.dim)
+        return from_rows(self.y_rows, self.x_shape, (self.dim,))
 
     def backward(self, gy):
         gy_rows, _, K = rows_layout(gy, (self.dim,))
@@ -151,7 +141,7 @@ class Softmax(Function):
                 np.int64(K),
                 bool(self.log),
             )
-        return (from_rows(gx, self.x_shape, self.dim),)
+        return (from_rows(gx, self.x_shape, (self.dim,)),)
 
 
 def _softmax(op, x, dim, dtype, log):
