@@ -31,19 +31,19 @@ POOL_TYPES = ("avg", "max")
 
 # ----------------------------------------------------------------------------- bodies
 @register_jitable
-def global_plane(y, argmax, x, p, M, avg_slot, max_slot):
-    """Pool plane p (M elements) into y[slot * NC + p]; argmax[p] for the max."""
-    NC = x.size // M
+def global_plane(y, argmax, plane, p, NC, avg_slot, max_slot):
+    """Pool plane p (a 1-D view of its M elements, of NC planes) into y[slot * NC + p];
+    argmax[p] for the max. A 1-D view indexed from 0 lets the CPU loop vectorise."""
     acc = 0.0
     best = y.dtype.type(-math.inf)
     best_k = 0
-    for k in range(M):
-        v = x[p * M + k]
+    for k in range(plane.size):
+        v = plane[k]
         acc += v
         if v > best or math.isnan(v):
             best, best_k = v, k
     if avg_slot >= 0:
-        y[avg_slot * NC + p] = acc / M
+        y[avg_slot * NC + p] = acc / plane.size
     if max_slot >= 0:
         y[max_slot * NC + p] = best
         argmax[p] = best_k
@@ -60,27 +60,19 @@ def global_grad_at(gx, gy, argmax, p, k, M, NC, avg_slot, max_slot):
     gx[p * M + k] = g
 
 
+# The CPU launcher inlines its copy of the body (a plain call per plane costs more).
+global_plane_cpu = njit(inline="always")(global_plane)
+
+
 # ----------------------------------------------------------------------------- kernels
-# The CPU loops are global_plane / global_grad_at on 2-D (plane, element) views: flat
+# The CPU gradient loop is global_grad_at on a 2-D (plane, element) view: flat
 # ``p * M + k`` indices keep a wraparound check per element and do not vectorise.
 @njit(parallel=True, cache=True)
 def _global_pool_cpu(y, argmax, x, M, avg_slot, max_slot):
     NC = x.size // M
     x2 = x.reshape(NC, M)
     for p in prange(NC):
-        acc = 0.0
-        best = y.dtype.type(-math.inf)
-        best_k = 0
-        for k in range(M):
-            v = x2[p, k]
-            acc += v
-            if v > best or math.isnan(v):
-                best, best_k = v, k
-        if avg_slot >= 0:
-            y[avg_slot * NC + p] = acc / M
-        if max_slot >= 0:
-            y[max_slot * NC + p] = best
-            argmax[p] = best_k
+        global_plane_cpu(y, argmax, x2[p], p, NC, avg_slot, max_slot)
 
 
 @njit(parallel=True, cache=True)
@@ -105,8 +97,9 @@ def _global_pool_cuda():
 
     @cuda.jit
     def global_pool(y, argmax, x, M, avg_slot, max_slot):
-        for p in range(cuda.grid(1), x.size // M, cuda.gridsize(1)):
-            global_plane(y, argmax, x, p, M, avg_slot, max_slot)
+        NC = x.size // M
+        for p in range(cuda.grid(1), NC, cuda.gridsize(1)):
+            global_plane(y, argmax, x[p * M : (p + 1) * M], p, NC, avg_slot, max_slot)
 
     return device.launcher(global_pool, items=lambda y, argmax, x, M, *rest: x.size // M)
 
