@@ -2,7 +2,7 @@
 
     python benchmarks/bench_conv.py [--n 64] [--c 64] [--hw 32] [--k 3] [--repeat 10] [--threads T]
 
-Prints the OpenBLAS environment too: it changes float32 GEMM speed (NUMBA_FACTS 4.4).
+Prints the OpenBLAS environment too: it changes float32 GEMM speed (docs/design.md, "Measured facts").
 ``--threads 1`` pins numba, OpenBLAS and torch to one thread: on a loaded 2-core machine
 every hand-off between thread pools waits for a time slice, and single-thread figures are
 the comparable ones.

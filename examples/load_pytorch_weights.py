@@ -2,7 +2,7 @@
 
 The official CBAM code (Jongchan/attention-module) names its parameters differently from
 minicbam (``ChannelGate.mlp.1.weight`` vs ``channel.mlp.0.weight``) and feeds its spatial conv
-[max, mean] instead of [mean, max]. ``minicbam.interop.from_official`` renames the keys and
+[max, mean] instead of [mean, max]. ``minicbam.io.interop.from_official`` renames the keys and
 swaps the conv's input channels; ``mc.load`` reads ``.pth`` files without importing torch (a
 restricted unpickler: only tensors and plain containers, never arbitrary code).
 

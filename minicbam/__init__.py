@@ -1,12 +1,12 @@
 """minicbam: a small reverse-mode autodiff framework with Numba CPU and numba.cuda kernels.
 
-``import minicbam as mc`` gives the PyTorch-shaped tensor API (see ../shared/API.md).
+``import minicbam as mc`` gives the PyTorch-shaped tensor API (docs/api.md).
 """
 
 import os
 
 # numba's OpenMP threads and OpenBLAS's spin-wait on the same 2 cores unless told to sleep;
-# switching between them then costs ~8 ms each time (NUMBA_FACTS.md 4.5). Must precede the
+# switching between them then costs ~8 ms each time (docs/design.md, "Measured facts"). Must precede the
 # first parallel call; libgomp reads it when it loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -21,7 +21,7 @@ from minicbam.function import (
 )
 from minicbam.gradcheck import GradcheckError, gradcheck
 from minicbam.ops import cat, stack
-from minicbam.serialization import load, save
+from minicbam.io.serialization import load, save
 from minicbam.tensor import (
     Tensor,
     arange,

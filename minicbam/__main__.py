@@ -2,6 +2,6 @@
 
 import sys
 
-from minicbam.cli import main
+from minicbam.app.cli import main
 
 sys.exit(main())

@@ -9,6 +9,7 @@ returns a launcher on first use, so importing minicbam never imports ``numba.cud
 costs ~0.4 s) and no CUDA kernel compiles before it is needed.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -17,7 +18,7 @@ CPU = "cpu"
 CUDA = "cuda"
 
 # Launch shapes. Under the simulator every CUDA thread is a Python thread, so a grid-stride
-# loop over a few threads is ~100x faster than one thread per element (NUMBA_FACTS.md 2.3).
+# loop over a few threads is ~100x faster than one thread per element (docs/design.md, "Testing CUDA without a GPU").
 THREADS_PER_BLOCK = 256
 MAX_BLOCKS = 4096
 SIM_THREADS_PER_BLOCK = 32
@@ -71,11 +72,27 @@ def device_of(array):
 
 
 def cuda_module():
-    """``numba.cuda``, imported on first use. Op modules bind it to a module-level global
-    named ``cuda`` (the simulator swaps globals that are this module for its fake one)."""
+    """``numba.cuda``, imported on first use."""
     from numba import cuda
 
     return cuda
+
+
+def cuda_factory(factory):
+    """Decorator for a Kernel's CUDA factory: before the factory first runs, bind the
+    module-level name ``cuda`` of the factory's module to ``numba.cuda``.
+
+    Kernels refer to ``cuda.grid``, ``cuda.shared.array``, ... through that module global:
+    numba resolves it when it compiles, and the simulator swaps globals that are the cuda
+    module for its fake one. Binding it lazily keeps ``import minicbam`` from importing
+    ``numba.cuda`` (~0.4 s)."""
+
+    @functools.wraps(factory)
+    def build(*args):
+        factory.__globals__["cuda"] = cuda_module()
+        return factory(*args)
+
+    return build
 
 
 # ----------------------------------------------------------------------------- allocation
@@ -232,9 +249,8 @@ def _fill_cpu(out, value):
 cuda = None  # numba.cuda, bound by the first CUDA call (see cuda_module)
 
 
+@cuda_factory
 def _fill_cuda():
-    global cuda
-    cuda = cuda_module()
 
     @cuda.jit
     def fill(out, value):

@@ -119,7 +119,7 @@ class Tensor:
 
     def accumulate_grad(self, g):
         from minicbam.ops.binary import add_arrays
-        from minicbam.ops.strided import copy_array
+        from minicbam.kernels.strided import copy_array
 
         if self.grad is None:
             # A copy: backward may hand the same array to several inputs (add's gy).

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 
 if os.environ["NUMBA_ENABLE_CUDASIM"] == "1":
     # The simulator runs one Python thread per CUDA thread; a short GIL switch interval
-    # makes syncthreads-heavy kernels 3-8x faster (NUMBA_FACTS.md 2.3).
+    # makes syncthreads-heavy kernels 3-8x faster (docs/design.md, "Testing CUDA without a GPU").
     sys.setswitchinterval(1e-4)
 
 # deadline=None: the first call of a kernel compiles it, which takes seconds.

@@ -20,10 +20,10 @@ import pytest
 import minicbam as mc
 import minicbam.nn.functional as F
 from minicbam import models, nn, optim
-from minicbam.config import UserError
+from minicbam.app.config import UserError
 from minicbam.data import DataLoader, TensorDataset
-from minicbam.factories import make_model
-from minicbam.serialization import save
+from minicbam.app.factories import make_model
+from minicbam.io.serialization import save
 
 
 @dataclass

@@ -14,7 +14,7 @@ Import this module only after ``pytest.importorskip("torch")``. Written from the
 * ``TimmSE``: timm ``layers/squeeze_excite.py`` ``SEModule`` defaults: mean pool, ``fc1``
   (1x1 conv with bias), ReLU, ``fc2`` (1x1 conv with bias), sigmoid;
   ``hidden = make_divisible(C * rd_ratio, 8, round_limit=0.)``.
-* ``TorchCBAM`` and ``TorchSE``: minicbam's own layout and maths (API.md), in PyTorch, so a
+* ``TorchCBAM`` and ``TorchSE``: minicbam's own layout and maths (docs/api.md), in PyTorch, so a
   converted state dict can be loaded with ``strict=True`` and its outputs compared.
 """
 

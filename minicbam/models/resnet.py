@@ -2,7 +2,7 @@
 
 The layout and key names are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``, ...,
 ``layer2.0.downsample.0``, ``fc``), so torchvision, timm and official-CBAM checkpoints convert
-by renaming at most the attention keys (``minicbam.interop``). A residual block computes
+by renaming at most the attention keys (``minicbam.io.interop``). A residual block computes
 
     y = relu(A(R(x)) + S(x))
 

@@ -26,7 +26,7 @@ Spatial attention (Eq. 3) pools over channels (mean first, then max, as the pape
 The BatchNorm is the official code's (its ``BasicConv`` is conv + BN; timm does the same);
 the paper's equation has none, so ``CBAM.paper`` leaves it out.
 
-Hot path (DESIGN decision 8): ``F.global_pool`` computes all global pools in one pass,
+Hot path (fusion where it pays, docs/design.md): ``F.global_pool`` computes all global pools in one pass,
 ``F.channel_pool`` the (mean, max) channel maps in one pass, and ``F.gate`` is the fused
 ``x * sigmoid(logits)`` with its backward. The shared MLP runs once on the stacked pools
 ``(P * N, C)``; since it acts row by row, that equals running it once per pool.
@@ -264,7 +264,7 @@ class CBAM(Module):
         MLP with biases, ``hidden = C // reduction``, spatial BN(eps=1e-5, momentum=0.01).
         Initialisation: every bias 0, spatial conv ``kaiming_normal_(mode="fan_out")`` and
         spatial BN weight 0, so M_s starts at sigmoid(0) = 1/2 everywhere; the MLP weights keep
-        the Linear default. Load its weights with ``minicbam.interop.from_official``.
+        the Linear default. Load its weights with ``minicbam.io.interop.from_official``.
         """
         module = cls(channels, reduction, kernel_size, pool_types, spatial, bn_momentum=0.01)
         official_init_(module.channel)
@@ -278,7 +278,7 @@ class CBAM(Module):
 
         ``hidden = make_divisible(channels / reduction, 1, round_limit=0.)``, i.e. the ratio
         rounded half up, at least 1 (timm's ``rd_ratio = 1 / reduction``). Load its weights
-        with ``minicbam.interop.from_timm``.
+        with ``minicbam.io.interop.from_timm``.
         """
         hidden = timm_hidden(channels, reduction)
         return cls(channels, reduction, kernel_size, pool_types, spatial, bias=False, hidden=hidden)

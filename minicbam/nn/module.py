@@ -21,7 +21,7 @@ from minicbam import device
 from minicbam.function import no_grad
 from minicbam.nn.init import copy_into_
 from minicbam.nn.parameter import Parameter
-from minicbam.ops.strided import cast_array
+from minicbam.kernels.strided import cast_array
 from minicbam.tensor import Tensor
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])

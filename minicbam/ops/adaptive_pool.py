@@ -27,7 +27,7 @@ from minicbam.ops.global_pool import global_pool_with_indices
 from minicbam.ops.max_pool2d import batched, check_rank4
 from minicbam.tensor import Tensor
 
-cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 
 # ----------------------------------------------------------------------------- bodies
@@ -111,9 +111,8 @@ def _adaptive_grad_cpu(gx, gy, argmax, g, is_max):
             adaptive_grad_at_cpu(gx, gy, argmax, r // H, r % H, iw, g, is_max)
 
 
+@device.cuda_factory
 def _adaptive_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def adaptive(y, argmax, x, g, is_max):
@@ -125,9 +124,8 @@ def _adaptive_cuda():
     return device.grid_stride_launcher(adaptive)
 
 
+@device.cuda_factory
 def _adaptive_grad_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def adaptive_grad(gx, gy, argmax, g, is_max):

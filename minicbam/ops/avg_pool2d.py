@@ -24,7 +24,7 @@ from minicbam.device import Kernel
 from minicbam.function import Function
 from minicbam.ops.max_pool2d import batched, check_rank4, pool_geometry, window_of
 
-cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 
 # ----------------------------------------------------------------------------- bodies
@@ -96,9 +96,8 @@ def _avg_pool_grad_cpu(gx, gy, g):
             avg_pool_grad_at_cpu(gx, gy, r // H, r % H, iw, g)
 
 
+@device.cuda_factory
 def _avg_pool_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def avg_pool(y, x, g):
@@ -110,9 +109,8 @@ def _avg_pool_cuda():
     return device.grid_stride_launcher(avg_pool)
 
 
+@device.cuda_factory
 def _avg_pool_grad_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def avg_pool_grad(gx, gy, g):

@@ -37,7 +37,7 @@ from minicbam import device
 from minicbam.device import Kernel
 from minicbam.function import Function, check_same_device
 
-cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 
 # ----------------------------------------------------------------------------- bodies
@@ -232,9 +232,8 @@ def _launcher(kernel, count):
     return device.launcher(kernel, items=count)
 
 
+@device.cuda_factory
 def _plane_stats_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def plane_stats(pstats, x, M):
@@ -244,9 +243,8 @@ def _plane_stats_cuda():
     return _launcher(plane_stats, lambda pstats, *args: pstats.size // 2)
 
 
+@device.cuda_factory
 def _channel_stats_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def channel_stats(stats, affine, pstats, w, b, rmean, rvar, C, M, eps, momentum, update):
@@ -258,9 +256,8 @@ def _channel_stats_cuda():
     return _launcher(channel_stats, lambda *args: args[7])
 
 
+@device.cuda_factory
 def _eval_stats_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def eval_stats(stats, affine, w, b, rmean, rvar, C, eps):
@@ -270,9 +267,8 @@ def _eval_stats_cuda():
     return _launcher(eval_stats, lambda *args: args[6])
 
 
+@device.cuda_factory
 def _affine_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def affine(y, x, affine, C, M):
@@ -283,9 +279,8 @@ def _affine_cuda():
     return device.grid_stride_launcher(affine)
 
 
+@device.cuda_factory
 def _plane_grad_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def plane_grad(psums, gy, x, stats, C, M):
@@ -295,9 +290,8 @@ def _plane_grad_cuda():
     return _launcher(plane_grad, lambda psums, *args: psums.size // 2)
 
 
+@device.cuda_factory
 def _channel_grad_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def channel_grad(gwb, coef, psums, stats, w, C, M, training):
@@ -307,9 +301,8 @@ def _channel_grad_cuda():
     return _launcher(channel_grad, lambda *args: args[5])
 
 
+@device.cuda_factory
 def _input_grad_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def input_grad(gx, gy, x, coef, C, M):

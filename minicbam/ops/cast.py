@@ -6,7 +6,7 @@ backward: gx = gy converted back to x's dtype (no gradient flows into integer te
 import numpy as np
 
 from minicbam.function import Function
-from minicbam.ops.strided import cast_array
+from minicbam.kernels.strided import cast_array
 
 
 class Cast(Function):

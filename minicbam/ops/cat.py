@@ -8,7 +8,7 @@ stack: cat of the inputs each unsqueezed at ``dim``
 from minicbam import device
 from minicbam.function import Function
 from minicbam.ops.reshape import unsqueeze
-from minicbam.ops.strided import contiguous_strides, gather, scatter_into
+from minicbam.kernels.strided import contiguous_strides, gather, scatter_into
 
 
 class Cat(Function):

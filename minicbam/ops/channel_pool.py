@@ -11,7 +11,7 @@ element (no atomics):
     gx[n, c, h, w] = gy[n, 0, h, w] / C + gy[n, 1, h, w] [c == argmax[n, h, w]]
 
 PyTorch spells this ``torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)``:
-four ops whose ``amax`` backward alone dominates CBAM's time there (DESIGN.md decision 8).
+four ops whose ``amax`` backward alone dominates CBAM's time there (docs/design.md, "Fusion").
 """
 
 import math
@@ -24,7 +24,7 @@ from minicbam import device
 from minicbam.device import Kernel
 from minicbam.function import Function
 
-cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 
 # ----------------------------------------------------------------------------- bodies
@@ -95,9 +95,8 @@ def _channel_pool_grad_cpu(gx, gy, argmax, C, M):
             gx2[p, m] = g
 
 
+@device.cuda_factory
 def _channel_pool_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def channel_pool(y, argmax, x, C, M):
@@ -107,9 +106,8 @@ def _channel_pool_cuda():
     return device.launcher(channel_pool, items=lambda y, argmax, *rest: argmax.size)
 
 
+@device.cuda_factory
 def _channel_pool_grad_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def channel_pool_grad(gx, gy, argmax, C, M):

@@ -33,25 +33,26 @@ import numpy as np
 
 from minicbam import device
 from minicbam.function import Function, check_same_device
-from minicbam.ops.conv2d_direct import conv_direct, conv_direct_input_grad, conv_direct_weight_grad
-from minicbam.ops.gemm import add_bias, add_into, bias_grad, cpu_workers, gemm, run_tasks
-from minicbam.ops.im2col import col2im, im2col
+from minicbam.kernels.conv2d_direct import conv_direct, conv_direct_input_grad, conv_direct_weight_grad
+from minicbam.kernels.gemm import add_bias, add_into, bias_grad, gemm
+from minicbam.kernels.task_pool import cpu_workers, run_tasks
+from minicbam.kernels.im2col import col2im, im2col
 from minicbam.ops.reduce import sum_array
-from minicbam.ops.strided import gather, scatter_into
+from minicbam.kernels.strided import gather, scatter_into
 
 # Direct path when (C/G) * (CO/G) <= this (see the docstring); 0 forces im2col + GEMM.
 DIRECT_MAX_PRODUCT = 8
 MIN_POOLED_FLOPS = 1 << 26  # smaller convs run their chunks on the calling thread
 
 # Elements of col per chunk of samples. CPU: a few MiB per task, reused, so it stays cheap
-# to touch (NUMBA_FACTS 4.5). CUDA: 128 MiB in float32.
+# to touch (docs/design.md, "Measured facts"). CUDA: 128 MiB in float32.
 CPU_COL_BUDGET = 1 << 20
 CUDA_COL_BUDGET = 1 << 25
 
 
 # CPU scratch: col buffers are used only inside one forward or backward call, so each
 # thread keeps one per dtype and reuses it. A fresh multi-MiB buffer costs its first touch
-# in page faults (NUMBA_FACTS 4.3), which measured as much as the im2col that fills it.
+# in page faults (docs/design.md, "Measured facts"), which measured as much as the im2col that fills it.
 _scratch_buffers = threading.local()
 
 
@@ -158,7 +159,7 @@ class Conv2d(Function):
         return self._with_bias_grad(gy, (gx, gw))
 
     # ------------------------------------------------------------------------- CPU
-    # The CPU splits the batch into chunks, one task each on the CPU pool (gemm.run_tasks):
+    # The CPU splits the batch into chunks, one task each on the CPU pool (kernels/task_pool.py):
     # a task fills its own col (thread-local scratch) and runs its products on its thread,
     # so one task's memory-bound im2col overlaps another's GEMM, and col is consumed while
     # still in cache. A chunk's col is one (C*KH*KW, nb*L) matrix ("joined": sample n's

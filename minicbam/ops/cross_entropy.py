@@ -36,12 +36,12 @@ from minicbam import device
 from minicbam.device import Kernel
 from minicbam.function import Function
 from minicbam.ops.binary import div_kernel
-from minicbam.ops.elementwise import apply_binary
+from minicbam.kernels.elementwise import apply_binary
 from minicbam.ops.reduce import from_rows, rows_layout, sum_array
 from minicbam.ops.reshape import reshape
 from minicbam.tensor import Tensor, int64
 
-cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 REDUCTIONS = ("none", "mean", "sum")
 _NONE, _MEAN, _SUM = 0, 1, 2
@@ -108,9 +108,8 @@ def _loss_grad_cpu(gx, p, target, weight, gy, denom, C, ignore, keep, spread, fu
         loss_grad_row(gx, p, target, weight, gy, denom, r, C, ignore, keep, spread, fused, mode)
 
 
+@device.cuda_factory
 def _loss_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def loss_rows(loss, wt, p, x, target, weight, C, ignore, keep, spread, fused):
@@ -120,9 +119,8 @@ def _loss_cuda():
     return device.grid_stride_launcher(loss_rows)
 
 
+@device.cuda_factory
 def _loss_grad_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def loss_grad_rows(gx, p, target, weight, gy, denom, C, ignore, keep, spread, fused, mode):

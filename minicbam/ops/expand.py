@@ -13,7 +13,7 @@ import numpy as np
 from minicbam.function import Function
 from minicbam.ops.cast import cast
 from minicbam.ops.reduce import sum_to_array
-from minicbam.ops.strided import broadcast_array
+from minicbam.kernels.strided import broadcast_array
 from minicbam.tensor import Tensor, tensor
 
 

@@ -24,7 +24,7 @@ from minicbam import device
 from minicbam.device import Kernel
 from minicbam.function import Function
 
-cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 
 # ----------------------------------------------------------------------------- bodies
@@ -122,9 +122,8 @@ def _logit_grad_cpu(gl, gy, x, s, C, M, spatial):
             gl2[n, m] = s2[n, m] * (one - s2[n, m]) * acc[m]
 
 
+@device.cuda_factory
 def _sigmoid_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def sigmoid(s, logits):
@@ -134,9 +133,8 @@ def _sigmoid_cuda():
     return device.grid_stride_launcher(sigmoid)
 
 
+@device.cuda_factory
 def _scale_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def scale(y, x, s, C, M, spatial):
@@ -147,9 +145,8 @@ def _scale_cuda():
     return device.grid_stride_launcher(scale)
 
 
+@device.cuda_factory
 def _logit_grad_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def logit_grad(gl, gy, x, s, C, M, spatial):

@@ -11,7 +11,7 @@ a fixed position for an int), giving
 
 from minicbam import device
 from minicbam.function import Function
-from minicbam.ops.strided import contiguous_strides, gather, scatter_into
+from minicbam.kernels.strided import contiguous_strides, gather, scatter_into
 
 
 class GetItem(Function):

@@ -24,7 +24,7 @@ from minicbam import device
 from minicbam.device import Kernel
 from minicbam.function import Function
 
-cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 POOL_TYPES = ("avg", "max")
 
@@ -91,9 +91,8 @@ def _global_grad_cpu(gx, gy, argmax, M, avg_slot, max_slot):
             gx2[p, k] = g + gy[max_slot * NC + p]
 
 
+@device.cuda_factory
 def _global_pool_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def global_pool(y, argmax, x, M, avg_slot, max_slot):
@@ -104,9 +103,8 @@ def _global_pool_cuda():
     return device.launcher(global_pool, items=lambda y, argmax, x, M, *rest: x.size // M)
 
 
+@device.cuda_factory
 def _global_grad_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def global_grad(gx, gy, argmax, M, avg_slot, max_slot):

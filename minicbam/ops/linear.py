@@ -15,7 +15,7 @@ import numpy as np
 
 from minicbam import device
 from minicbam.function import Function, check_same_device
-from minicbam.ops.gemm import add_bias, bias_grad, gemm
+from minicbam.kernels.gemm import add_bias, bias_grad, gemm
 
 
 class Linear(Function):

@@ -23,7 +23,7 @@ import numpy as np
 from numba.extending import register_jitable
 
 from minicbam.function import Function
-from minicbam.ops.elementwise import apply_binary, apply_unary, binary_kernel, unary_kernel
+from minicbam.kernels.elementwise import apply_binary, apply_unary, binary_kernel, unary_kernel
 from minicbam.ops.expand import broadcast_shape
 from minicbam.ops.reduce import mean, sum
 from minicbam.ops.unary import abs, clamp, log

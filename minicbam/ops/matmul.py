@@ -15,7 +15,7 @@ read a transposed operand in place, so b^T and a^T are never materialised.
 import numpy as np
 
 from minicbam.function import Function, check_same_device
-from minicbam.ops.gemm import matmul_new
+from minicbam.kernels.gemm import matmul_new
 from minicbam.ops.reduce import sum_to_array
 
 

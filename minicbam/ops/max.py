@@ -23,7 +23,7 @@ from minicbam.function import Function
 from minicbam.ops.reduce import from_rows, keepdim_shape, normalize_dims, rows_layout
 from minicbam.tensor import Tensor
 
-cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 MaxResult = collections.namedtuple("MaxResult", ["values", "indices"])
 
@@ -80,9 +80,8 @@ def _index_grad_cpu(gx, index, gy, K):
         index_grad_row(gx, index, gy, r, K)
 
 
+@device.cuda_factory
 def _max_rows_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def max_rows(values, indices, x, K):
@@ -94,9 +93,8 @@ def _max_rows_cuda():
     return device.grid_stride_launcher(max_rows)
 
 
+@device.cuda_factory
 def _amax_grad_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def amax_grad(gx, x, m, gy, K):
@@ -106,9 +104,8 @@ def _amax_grad_cuda():
     return device.launcher(amax_grad, items=lambda gx, x, m, gy, K: m.size)
 
 
+@device.cuda_factory
 def _index_grad_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def index_grad(gx, index, gy, K):

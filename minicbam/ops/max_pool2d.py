@@ -31,7 +31,7 @@ from minicbam.device import Kernel
 from minicbam.function import Function
 from minicbam.tensor import Tensor
 
-cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -246,9 +246,8 @@ def _max_pool_grad_cpu(gx, gy, argmax, g):
             max_pool_grad_at_cpu(gx, gy, argmax, r // H, r % H, iw, g)
 
 
+@device.cuda_factory
 def _max_pool_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def max_pool(y, argmax, x, g):
@@ -260,9 +259,8 @@ def _max_pool_cuda():
     return device.grid_stride_launcher(max_pool)
 
 
+@device.cuda_factory
 def _max_pool_grad_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def max_pool_grad(gx, gy, argmax, g):

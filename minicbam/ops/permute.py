@@ -6,7 +6,7 @@ backward: gx = gy permuted by the inverse permutation (argsort of dims).
 import numpy as np
 
 from minicbam.function import Function
-from minicbam.ops.strided import permute_array
+from minicbam.kernels.strided import permute_array
 
 
 class Permute(Function):

@@ -18,9 +18,9 @@ from numba import njit, prange
 from minicbam import device
 from minicbam.device import Kernel
 from minicbam.function import Function
-from minicbam.ops.strided import broadcast_array, permute_array
+from minicbam.kernels.strided import broadcast_array, permute_array
 
-cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 
 @njit(parallel=True, cache=True)
@@ -32,9 +32,8 @@ def _sum_rows_cpu(out, x, K):
         out[r] = acc
 
 
+@device.cuda_factory
 def _sum_rows_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def sum_rows(out, x, K):
@@ -66,9 +65,8 @@ def _sum_columns_cpu(out, x, R):
             out[j] = acc[j - j0]
 
 
+@device.cuda_factory
 def _sum_columns_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def sum_columns(out, x, R):

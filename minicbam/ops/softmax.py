@@ -28,7 +28,7 @@ from minicbam.ops.cast import cast
 from minicbam.ops.reduce import from_rows, normalize_dims, rows_layout
 from minicbam.ops.reshape import reshape
 
-cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 
 @register_jitable
@@ -82,9 +82,8 @@ def _rows(out, *args):
     return out.size // args[-2]
 
 
+@device.cuda_factory
 def _softmax_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def softmax_rows(out, x, K, log):
@@ -94,9 +93,8 @@ def _softmax_cuda():
     return device.launcher(softmax_rows, items=_rows)
 
 
+@device.cuda_factory
 def _softmax_grad_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def softmax_grad_rows(gx, y, gy, K, log):

@@ -23,7 +23,7 @@ from numba.extending import register_jitable
 
 from minicbam.function import Function
 from minicbam.ops.binary import mul_arrays, neg_array
-from minicbam.ops.elementwise import apply_binary, apply_unary, binary_kernel, unary_kernel
+from minicbam.kernels.elementwise import apply_binary, apply_unary, binary_kernel, unary_kernel
 
 
 @register_jitable

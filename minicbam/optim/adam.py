@@ -15,7 +15,7 @@ State per parameter: ``step`` (int), ``exp_avg`` (m), ``exp_avg_sq`` (v) and, wi
 ``max_exp_avg_sq`` (vmax).
 """
 
-from minicbam.ops.adam_update import adam_update_
+from minicbam.kernels.adam_update import adam_update_
 from minicbam.optim.optimizer import Optimizer, check_non_negative
 from minicbam.tensor import zeros_like
 
@@ -50,7 +50,7 @@ class Adam(Optimizer):
                 )
 
     def _update_group(self, group):
-        # One fused in-place kernel per parameter (ops/adam_update.py carries the same
+        # One fused in-place kernel per parameter (minicbam/kernels/adam_update.py carries the same
         # formulas as this module's docstring).
         for p in group["params"]:
             if p.grad is None:

@@ -21,7 +21,7 @@ copies; ``load_state_dict`` moves them back onto each parameter's device and dty
 import numpy as np
 
 from minicbam.function import enable_grad, no_grad
-from minicbam.ops.strided import copy_array
+from minicbam.kernels.strided import copy_array
 from minicbam.tensor import Tensor, tensor, zeros_like
 
 # State entries that are counters, not arrays shaped like the parameter.

@@ -1,7 +1,7 @@
 """Every CUDA kernel compiles for a real GPU (sm_80 PTX), checked without a GPU.
 
 The simulator runs kernels as Python, so it accepts code the GPU compiler rejects
-(NUMBA_FACTS.md 2.2). Here a CPU workload that touches every op runs with
+(docs/design.md, "Testing CUDA without a GPU"). Here a CPU workload that touches every op runs with
 ``device.recorded_calls`` on; each recorded (kernel, argument types) pair is then compiled
 by ``numba.cuda.compile_ptx`` from the kernel's CUDA launcher. Launchers pass the Kernel's
 arguments unchanged (device.launcher), so the CPU types are the CUDA types.
@@ -39,7 +39,7 @@ def recorded():
 @pytest.fixture(autouse=True)
 def fake_compute_capability(monkeypatch):
     # Typing a kernel that calls a device function asks the current device for its
-    # compute capability, which fails without a driver (NUMBA_FACTS.md 3).
+    # compute capability, which fails without a driver (docs/design.md, "Testing CUDA without a GPU").
     from numba.cuda import dispatcher
 
     class Device:

@@ -212,7 +212,7 @@ def test_gradcheck_cbam_block(block, train):
     gradcheck_module(blk, rand_input((2, inplanes, 4, 4), requires_grad=True), train)
 
 
-@pytest.mark.parametrize("train", [True])  # eval: tests/interop/test_torch_parity.py
+@pytest.mark.parametrize("train", [True])  # eval: tests/io/interop/test_torch_parity.py
 def test_gradcheck_tiny_cbam_resnet_input(train):
     # layer4's maps are 1x1: train-mode BN then needs N = 2 (N * H * W > 1).
     model = randomize_(

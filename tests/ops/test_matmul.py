@@ -147,7 +147,7 @@ def test_device_mismatch():
 )
 def test_cpu_threaded_products_equal_numpy(a_shape, b_shape, ta, tb):
     # big enough for gemm's CPU pool: the pieces must give exactly np.matmul's result
-    from minicbam.ops.gemm import gemm
+    from minicbam.kernels.gemm import gemm
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal(a_shape).astype(np.float32)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import minicbam as mc
 from minicbam import optim
 from minicbam.optim import lr_scheduler
-from minicbam.serialization import load, save
+from minicbam.io.serialization import load, save
 
 EPOCHS = 25
 

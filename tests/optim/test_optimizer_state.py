@@ -6,7 +6,7 @@ import pytest
 
 import minicbam as mc
 from minicbam import optim
-from minicbam.serialization import load, save
+from minicbam.io.serialization import load, save
 
 SHAPES = [(3,), (2, 2)]
 

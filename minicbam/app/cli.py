@@ -7,9 +7,9 @@
     minicbam gradcheck --only conv2d CBAM
     minicbam bench
 
-This module only parses arguments and prints; the work is in ``minicbam.train``,
-``minicbam.viz`` and ``minicbam.verify``. The ``gradcheck`` and ``bench`` commands live in
-``minicbam.cli_dev``, the argument types in ``minicbam.cli_types``. Mistakes in the
+This module only parses arguments and prints; the work is in ``minicbam.app.train``,
+``minicbam.app.plots`` and ``minicbam.app.verify``. The ``gradcheck`` and ``bench`` commands live in
+``minicbam.app.cli_dev``, the argument types in ``minicbam.app.cli_types``. Mistakes in the
 arguments or the files named (unknown names, missing data, unreadable checkpoints) end with a
 one-line message and exit status 2, never a traceback.
 """
@@ -21,10 +21,10 @@ import sys
 import time
 
 from minicbam import __version__
-from minicbam.checkpoint import load_model, read_checkpoint
-from minicbam.cli_dev import add_bench, add_gradcheck
-from minicbam.cli_types import non_negative_float, non_negative_int, positive_float, positive_int
-from minicbam.config import (
+from minicbam.app.checkpoint import load_model, read_checkpoint
+from minicbam.app.cli_dev import add_bench, add_gradcheck
+from minicbam.app.cli_types import non_negative_float, non_negative_int, positive_float, positive_int
+from minicbam.app.config import (
     ATTENTIONS,
     DATASETS,
     DEVICES,
@@ -35,9 +35,9 @@ from minicbam.config import (
     UserError,
     check_device,
 )
-from minicbam.factories import make_datasets
-from minicbam.serialization import CorruptFileError, UnsafeFileError
-from minicbam.train import evaluate, fit
+from minicbam.app.factories import make_datasets
+from minicbam.io.serialization import CorruptFileError, UnsafeFileError
+from minicbam.app.train import evaluate, fit
 
 __all__ = ["build_parser", "format_confusion", "main"]
 
@@ -277,7 +277,7 @@ def _add_attention_map(sub):
 
 
 def cmd_attention_map(args):
-    from minicbam.viz import plot_attention  # matplotlib loads only for the commands that plot
+    from minicbam.app.plots import plot_attention  # matplotlib loads only for the commands that plot
 
     model, _, dataset, info = _checkpoint_data(args)
     if args.index >= len(dataset):

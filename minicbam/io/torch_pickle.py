@@ -33,7 +33,7 @@ import zipfile
 
 import numpy as np
 
-from minicbam.serialization import UnsafeFileError, _bad, _bf16_to_f32
+from minicbam.io.serialization import UnsafeFileError, _bad, _bf16_to_f32
 
 __all__ = ["load_torch"]
 

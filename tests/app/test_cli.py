@@ -1,6 +1,6 @@
 """The ``minicbam`` command line: help, clear errors, gradcheck and bench subcommands.
 
-Most tests call ``minicbam.cli.main`` in-process (importing numba once is the slow part);
+Most tests call ``minicbam.app.cli.main`` in-process (importing numba once is the slow part);
 a few run the real script to check exit codes and that no traceback reaches the user.
 """
 
@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from minicbam.cli import main
+from minicbam.app.cli import main
 
 COMMANDS = ("train", "eval", "gradcheck", "attention-map", "bench")
 

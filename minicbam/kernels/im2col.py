@@ -21,7 +21,7 @@ from numba.extending import register_jitable
 from minicbam import device
 from minicbam.device import Kernel
 
-cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 
 @register_jitable
@@ -142,9 +142,8 @@ def _col2im_cpu(gx, gcol, geom, zero):
         col2im_plane_cpu(gx, gcol, t // C, t % C, geom, zero)
 
 
+@device.cuda_factory
 def _im2col_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def im2col(col, x, geom, zero):
@@ -155,9 +154,8 @@ def _im2col_cuda():
     return device.launcher(im2col, items=lambda col, *args: col.shape[0] * col.shape[1])
 
 
+@device.cuda_factory
 def _col2im_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def col2im(gx, gcol, geom, zero):

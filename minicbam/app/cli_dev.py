@@ -4,7 +4,7 @@
     minicbam bench -- --quick
     minicbam bench --builtin --repeats 20
 
-``minicbam.cli`` registers them with ``add_gradcheck`` and ``add_bench``.
+``minicbam.app.cli`` registers them with ``add_gradcheck`` and ``add_bench``.
 """
 
 import argparse
@@ -16,9 +16,10 @@ import time
 
 import minicbam as mc
 import minicbam.nn.functional as F
-from minicbam import nn, verify
-from minicbam.cli_types import positive_int
-from minicbam.config import UserError
+from minicbam import nn
+from minicbam.app import verify
+from minicbam.app.cli_types import positive_int
+from minicbam.app.config import UserError
 from minicbam.models import DigitsCNN
 
 # ------------------------------------------------------------------------- gradcheck

@@ -1,4 +1,4 @@
-"""Checkpoint and metrics files of a training run (see ``minicbam.train`` for their layout).
+"""Checkpoint and metrics files of a training run (see ``minicbam.app.train`` for their layout).
 
 ``read_checkpoint`` and ``load_model`` read what ``minicbam train`` writes; ``rng_state`` and
 ``set_rng_state`` carry minicbam's generator through a checkpoint so that a resumed run
@@ -10,9 +10,9 @@ import dataclasses
 import os
 import tempfile
 
-from minicbam.config import TrainConfig, UserError
-from minicbam.factories import make_model
-from minicbam.serialization import load
+from minicbam.app.config import TrainConfig, UserError
+from minicbam.app.factories import make_model
+from minicbam.io.serialization import load
 from minicbam.tensor import generator
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
@@ -77,7 +77,7 @@ def load_model(path, device="cpu"):
 
 
 def _write_atomic(path, write):
-    from minicbam.viz import public_mode
+    from minicbam.app.plots import public_mode
 
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])

@@ -11,11 +11,11 @@ import pytest
 
 import minicbam as mc
 from minicbam import optim
-from minicbam.checkpoint import METRIC_FIELDS
-from minicbam.cli import main
-from minicbam.config import TrainConfig, UserError
-from minicbam.factories import make_model, make_scheduler
-from minicbam.train import fit
+from minicbam.app.checkpoint import METRIC_FIELDS
+from minicbam.app.cli import main
+from minicbam.app.config import TrainConfig, UserError
+from minicbam.app.factories import make_model, make_scheduler
+from minicbam.app.train import fit
 
 TINY = ["--limit-train", "96", "--limit-test", "48", "--batch-size", "32", "--no-progress"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

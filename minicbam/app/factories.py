@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from minicbam import models, optim
-from minicbam.config import ATTENTIONS, MODELS, UserError, check_choice
+from minicbam.app.config import ATTENTIONS, MODELS, UserError, check_choice
 from minicbam.data import CIFAR10, MNIST, Digits, FashionMNIST, Subset, transforms
 
 # ------------------------------------------------------------------------------ data

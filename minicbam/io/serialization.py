@@ -22,7 +22,7 @@ file or the new one, never a torn one.
 ``load(path)`` inverts ``save``; flat safetensors/npz files written by other tools load as a
 flat dict. PyTorch files (``.pth``, ``.pt``, ``.pth.tar``, ``.bin``) load WITHOUT torch, in
 both the zip and the legacy format, through the restricted unpickler in
-``minicbam.torch_pickle``: a pickle that asks for anything but torch's tensor-rebuild functions,
+``minicbam.io.torch_pickle``: a pickle that asks for anything but torch's tensor-rebuild functions,
 ``collections.OrderedDict`` and the storage type names raises ``UnsafeFileError`` before any
 code runs. Tensors come back as NumPy arrays (bfloat16 widened to float32), containers as
 dicts, lists and tuples.
@@ -188,8 +188,8 @@ def load(path):
     elif lower.endswith(".npz"):
         reader = _load_npz
     elif lower.endswith(_TORCH_SUFFIXES):
-        # Imported here: minicbam.torch_pickle imports the error classes from this module.
-        from minicbam.torch_pickle import load_torch as reader
+        # Imported here: minicbam.io.torch_pickle imports the error classes from this module.
+        from minicbam.io.torch_pickle import load_torch as reader
     else:
         supported = ", ".join(_SAVE_SUFFIXES + _TORCH_SUFFIXES)
         raise ValueError(f"cannot load {path!r}: supported suffixes are {supported}")

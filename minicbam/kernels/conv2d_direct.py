@@ -32,9 +32,9 @@ from numba.extending import register_jitable
 
 from minicbam import device
 from minicbam.device import Kernel
-from minicbam.ops.im2col import valid_range
+from minicbam.kernels.im2col import valid_range
 
-cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 
 @register_jitable
@@ -178,9 +178,8 @@ def _sum_parts_cpu(gw, part):
 
 
 # ----------------------------------------------------------------------------- CUDA
+@device.cuda_factory
 def _conv_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def conv(y, x, w, geom, G, zero):
@@ -194,9 +193,8 @@ def _conv_cuda():
     return device.launcher(conv)
 
 
+@device.cuda_factory
 def _input_grad_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def input_grad(gx, gy, w, geom, G, zero):
@@ -210,9 +208,8 @@ def _input_grad_cuda():
     return device.launcher(input_grad)
 
 
+@device.cuda_factory
 def _weight_grad_parts_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def weight_grad_parts(part, gy, x, Cg, geom, G):
@@ -223,9 +220,8 @@ def _weight_grad_parts_cuda():
     return device.launcher(weight_grad_parts)
 
 
+@device.cuda_factory
 def _sum_parts_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def sum_parts_kernel(gw, part):

@@ -21,7 +21,7 @@ Checkpoints from PyTorch < 0.4.1 have no ``bn.num_batches_tracked``; the key the
 and ``load_state_dict(..., strict=False)`` keeps the module's own counter.
 """
 
-from minicbam.interop._common import BN_NAMES, block_locator, check_spatial_conv, convert
+from minicbam.io.interop._common import BN_NAMES, block_locator, check_spatial_conv, convert
 
 __all__ = ["from_official", "to_official"]
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 import minicbam as mc
-from minicbam.cli import main
-from minicbam.config import TrainConfig
+from minicbam.app.cli import main
+from minicbam.app.config import TrainConfig
 from minicbam.models import DigitsCNN, resnet18
-from minicbam.train import fit
-from minicbam.viz import attention_maps, grad_cam, plot_attention, plot_curves, upsample
+from minicbam.app.train import fit
+from minicbam.app.plots import attention_maps, grad_cam, plot_attention, plot_curves, upsample
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -23,7 +23,7 @@ from numba.extending import register_jitable
 from minicbam import device
 from minicbam.device import Kernel
 
-cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 
 @register_jitable
@@ -52,9 +52,8 @@ def _adam_cpu(p, g, m, v, vmax, c, flags):
         adam_at(p, g, m, v, vmax, i, c, flags)
 
 
+@device.cuda_factory
 def _adam_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def adam(p, g, m, v, vmax, c, flags):

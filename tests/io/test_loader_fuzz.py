@@ -1,6 +1,6 @@
 """Hostile and damaged files through ``mc.load``: only clear errors come out, nothing runs.
 
-Extends tests/test_serialization.py (which flips and truncates whole files) with
+Extends tests/io/test_serialization.py (which flips and truncates whole files) with
 structure-aware damage that gets past the outer container, so the inner parsers see it:
 
 * zip members (npz ``.npy`` members, torch ``data.pkl`` / storages / ``byteorder``) are
@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 
 import minicbam as mc
 from minicbam import models, nn
-from minicbam.serialization import CorruptFileError, UnsafeFileError, load, save
+from minicbam.io.serialization import CorruptFileError, UnsafeFileError, load, save
 
 ALLOWED = (CorruptFileError, UnsafeFileError, FileNotFoundError)
 SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".pth.tar", ".bin")

@@ -17,7 +17,7 @@ from numba import njit, prange
 from minicbam import device
 from minicbam.device import Kernel
 
-cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 
 def unary_kernel(body):
@@ -26,9 +26,8 @@ def unary_kernel(body):
         for i in prange(out.size):
             out[i] = body(x[i], a, b)
 
+    @device.cuda_factory
     def unary_cuda():
-        global cuda
-        cuda = device.cuda_module()
 
         @cuda.jit
         def unary(out, x, a, b):
@@ -46,9 +45,8 @@ def binary_kernel(body):
         for i in prange(out.size):
             out[i] = body(x[i], y[i], a, b)
 
+    @device.cuda_factory
     def binary_cuda():
-        global cuda
-        cuda = device.cuda_module()
 
         @cuda.jit
         def binary(out, x, y, a, b):

@@ -1,4 +1,4 @@
-"""minicbam.serialization: safetensors/npz round trips, atomic writes, torch files without torch.
+"""minicbam.io.serialization: safetensors/npz round trips, atomic writes, torch files without torch.
 
 Torch-free tests build PyTorch zip archives by hand from raw pickle opcodes; the tests that
 need real ``torch.save`` output skip when torch is absent.
@@ -21,10 +21,10 @@ import safetensors.numpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minicbam import serialization
-from minicbam.serialization import CorruptFileError, UnsafeFileError, load, save
+from minicbam.io import serialization
+from minicbam.io.serialization import CorruptFileError, UnsafeFileError, load, save
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FORMATS = [".safetensors", ".npz"]
 
 
@@ -220,7 +220,7 @@ def test_failed_rename_keeps_the_old_file(tmp_path, monkeypatch):
 _SAVE_LOOP = """
 import sys
 import numpy as np
-from minicbam.serialization import save
+from minicbam.io.serialization import save
 
 path = sys.argv[1]
 base = np.arange(1_000_000, dtype=np.float64)

@@ -8,7 +8,7 @@
 
 On the CPU the product is NumPy's BLAS (``np.matmul(..., out=out)``; a transposed operand is
 a strided view that BLAS reads with its transpose flag, so nothing is copied). BLAS is never
-called inside ``@njit`` (a second OpenBLAS pool would fight NumPy's, NUMBA_FACTS 4.4).
+called inside ``@njit`` (a second OpenBLAS pool would fight NumPy's; docs/design.md).
 
 On CUDA it is a shared-memory tiled kernel. Each block computes T x T output tiles of one
 batch matrix in a block-stride loop; per step of T along k it stages a T x T tile of op(a)
@@ -21,22 +21,19 @@ broadcasting views for np.matmul.
 """
 
 import itertools
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
 from numba import njit, prange
 from numba.extending import register_jitable
 
 from minicbam import device
 from minicbam.device import Kernel
-from minicbam.ops.strided import broadcast_array
+from minicbam.kernels.strided import broadcast_array
+from minicbam.kernels.task_pool import cpu_workers, pool_usable, run_tasks
 
-cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
-SIM_TILE = 8  # under the simulator every CUDA thread is a Python thread (NUMBA_FACTS 2.3)
+SIM_TILE = 8  # under the simulator every CUDA thread is a Python thread (docs/design.md)
 GPU_TILE = 16
 SIM_MAX_TILE_BLOCKS = 4
 GPU_MAX_TILE_BLOCKS = 65535
@@ -59,29 +56,6 @@ def _gemm_cpu(out, a, b, ta, tb, a_div, a_mod, b_div, b_mod, zero):
 # threads (np.matmul releases the GIL): as fast as BLAS's threads on an idle machine
 # (146 against 117 GF/s for 16 x (64x576 @ 576x1024)), and it degrades gracefully under load.
 MIN_THREADED_FLOPS = 1 << 22  # below this a product runs on the calling thread
-_pool = None
-_blas = None  # threadpoolctl's controller of NumPy's OpenBLAS; False when unavailable
-_in_worker = threading.local()
-
-
-def _blas_controller():
-    global _blas
-    if _blas is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # leave BLAS's own threads alone
-            _blas = False
-            return _blas
-        # NumPy's BLAS: the one bundled in numpy.libs (SciPy brings its own, NUMBA_FACTS 4.4)
-        libs = ThreadpoolController().select(user_api="blas").lib_controllers
-        numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
-        own = [
-            lib
-            for lib in libs
-            if os.path.dirname(lib.filepath) == os.path.join(numpy_dir, "numpy.libs")
-        ]
-        _blas = own[0] if len(own) == 1 else libs[0] if len(libs) == 1 else False
-    return _blas
 
 
 def _split(out_shape, threads):
@@ -103,7 +77,7 @@ def threaded_matmul(a, b, out):
     threads = cpu_workers()
     flops = out.size * a.shape[-1]
     plan = _split(out.shape, threads) if threads > 1 and flops >= MIN_THREADED_FLOPS else None
-    if plan is None or _blas_controller() is False:
+    if plan is None or not pool_usable():
         np.matmul(a, b, out=out)
         return out
     ax, pieces = plan
@@ -113,39 +87,6 @@ def threaded_matmul(a, b, out):
         _matmul_piece, [(a, b, out, ax, lo, hi) for lo, hi in itertools.pairwise(bounds) if hi > lo]
     )
     return out
-
-
-def cpu_workers():
-    """How many CPU tasks run at once (numba's thread count: benchmarks set it)."""
-    return 1 if getattr(_in_worker, "active", False) else numba.get_num_threads()
-
-
-def run_tasks(fn, arg_lists):
-    """fn(*args) for every args in arg_lists, on the CPU pool (results in order).
-
-    While they run, BLAS is single-threaded and each worker runs numba's parallel loops on
-    its own thread (numba's thread count is per thread), so tasks may call Kernels and
-    gemm freely; a task calling run_tasks runs its tasks inline."""
-    global _pool
-    blas = _blas_controller()
-    if len(arg_lists) <= 1 or cpu_workers() <= 1 or blas is False:
-        return [fn(*args) for args in arg_lists]
-    if _pool is None:
-        _pool = ThreadPoolExecutor(
-            numba.config.NUMBA_NUM_THREADS, "minicbam-cpu", initializer=_mark_worker
-        )
-    previous = blas.num_threads
-    blas.set_num_threads(1)
-    try:
-        jobs = [_pool.submit(fn, *args) for args in arg_lists]
-        return [job.result() for job in jobs]
-    finally:
-        blas.set_num_threads(previous)
-
-
-def _mark_worker():
-    _in_worker.active = True
-    numba.set_num_threads(1)
 
 
 def _matmul_piece(a, b, out, ax, lo, hi):
@@ -196,9 +137,8 @@ def _as_batched(x, batch):
     return x.reshape((mapping[1],) + shape[-2:]), mapping
 
 
+@device.cuda_factory
 def _gemm_cuda():
-    global cuda
-    cuda = device.cuda_module()
     sim = device.cuda_backend() == "sim"
     T = SIM_TILE if sim else GPU_TILE  # a closure constant: fixed at compile time
     max_blocks = SIM_MAX_TILE_BLOCKS if sim else GPU_MAX_TILE_BLOCKS
@@ -314,9 +254,8 @@ def _bias_grad_cpu(gb, gy, C, L, zero):
         gb[c] = bias_grad_at(gy, c, C, L, zero)
 
 
+@device.cuda_factory
 def _add_bias_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def add_bias(y, bias, C, L):
@@ -326,9 +265,8 @@ def _add_bias_cuda():
     return device.launcher(add_bias)
 
 
+@device.cuda_factory
 def _bias_grad_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def bias_grad(gb, gy, C, L, zero):
@@ -364,9 +302,8 @@ def _add_into_cpu(out, x):
         out[i] += x[i]
 
 
+@device.cuda_factory
 def _add_into_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def add_into(out, x):

@@ -1,7 +1,7 @@
 """Training and evaluation loops behind ``minicbam train`` and ``minicbam eval``.
 
-    from minicbam.config import TrainConfig
-    from minicbam.train import fit
+    from minicbam.app.config import TrainConfig
+    from minicbam.app.train import fit
     result = fit(TrainConfig(model="digits-cnn", attention="cbam", epochs=15, out="runs/x"))
 
 ``fit`` trains one of the named models on one of the named datasets and writes into
@@ -10,11 +10,11 @@
     metrics.csv              epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds
                              (train_loss includes label smoothing; test_loss is plain
                              cross-entropy; lr is the epoch's; accuracies in [0, 1])
-    curves.png               loss and accuracy per epoch (minicbam.viz.plot_curves)
+    curves.png               loss and accuracy per epoch (minicbam.app.plots.plot_curves)
     checkpoint.safetensors   the latest epoch (rewritten atomically after every epoch)
     best.safetensors         the epoch with the best test accuracy so far
 
-A checkpoint is one ``minicbam.serialization.save`` tree: ``model`` (state_dict),
+A checkpoint is one ``minicbam.io.serialization.save`` tree: ``model`` (state_dict),
 ``optimizer``, ``scheduler``, ``epoch`` (epochs completed), ``rng`` (minicbam's generator),
 ``config`` (a ``TrainConfig`` as a dict), ``history`` (the metrics rows) and ``best_acc``.
 Everything random is a function of the seed, the epoch and that generator state (the
@@ -31,11 +31,11 @@ import numpy as np
 
 import minicbam as mc
 import minicbam.nn.functional as F
-from minicbam.checkpoint import rng_state, set_rng_state, write_metrics
-from minicbam.config import check_device
+from minicbam.app.checkpoint import rng_state, set_rng_state, write_metrics
+from minicbam.app.config import check_device
 from minicbam.data import DataLoader
-from minicbam.factories import make_datasets, make_model, make_optimizer, make_scheduler
-from minicbam.serialization import save
+from minicbam.app.factories import make_datasets, make_model, make_optimizer, make_scheduler
+from minicbam.io.serialization import save
 
 __all__ = ["evaluate", "fit", "run_epoch"]
 
@@ -218,7 +218,7 @@ def _train_epoch(run, out, progress, log):
 
 
 def _save_outputs(run, out, best):
-    from minicbam.viz import plot_curves
+    from minicbam.app.plots import plot_curves
 
     tree = run.checkpoint()
     save(tree, os.path.join(out, "checkpoint.safetensors"))

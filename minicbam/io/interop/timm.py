@@ -21,7 +21,7 @@ A timm ``ResNet`` built with ``attn_layer`` keeps each block's module as ``layer
 calls it ``layerX.Y.attn``. The other keys are torchvision's. A ``module.`` prefix is stripped.
 """
 
-from minicbam.interop._common import (
+from minicbam.io.interop._common import (
     BN_NAMES,
     block_locator,
     check_spatial_conv,

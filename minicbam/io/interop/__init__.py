@@ -9,7 +9,7 @@ Arrays that need no change are shared with the input, not copied.
 * ``from_timm`` / ``to_timm``: timm's ``CbamModule`` and ``SEModule``.
 """
 
-from minicbam.interop.official import from_official, to_official
-from minicbam.interop.timm import from_timm, to_timm
+from minicbam.io.interop.official import from_official, to_official
+from minicbam.io.interop.timm import from_timm, to_timm
 
 __all__ = ["from_official", "from_timm", "to_official", "to_timm"]

@@ -1,7 +1,7 @@
 """A checkpoint writer killed with SIGKILL mid-write never leaves a torn checkpoint.
 
 A child process saves a ~64 MB checkpoint to one path over and over, alternating between
-contents A and B, with ``minicbam.serialization.save``. Once it has completed at least one
+contents A and B, with ``minicbam.io.serialization.save``. Once it has completed at least one
 save, the parent SIGKILLs it at a random moment (a random fraction of, or a few, save
 durations later: almost always in the middle of writing the temporary file), and checks:
 
@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minicbam.serialization import CorruptFileError, load
+from minicbam.io.serialization import CorruptFileError, load
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 N = 4_000_000  # float32 elements per array: 4 arrays of 16 MB, 64 MB per checkpoint
 KILLS = 3  # per format
 
@@ -60,7 +60,7 @@ CHILD = (
 import sys
 import time
 
-from minicbam.serialization import save
+from minicbam.io.serialization import save
 
 path, n = sys.argv[1], int(sys.argv[2])
 checkpoints = [contents("A", n), contents("B", n)]

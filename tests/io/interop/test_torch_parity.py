@@ -24,7 +24,7 @@ import minicbam as mc
 from minicbam.interop import from_official, from_timm
 from minicbam.models.resnet import BasicBlock, Bottleneck, ResNet, resnet18
 from minicbam.nn.attention import CBAM, SqueezeExcitation
-from minicbam.serialization import load
+from minicbam.io.serialization import load
 
 TOL = 1e-10  # float64
 MAX_ERRORS = {}

@@ -10,7 +10,7 @@ Inputs avoid the points where an op is not differentiable: ReLU inputs stay at l
 0 and the inputs of max-type ops (max-pool, channel/global max) are distinct multiples of 0.1
 plus small noise, so a 1e-6 step never changes which element is the maximum.
 
-    from minicbam.verify import run_all
+    from minicbam.app.verify import run_all
     rows = run_all(only=["conv2d", "CBAM"])   # [Row(name, params, max_abs_error, status, ...)]
 """
 

@@ -23,7 +23,7 @@ from minicbam import device
 from minicbam.device import Kernel
 
 MAX_DIMS = 6
-cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_module)
+cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 
 @register_jitable
@@ -74,9 +74,8 @@ def _scatter_cpu(dst, src, offset, shape, strides):
                 k += n
 
 
+@device.cuda_factory
 def _gather_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def gather(out, src, offset, shape, strides):
@@ -86,9 +85,8 @@ def _gather_cuda():
     return device.grid_stride_launcher(gather)
 
 
+@device.cuda_factory
 def _scatter_cuda():
-    global cuda
-    cuda = device.cuda_module()
 
     @cuda.jit
     def scatter(dst, src, offset, shape, strides):
