@@ -1,7 +1,7 @@
 """How much of a GPU each CUDA kernel can keep busy, at real model shapes, without a GPU.
 
     NUMBA_ENABLE_CUDASIM=1 python benchmarks/cuda_launch_report.py [--model resnet18|digits]
-                                                                  [--batch N] [--markdown]
+                                                                  [--batch N] [--counts]
 
 Runs one training step (forward, backward, SGD) of the model on the CPU while recording
 every Kernel call (``device.recorded_calls``), then asks each call's CUDA launcher what it
@@ -10,6 +10,10 @@ and the work items of its grid-stride loop, against the elements of the call's l
 array. A kernel whose work items are far fewer than its elements walks planes or rows with
 one thread each. The simulator is needed only to build the launchers (nothing is launched).
 ``config`` kernels (GEMM tiles) report their configuration on the simulator, marked ``*``.
+
+``--counts`` instead runs a few Adam steps of a small digits CNN on "cuda" (the simulator)
+and prints what the last one asked of the device (minicbam.device_events): launches,
+allocations, host<->device copies.
 
 An H200 keeps 132 SMs x 2048 = 270,336 threads resident; a launch with fewer threads
 than that leaves the rest of the chip idle for its duration.
@@ -71,13 +75,40 @@ def launch_table(calls):
     return sorted(rows.items(), key=lambda kv: kv[1][1] / max(kv[1][0], 1))
 
 
+def step_counts(batch):
+    from minicbam.device_events import count_device_events
+    from minicbam.optim import Adam
+
+    mc.manual_seed(0)
+    model = DigitsCNN(width=4, attention="cbam").to("cuda")
+    opt = Adam(model.parameters(), lr=1e-3)
+    x = mc.randn(batch, 1, 8, 8).to("cuda")
+    y = mc.tensor(np.arange(batch) % 10).to("cuda")
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    step()  # warm-up: kernels built, optimizer state allocated
+    with count_device_events() as events:
+        step()
+    return events
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("resnet18", "digits"), default="resnet18")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--counts", action="store_true", help="device events of a train step")
     args = parser.parse_args(argv)
     if device.cuda_backend() != "sim":
         sys.exit("run with NUMBA_ENABLE_CUDASIM=1 (it only builds the CUDA launchers)")
+    if args.counts:
+        events = step_counts(args.batch)
+        print(f"DigitsCNN(width=4, cbam) Adam step on cuda, batch {args.batch}:", events.summary())
+        print("launches per kernel:", dict(events.per_kernel.most_common()))
+        return
     calls = record_step(args.model, args.batch)
     print(f"{args.model}, batch {args.batch}: {len(calls)} kernel calls in one SGD step")
     print("| kernel | calls | threads per call | work items per call | elements per call |"
