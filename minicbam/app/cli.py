@@ -57,7 +57,7 @@ def _add_train(sub):
         "train",
         help="train a model and write metrics, curves, checkpoints",
         description="Train a model; with no arguments, a CBAM CNN on the bundled "
-        "8x8 digits (about 98% test accuracy in a few minutes on 2 cores).",
+        "8x8 digits (README.md gives the accuracy and time of that run).",
     )
     # Defaults are None so that --resume can tell which settings were given explicitly.
     p.add_argument("--model", choices=MODELS, help=_default("model"))
