@@ -10,8 +10,8 @@ import importlib
 import os
 
 # numba's OpenMP threads and OpenBLAS's spin-wait on the same 2 cores unless told to sleep;
-# switching between them then costs ~8 ms each time (docs/design.md, "Measured facts"). Must precede the
-# first parallel call; libgomp reads it when it loads.
+# switching between them then costs ~8 ms each time (docs/design.md, "Measured facts"). Must
+# precede the first parallel call; libgomp reads it when it loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from minicbam.device import cuda_is_available

@@ -7,9 +7,10 @@ edges the backward sweep follows, see function.py) and returns
     edges: [(src, dst)]                  from an input to the op that consumed it
 
 with one node per op and one per leaf that requires grad, the root first. An input used twice
-(``x * x``) gives two edges, as it gives two entries of ``next_functions``. ``graph_dot(t)`` writes that as a DOT ``digraph``,
-which any Graphviz tool renders (``dot -Tsvg``); ``minicbam graph`` draws it without
-Graphviz (minicbam/app/graph.py).
+(``x * x``) gives two edges, as it gives two entries of ``next_functions``.
+
+``graph_dot(t)`` writes that as a DOT ``digraph``, which any Graphviz tool renders
+(``dot -Tsvg``); ``minicbam graph`` draws it without Graphviz (minicbam/app/graph.py).
 
 ``names`` maps names to tensors (``dict(model.named_parameters())``) to label the leaves.
 """

@@ -74,14 +74,25 @@ def draw_graph(nodes, edges, path):
     for src, dst in edges:
         (x0, y0), (x1, y1) = pos[src], pos[dst]
         ax.annotate(
-            "", xy=(x1, -y1), xytext=(x0, -y0),
-            arrowprops={"arrowstyle": "->", "color": "#777777", "lw": 0.7,
-                        "shrinkA": 9, "shrinkB": 9},
+            "",
+            xy=(x1, -y1),
+            xytext=(x0, -y0),
+            arrowprops={
+                "arrowstyle": "->",
+                "color": "#777777",
+                "lw": 0.7,
+                "shrinkA": 9,
+                "shrinkB": 9,
+            },
         )
     for key, kind, label, shape in nodes:
         x, d = pos[key]
-        box = {"boxstyle": "round,pad=0.3", "fc": "#dde8f4" if kind == "leaf" else "white",
-               "ec": "#333333", "lw": 0.6}
+        box = {
+            "boxstyle": "round,pad=0.3",
+            "fc": "#dde8f4" if kind == "leaf" else "white",
+            "ec": "#333333",
+            "lw": 0.6,
+        }
         ax.text(x, -d, f"{label}\n{shape}", ha="center", va="center", fontsize=6.5, bbox=box)
     ax.set_xlim(-width / 2 - 0.2, width / 2 + 0.2)
     ax.set_ylim(-height + 0.4, 0.6)
@@ -134,7 +145,9 @@ def add_graph(sub):
     p.add_argument("--attention", choices=ATTENTIONS, default="cbam", help="(default: cbam)")
     p.add_argument("--size", type=int, default=8, help="input height and width (default: 8)")
     p.add_argument(
-        "--out", metavar="FILE", default=None,
+        "--out",
+        metavar="FILE",
+        default=None,
         help="output file, .svg, .png or .dot (default: MODEL-graph.svg)",
     )
     p.set_defaults(handler=cmd_graph)
