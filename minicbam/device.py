@@ -18,7 +18,8 @@ CPU = "cpu"
 CUDA = "cuda"
 
 # Launch shapes. Under the simulator every CUDA thread is a Python thread, so a grid-stride
-# loop over a few threads is ~100x faster than one thread per element (docs/design.md, "Testing CUDA without a GPU").
+# loop over a few threads is ~100x faster than one thread per element (docs/design.md,
+# "Testing CUDA without a GPU").
 THREADS_PER_BLOCK = 256
 MAX_BLOCKS = 4096
 SIM_THREADS_PER_BLOCK = 32
@@ -318,11 +319,6 @@ def launcher(kernel, items=None, config=None):
     return launch
 
 
-def grid_stride_launcher(kernel):
-    """Launch ``kernel(out, *args)`` with enough threads for ``out.size`` items."""
-    return launcher(kernel)
-
-
 # Below this many elements a CPU kernel runs its parallel loop on one thread: waking the
 # other thread costs ~10 us on an idle machine and ~150 us on a loaded one, more than the
 # work itself (measured on the 2-core machine).
@@ -397,7 +393,7 @@ def _fill_cuda():
         for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
             out[i] = value
 
-    return grid_stride_launcher(fill)
+    return launcher(fill)
 
 
 fill_kernel = Kernel(cpu=_fill_cpu, cuda=_fill_cuda)

@@ -12,6 +12,7 @@ several consumers by addition.
 
 import contextlib
 import functools
+import weakref
 
 from minicbam import device
 
@@ -98,7 +99,10 @@ class Function:
 
     inputs = ()
     needs_input_grad = ()
+    output_shape = ()
     freed = False
+    # attributes that outlive release(): the graph edges and what name() and repr() show
+    graph_fields = ("inputs", "needs_input_grad", "output_shape")
 
     def forward(self, *arrays):
         raise NotImplementedError
@@ -107,11 +111,27 @@ class Function:
         raise NotImplementedError
 
     def release(self):
-        """Drop the arrays saved for backward (everything but the graph edges)."""
-        edges = {"inputs": self.inputs, "needs_input_grad": self.needs_input_grad}
+        """Drop the arrays saved for backward (everything but ``graph_fields``)."""
+        kept = {k: self.__dict__[k] for k in self.graph_fields if k in self.__dict__}
         self.__dict__.clear()
-        self.__dict__.update(edges)
+        self.__dict__.update(kept)
         self.freed = True
+
+    # ------------------------------------------------------------------ study aids
+    def name(self):
+        """The node's name as PyTorch prints it, without the numeric suffix: "MulBackward"."""
+        return type(self).__name__ + "Backward"
+
+    @property
+    def next_functions(self):
+        """One ``(node, 0)`` per forward input, as in PyTorch: the input's ``grad_fn``, an
+        ``AccumulateGrad`` for a leaf that requires grad, or None where no gradient flows.
+        The index is always 0: every minicbam node has one output."""
+        return tuple((_next_node(t), 0) for t in self.inputs)
+
+    def __repr__(self):
+        shapes = ", ".join(str(tuple(t.shape)) for t in self.inputs)
+        return f"<{self.name()}: {shapes} -> {tuple(self.output_shape)}>"
 
     def __call__(self, *inputs):
         # tensor.py imports the ops, which import this module, so Tensor is looked up late.
@@ -126,8 +146,41 @@ class Function:
         out = Tensor(y, requires_grad=requires_grad)
         if requires_grad:
             self.inputs = inputs
+            self.output_shape = tuple(y.shape)
             out.creator = self
         return out
+
+
+class AccumulateGrad:
+    """The graph's end for a leaf that requires grad (PyTorch's node of the same name): the
+    backward sweep adds the gradient that reaches it into ``variable.grad``."""
+
+    next_functions = ()
+
+    def __init__(self, variable):
+        self.variable = variable
+
+    def name(self):
+        return "AccumulateGrad"
+
+    def __repr__(self):
+        return f"<AccumulateGrad: {tuple(self.variable.shape)}>"
+
+
+# One AccumulateGrad per live leaf, so that ``node is node`` holds as in PyTorch. Keyed by
+# id: the node holds its leaf, so the id cannot be reused while the entry exists.
+_accumulators = weakref.WeakValueDictionary()
+
+
+def _next_node(t):
+    if t.creator is not None:
+        return t.creator
+    if not t.requires_grad:
+        return None
+    node = _accumulators.get(id(t))
+    if node is None:
+        node = _accumulators[id(t)] = AccumulateGrad(t)
+    return node
 
 
 def check_same_device(op_name, tensors):

@@ -72,6 +72,11 @@ class Tensor:
     def is_leaf(self):
         return self.creator is None
 
+    @property
+    def grad_fn(self):
+        """The graph node (a Function) that made this tensor; None for leaves."""
+        return self.creator
+
     def __len__(self):
         if not self.shape:
             raise TypeError("len() of a 0-d tensor")

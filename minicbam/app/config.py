@@ -41,7 +41,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     step_size: int = 0  # StepLR period; 0 -> a third of the epochs
     gamma: float = 0.1  # StepLR factor
-    label_smoothing: float = 0.1  # measured: 99.2% vs 97.8% test accuracy on digits
+    label_smoothing: float = 0.1  # held-out digits accuracy was higher with it than without
     device: str = "cpu"
     seed: int = 0
     out: str = ""  # "" -> runs/<model>-<attention>-<dataset>
