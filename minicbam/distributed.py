@@ -248,18 +248,24 @@ def abort(message, code=1):
     sys.stderr.write(message.rstrip("\n") + "\n")
     sys.stderr.flush()
     _mpi().COMM_WORLD.Abort(code)
+    os._exit(code)  # MPICH's MPI_Abort can return before the launcher kills this process
 
 
 @contextlib.contextmanager
-def abort_on_error(what="minicbam"):
+def abort_on_error(what="minicbam", plain=()):
     """Turn an exception in this rank into an ``MPI_Abort`` of the whole job, with a message
-    naming the rank, instead of leaving the other ranks blocked in their next collective."""
+    naming the rank, instead of leaving the other ranks blocked in their next collective.
+    Exceptions of the types in ``plain`` (the user's mistakes) get a one-line message and
+    exit status 2; others their traceback and status 1."""
     try:
         yield
     except BaseException as exc:  # KeyboardInterrupt and SystemExit must stop the job too
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise
         rank = _mpi().COMM_WORLD.Get_rank()
+        sys.stderr = sys.__stderr__  # a silenced rank still reports its failure
+        if isinstance(exc, plain):
+            abort(f"{what}: error: {exc} (rank {rank}); stopping every rank of the job", 2)
         detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         abort(
             f"{detail}{what}: rank {rank} failed ({type(exc).__name__}: {exc}); "
