@@ -47,7 +47,7 @@ def wrap_command(handler):
         if not dist.is_initialized():
             dist.init_process_group(backend="mpi")
         if dist.get_rank() != 0:  # only rank 0 talks; a failure still reaches the real stderr
-            sys.stdout = sys.stderr = open(os.devnull, "w")
+            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the whole run)
         with dist.abort_on_error(f"minicbam {args.command}", plain=_user_errors()):
             status = handler(args)
             if status:

@@ -36,6 +36,7 @@ reduced (summed locally, then averaged over ranks) by the first backward after i
 """
 
 import contextlib
+import time
 
 import numpy as np
 
@@ -112,7 +113,9 @@ class DistributedDataParallel(Module):
                 f"DistributedDataParallel: expected a minicbam Module, got {type(module).__name__}"
             )
         if not bucket_cap_mb > 0:
-            raise ValueError(f"DistributedDataParallel: bucket_cap_mb must be > 0, got {bucket_cap_mb}")
+            raise ValueError(
+                f"DistributedDataParallel: bucket_cap_mb must be > 0, got {bucket_cap_mb}"
+            )
         group = process_group or dist.default_group()
         self.module = module
         object.__setattr__(self, "_comm", group.comm.Dup())
@@ -120,6 +123,7 @@ class DistributedDataParallel(Module):
         self.require_backward_grad_sync = True
         self._sync_pending = False  # set by a forward whose backward must reduce
         self._callback_queued = False
+        self.last_wait_seconds = 0.0
         self._broadcast_state()
         params = [p for p in module.parameters() if p.requires_grad]
         object.__setattr__(self, "_buckets", _make_buckets(params, bucket_cap_mb * 2**20))
@@ -213,7 +217,10 @@ class DistributedDataParallel(Module):
             [p.grad is not None for b in self._buckets for p in b.params], dtype=np.int32
         )
         used_request = self._comm.Iallreduce(MPI.IN_PLACE, used, op=MPI.SUM)
+        start = time.perf_counter()
         MPI.Request.Waitall([b.request for b in self._buckets] + [used_request])
+        # What backward could not hide: benchmarks/bench_distributed.py reports it.
+        self.last_wait_seconds = time.perf_counter() - start
         k = 0
         for bucket in self._buckets:
             bucket.buffer /= self.world_size

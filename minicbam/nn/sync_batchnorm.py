@@ -36,9 +36,7 @@ class SyncBatchNorm(_BatchNorm):
 
     def _check_input_dim(self, input):
         if input.ndim < 2:
-            raise ValueError(
-                f"SyncBatchNorm: expected at least 2D input (got {input.ndim}D input)"
-            )
+            raise ValueError(f"SyncBatchNorm: expected at least 2D input (got {input.ndim}D input)")
 
     def _group(self):
         if self.process_group is not None:

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minicbam.data import DataLoader, DistributedSampler, TensorDataset
 import minicbam as mc
+from minicbam.data import DataLoader, DistributedSampler, TensorDataset
 
 
 class _Sized:

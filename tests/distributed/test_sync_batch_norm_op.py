@@ -31,8 +31,12 @@ def bn_arrays(shape, seed):
     rng = np.random.default_rng(seed)
     C = shape[1]
     x = rng.standard_normal(shape) * 1.5 + 0.7
-    return x, rng.standard_normal(C), rng.standard_normal(C), rng.standard_normal(C), (
-        rng.uniform(0.5, 2.0, C)
+    return (
+        x,
+        rng.standard_normal(C),
+        rng.standard_normal(C),
+        rng.standard_normal(C),
+        (rng.uniform(0.5, 2.0, C)),
     )
 
 
@@ -51,9 +55,9 @@ def test_single_process_equals_batch_norm(dtype, shape, momentum, seed):
             y = fn(xs, *stats, ws, bs, momentum, 1e-5, SINGLE_PROCESS)
         cot = np.random.default_rng(seed + 1).standard_normal(shape).astype(dtype)
         (y * mc.tensor(cot)).sum().backward()
-        results.append([y.numpy(), stats[0].numpy(), stats[1].numpy()] + [
-            t.grad.numpy() for t in (xs, ws, bs)
-        ])
+        results.append(
+            [y.numpy(), stats[0].numpy(), stats[1].numpy()] + [t.grad.numpy() for t in (xs, ws, bs)]
+        )
     for got, want in zip(results[1], results[0]):
         np.testing.assert_allclose(got, want, **tol)
 
