@@ -9,7 +9,8 @@ digits CNN and of ResNet18/50-CBAM with 1 or N processes (docs/distributed.md us
 ``step`` times forward + backward + optimiser step of the *global* batch ``--batch``
 (split over the processes), min and median over ``--steps`` steps after one warm-up, and
 reports ``wait``: the time DDP spent waiting for reductions backward had not finished
-(what the overlap failed to hide). ``--no-ddp`` times the step of one process without DDP.
+(what the overlap failed to hide), next to ``allreduce_alone_s``, one blocking allreduce of
+all the gradients, and ``hidden_fraction`` = 1 - wait / alone. ``--no-ddp`` times the step of one process without DDP.
 Each process uses ``--threads`` numba/OpenBLAS threads (default: cores / processes).
 Rank 0 prints one JSON line per figure; ``--json FILE`` appends them to FILE.
 """
@@ -125,8 +126,10 @@ def bench_step(args):
         if step:  # step 0 is the warm-up (JIT compilation)
             times.append(time.perf_counter() - t0)
             waits.append(ddp.last_wait_seconds if ddp is not None else 0.0)
+    alone = None
     if dist.is_initialized():  # the slowest rank sets the pace
         times = list(np.max(dist.default_group().comm.allgather(times), axis=0))
+        alone = _allreduce_alone(model)
     params = sum(p.numel() for p in model.parameters())
     _emit(
         {
@@ -139,12 +142,30 @@ def bench_step(args):
             "median_s": statistics.median(times),
             "samples_per_s": args.batch / min(times),
             "median_wait_s": statistics.median(waits),
+            "allreduce_alone_s": alone,
+            "hidden_fraction": None if not alone else 1 - statistics.median(waits) / alone,
             "parameters": params,
             "gradient_bytes": params * 4,
             "buckets": len(ddp._buckets) if ddp is not None else 0,
         },
         args.json,
     )
+
+
+def _allreduce_alone(model):
+    """Seconds of one blocking allreduce of all the gradients (float32), nothing else
+    running: the communication the overlap tries to hide (min of 3, slowest rank)."""
+    from mpi4py import MPI
+
+    comm = dist.default_group().comm
+    buf = np.ones(sum(p.numel() for p in model.parameters()), np.float32)
+    times = []
+    for _ in range(3):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        comm.Allreduce(MPI.IN_PLACE, buf)
+        times.append(time.perf_counter() - t0)
+    return max(comm.allgather(min(times)))
 
 
 def main():
