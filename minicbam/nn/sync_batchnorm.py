@@ -71,7 +71,7 @@ class SyncBatchNorm(_BatchNorm):
         for name, child in list(module.named_children()):
             converted = cls.convert_sync_batchnorm(child, process_group)
             if converted is not child:
-                setattr(module, name, converted)
+                module._modules[name] = converted  # in place: parameter order unchanged
         return module
 
 

@@ -1,5 +1,6 @@
 """The checks that need several processes, run by test_mpi.py as
-``mpiexec -n 2 python mpi_checks.py OUT.json`` (or ``... kill`` / ``... raise``).
+``mpiexec -n 2 python mpi_checks.py cpu OUT.json`` (``cuda OUT.json``: the CUDA check;
+``kill`` / ``raise``: the failure drills).
 
 Every rank runs every check; rank 0 writes {check: "ok" | error text} to OUT.json. A check
 compares the distributed result with one process computing the same thing on the whole
@@ -235,6 +236,28 @@ def check_construction_broadcasts_rank0(rank, world):
     np.testing.assert_array_equal(mine, rank0.numpy())
 
 
+def check_cuda_tensors(rank, world):
+    """DDP and SyncBatchNorm with CUDA tensors (through host memory) == the same on the CPU.
+    Run with NUMBA_ENABLE_CUDASIM=1 where there is no GPU: tiny shapes."""
+    rng = np.random.default_rng(rank)
+    x, cot = rng.standard_normal((3, 2, 2, 2)), rng.standard_normal((3, 3))
+    results = {}
+    for dev in ("cpu", "cuda"):
+        mc.manual_seed(5)
+        layers = [nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 3), nn.Linear(3, 3)]
+        model = nn.Sequential(*layers).to(mc.float64)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model).to(dev)
+        ddp = DistributedDataParallel(model, bucket_cap_mb=1e-4)
+        (ddp(mc.tensor(x, device=dev)) * mc.tensor(cot, device=dev)).sum().backward()
+        t = mc.tensor(np.array([rank + 1.0]), device=dev)
+        dist.all_reduce(t)
+        results[dev] = [p.grad.numpy() for p in model.parameters()]
+        results[dev] += [model[0].running_var.numpy(), t.numpy()]
+        assert all(p.grad.device == dev for p in model.parameters())
+    for got, want in zip(results["cuda"], results["cpu"]):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
 CHECKS = [
     check_collectives,
     check_construction_broadcasts_rank0,
@@ -247,10 +270,10 @@ CHECKS = [
 ]
 
 
-def run_checks(out_path):
+def run_checks(out_path, checks):
     rank, world = dist.get_rank(), dist.get_world_size()
     results = {}
-    for check in CHECKS:
+    for check in checks:
         try:
             check(rank, world)
             status = "ok"
@@ -280,7 +303,7 @@ def main():
                 raise ValueError("a deliberate failure")
             dist.barrier()
         return
-    run_checks(mode)
+    run_checks(sys.argv[2], [check_cuda_tensors] if mode == "cuda" else CHECKS)
     dist.destroy_process_group()
 
 

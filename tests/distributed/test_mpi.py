@@ -38,13 +38,15 @@ def _skip_reason():
 pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 
 
-def mpirun(args, n=2, timeout=TIMEOUT):
+def mpirun(args, n=2, timeout=TIMEOUT, cudasim=False):
     """Run ``python args`` on n ranks; the environment makes each rank single-threaded
     (n ranks share this machine's cores) and imports this checkout's minicbam."""
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.update(NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     env.pop("NUMBA_ENABLE_CUDASIM", None)
+    if cudasim:
+        env["NUMBA_ENABLE_CUDASIM"] = os.environ.get("NUMBA_ENABLE_CUDASIM", "1")
     cmd = [_mpiexec(), "-n", str(n), sys.executable] + list(args)
     return subprocess.run(
         cmd, check=False, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
@@ -54,7 +56,7 @@ def mpirun(args, n=2, timeout=TIMEOUT):
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("mpi") / "results.json"
-    proc = mpirun([os.path.join(HERE, "mpi_checks.py"), str(out)])
+    proc = mpirun([os.path.join(HERE, "mpi_checks.py"), "cpu", str(out)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(out) as f:
         return json.load(f)
@@ -76,6 +78,16 @@ CHECKS = [
 def test_on_two_ranks(results, name):
     assert name in results, sorted(results)
     assert results[name] == "ok", results[name]
+
+
+def test_cuda_tensors_on_two_ranks(tmp_path):
+    """CUDA tensors (a GPU, or numba's simulator as in the rest of the suite)."""
+    out = tmp_path / "cuda.json"
+    proc = mpirun([os.path.join(HERE, "mpi_checks.py"), "cuda", str(out)], cudasim=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(out) as f:
+        result = json.load(f)
+    assert result["check_cuda_tensors"] == "ok", result["check_cuda_tensors"]
 
 
 def test_a_killed_rank_ends_the_job():
