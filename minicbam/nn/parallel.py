@@ -159,13 +159,23 @@ class DistributedDataParallel(Module):
         self._broadcast(self.module.buffers())
 
     def _broadcast(self, tensors):
+        """Rank 0's values of ``tensors``, one ``Bcast`` per dtype (coalesced, as PyTorch)."""
+        by_dtype = {}
         for t in tensors:
-            if t is None or t.numel() == 0:
-                continue
-            host = t.data if isinstance(t.data, np.ndarray) else device.to_host(t.data)
-            self._comm.Bcast(host, root=0)
-            if not isinstance(t.data, np.ndarray):
-                t.data.copy_to_device(host)
+            if t is not None and t.numel():
+                by_dtype.setdefault(t.dtype, []).append(t)
+        for group in by_dtype.values():
+            hosts = [
+                t.data if isinstance(t.data, np.ndarray) else device.to_host(t.data) for t in group
+            ]
+            flat = np.concatenate([h.reshape(-1) for h in hosts])
+            self._comm.Bcast(flat, root=0)
+            start = 0
+            for t, h in zip(group, hosts):
+                h[...] = flat[start : start + h.size].reshape(h.shape)
+                start += h.size
+                if not isinstance(t.data, np.ndarray):
+                    t.data.copy_to_device(h)
 
     # --------------------------------------------------------------- reduction
     def _start_iteration(self):
