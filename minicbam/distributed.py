@@ -21,6 +21,7 @@ leave the others waiting forever inside a collective.
 import contextlib
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -247,6 +248,9 @@ def abort(message, code=1):
     """Print ``message`` to stderr and end every process of the MPI job."""
     sys.stderr.write(message.rstrip("\n") + "\n")
     sys.stderr.flush()
+    # Give the launcher a moment to forward the message: once MPI_Abort reaches it, it
+    # kills every process and may drop output still in the pipes.
+    time.sleep(0.5)
     _mpi().COMM_WORLD.Abort(code)
     os._exit(code)  # MPICH's MPI_Abort can return before the launcher kills this process
 
