@@ -8,6 +8,11 @@ one gradient per input, ``dL/dx_i = gy . dy/dx_i`` (or None where no gradient is
 ``run_backward`` visits nodes in reverse topological order (an iterative DFS, so deep
 graphs do not hit Python's recursion limit), accumulating gradients that fan in from
 several consumers by addition.
+
+Two hooks for data-parallel training (``minicbam.nn.parallel``): a leaf's
+``register_post_accumulate_grad_hook(fn)`` calls ``fn(leaf)`` once per sweep, when the last
+gradient reaching that leaf has been added into ``leaf.grad`` (it is final for this sweep);
+``queue_callback(fn)`` runs ``fn()`` once, after the current sweep has finished.
 """
 
 import contextlib
@@ -18,6 +23,7 @@ from minicbam import device
 
 _grad_enabled = True
 _detect_anomaly = False
+_final_callbacks = []  # queue_callback: run once at the end of the current backward sweep
 
 
 def is_grad_enabled():
@@ -210,12 +216,55 @@ def _topological_order(root):
     return order
 
 
+def queue_callback(fn):
+    """Run ``fn()`` once when the backward sweep now running ends (as PyTorch's
+    ``Variable._execution_engine.queue_callback``)."""
+    _final_callbacks.append(fn)
+
+
+def _hooked_leaf_edges(order):
+    """{id(leaf): [leaf, edges still to come, got a gradient]} for leaves with hooks."""
+    hooked = {}
+    for fn in order:
+        for t in fn.inputs:
+            if t.creator is None and t._post_accumulate_hooks:
+                entry = hooked.setdefault(id(t), [t, 0, False])
+                entry[1] += 1
+    return hooked
+
+
+def _edges_done(fn, hooked):
+    """Count ``fn``'s edges into hooked leaves as delivered; run the hooks of finished leaves."""
+    for t in fn.inputs:
+        entry = hooked.get(id(t)) if t.creator is None else None
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] == 0 and entry[2]:
+                t.run_post_accumulate_hooks()
+
+
+def run_final_callbacks():
+    while _final_callbacks:
+        _final_callbacks.pop(0)()
+
+
 def run_backward(root, gy, retain_graph=False):
     """Accumulate d(root)/d(leaf) . gy into ``leaf.grad`` for every leaf that requires grad."""
+    grads = {root.creator: gy}  # keyed by Function: each node has exactly one output
+    order = _topological_order(root)
+    hooked = _hooked_leaf_edges(order)
+    try:
+        _sweep(order, grads, hooked, retain_graph)
+    except BaseException:
+        _final_callbacks.clear()  # a failed sweep must not finish in the next one
+        raise
+    run_final_callbacks()
+
+
+def _sweep(order, grads, hooked, retain_graph):
     from minicbam.ops.binary import add_arrays
 
-    grads = {root.creator: gy}  # keyed by Function: each node has exactly one output
-    for fn in _topological_order(root):
+    for fn in order:
         if fn.freed:
             raise RuntimeError(
                 "backward: trying to backward through the graph a second time (or after its "
@@ -223,6 +272,7 @@ def run_backward(root, gy, retain_graph=False):
             )
         g = grads.pop(fn, None)
         if g is None:  # this node's output did not reach the root
+            _edges_done(fn, hooked)
             continue
         input_grads = fn.backward(g)
         if _detect_anomaly:
@@ -237,10 +287,13 @@ def run_backward(root, gy, retain_graph=False):
             check_grad_shape(fn, t, gx)
             if t.creator is None:
                 t.accumulate_grad(gx)
+                if id(t) in hooked:
+                    hooked[id(t)][2] = True
             elif t.creator in grads:
                 grads[t.creator] = add_arrays(grads[t.creator], gx)
             else:
                 grads[t.creator] = gx
+        _edges_done(fn, hooked)
 
 
 def check_grad_shape(fn, t, gx):

@@ -10,7 +10,7 @@ the user is a *leaf* and receives ``.grad`` from ``backward`` when ``requires_gr
 import numpy as np
 
 from minicbam import device
-from minicbam.function import run_backward
+from minicbam.function import run_backward, run_final_callbacks
 
 float32 = np.dtype(np.float32)
 float64 = np.dtype(np.float64)
@@ -33,6 +33,7 @@ def generator():
 
 class Tensor:
     __array_priority__ = 1000  # make ``ndarray op Tensor`` defer to Tensor's reflected op
+    _post_accumulate_hooks = ()  # a list once a hook is registered (see function.py)
 
     def __init__(self, data, requires_grad=False):
         self.data = data
@@ -119,8 +120,25 @@ class Tensor:
             gy = _gradient_array(gradient, self)
         if self.creator is None:
             self.accumulate_grad(gy)
+            self.run_post_accumulate_hooks()
+            run_final_callbacks()
             return
         run_backward(self, gy, retain_graph)
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call ``hook(self)`` in every backward sweep, once this leaf's ``.grad`` is final."""
+        if not self.is_leaf:
+            raise RuntimeError(
+                "register_post_accumulate_grad_hook: only leaf tensors accumulate gradients"
+            )
+        if not self._post_accumulate_hooks:
+            self._post_accumulate_hooks = []
+        self._post_accumulate_hooks.append(hook)
+        return hook
+
+    def run_post_accumulate_hooks(self):
+        for hook in self._post_accumulate_hooks:
+            hook(self)
 
     def accumulate_grad(self, g):
         from minicbam.ops.binary import add_arrays

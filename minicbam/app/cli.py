@@ -21,6 +21,7 @@ import sys
 import time
 
 from minicbam import __version__
+from minicbam.app import distributed_run
 from minicbam.app.checkpoint import load_model, read_checkpoint
 from minicbam.app.cli_dev import add_bench, add_gradcheck
 from minicbam.app.graph import add_graph
@@ -123,7 +124,7 @@ def _add_train(sub):
         metavar="N",
         help="stop after N epochs of this run (the schedule still spans --epochs)",
     )
-    p.set_defaults(handler=cmd_train)
+    p.set_defaults(handler=distributed_run.wrap_command(cmd_train))  # mpiexec -n N: joins MPI
 
 
 _RESUMABLE = ("epochs", "out", "device", "data_dir")
