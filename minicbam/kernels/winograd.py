@@ -1,0 +1,323 @@
+"""Winograd F(4x4, 3x3) convolution on the CPU: forward, input gradient and weight gradient
+of a 3x3, stride-1, dilation-1, single-group convolution (Lavin & Gray 2015).
+
+The output is cut into 4x4 tiles; tile t = (n, i, j) reads the 6x6 input patch d_t whose
+corner is x[n, :, 4i - pt, 4j - pl] (zeros outside x). With the constant matrices B^T (6x6),
+G (6x3) and A^T (4x6) below, per channel pair (c, co):
+
+    U[k, co, c]    = (G g[co, c] G^T)[k]                  (weight transform, k in the 6x6 points)
+    V[k, t, c]     = (B^T d_t[c] B)[k]                    (input transform)
+    M[k, t, co]    = sum_c V[k, t, c] U[k, co, c]         (36 GEMMs (tiles, C) @ (C, CO))
+    y_tile(t, co)  = A^T M[:, t, co] A                    (output transform, 4x4)
+
+which needs 36 multiplies per 16 outputs and channel pair instead of 144 (4x less GEMM work
+than im2col). The weight transform is one GEMM: U (36, CO*C) = (G (x) G) (36, 9) @ w^T
+(9, CO*C); the forward reads its planes transposed (BLAS's transpose flag, no copy).
+
+Input gradient: gx is the "full" correlation of gy with the flipped, channel-transposed kernel
+w'[c, co, a, b] = w[co, c, 2 - a, 2 - b], with padding 2 - p on each side, so it is the same
+forward on (gy, w') (any padding <= 2); the flip is G (x) G's columns reversed.
+
+Weight gradient: y is linear in g, and its adjoint per tile is
+<gy_t, A^T (G g G^T (.) V_t) A> = <G^T ((A gy_t A^T) (.) V_t) G, g>, so with
+Mg[:, :, t, co] = A gy_t A^T (gy's 4x4 tile transformed to 6x6)
+
+    gU[k, co, c] = sum_t Mg[k, t, co] V[k, t, c]          (36 GEMMs (CO, tiles) @ (tiles, C))
+    gw[co, c]    = G^T gU[:, co, c] G                     (one GEMM (CO*C, 36) @ (G (x) G))
+
+reusing the forward's input transform (recomputed per block rather than stored).
+
+CPU layout: every transform loops innermost over channels, which are contiguous in V, U and M
+(numba vectorises those loops); patches are gathered into a small (6, 6, 1, C) scratch first.
+Work is split into blocks of tiles, one task each on the CPU task pool (task_pool.py: BLAS
+single-threaded per worker): a block transforms its tiles, runs its 36 GEMMs and
+inverse-transforms while V and M are still in cache. The tile axis of V and M has one spare
+row, so that their 36 planes are not a power of two apart (planes that far apart share cache
+sets, and the transforms ran 3-4x slower).
+
+Accuracy: F(4x4, 3x3) in float32 rounds a little more than a direct sum (its matrices have
+entries up to 8 and 1/24): docs/performance.md gives the measured errors. The algorithm is
+exact in exact arithmetic, so float64 results match the direct convolution to ~1e-14.
+"""
+
+import threading
+
+import numpy as np
+from numba import njit
+
+from minicbam.kernels.task_pool import cpu_workers, run_tasks
+
+BT = np.array(
+    [
+        [4, 0, -5, 0, 1, 0],
+        [0, -4, -4, 1, 1, 0],
+        [0, 4, -4, -1, 1, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, 2, -1, -2, 1, 0],
+        [0, 4, 0, -5, 0, 1],
+    ],
+    dtype=np.float64,
+)
+G = np.array(
+    [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+    ],
+    dtype=np.float64,
+)
+AT = np.array(
+    [
+        [1, 1, 1, 1, 1, 0],
+        [0, 1, -1, 2, -2, 0],
+        [0, 1, 1, 4, 4, 0],
+        [0, 1, -1, 8, -8, 1],
+    ],
+    dtype=np.float64,
+)
+GG = np.kron(G, G)  # (36, 9): U = G g G^T flattened, GG[u*6 + v, a*3 + b] = G[u, a] G[v, b]
+TILE, ALPHA = 4, 6  # output tile side, input patch side (TILE + 3 - 1)
+
+BLOCK_BYTES = 3 << 19  # V + M of one block: about an L2 cache
+MIN_BLOCK, MAX_BLOCK = 32, 256  # tiles per block (rows of the block's GEMMs)
+
+
+# ----------------------------------------------------------------------------- kernels
+@njit(cache=True, fastmath=True)
+def _sandwich(dst, td, src, ts, L, R, tmp):
+    """dst[i, j, td, :] = sum_{u, v} L[i, u] src[u, v, ts, :] R[j, v]  (L (a, p), R (b, q));
+    tmp is (>= a, >= q, >= n) scratch. Loops over the last axis innermost (contiguous)."""
+    a, p = L.shape
+    b, q = R.shape
+    n = src.shape[3]
+    for i in range(a):
+        for v in range(q):
+            for c in range(n):
+                tmp[i, v, c] = 0
+            for u in range(p):
+                coef = L[i, u]
+                if coef != 0:
+                    for c in range(n):
+                        tmp[i, v, c] += coef * src[u, v, ts, c]
+    for i in range(a):
+        for j in range(b):
+            for c in range(n):
+                dst[i, j, td, c] = 0
+            for v in range(q):
+                coef = R[j, v]
+                if coef != 0:
+                    for c in range(n):
+                        dst[i, j, td, c] += coef * tmp[i, v, c]
+
+
+@njit(cache=True, fastmath=True)
+def _input_transform(V, x, t0, t1, th, tw, pt, pl, BTm, patch, tmp):
+    """V[:, :, t - t0, :] = B^T d_t B for tiles t0 <= t < t1 (patch (6, 6, 1, C) scratch)."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    for t in range(t0, t1):
+        n, rest = t // (th * tw), t % (th * tw)
+        r0, s0 = (rest // tw) * 4 - pt, (rest % tw) * 4 - pl
+        for c in range(C):
+            for u in range(6):
+                r = r0 + u
+                for v in range(6):
+                    s = s0 + v
+                    if r >= 0 and r < H and s >= 0 and s < W:
+                        patch[u, v, 0, c] = x[n, c, r, s]
+                    else:
+                        patch[u, v, 0, c] = 0
+        _sandwich(V, t - t0, patch, 0, BTm, BTm, tmp)
+
+
+@njit(cache=True, fastmath=True)
+def _output_transform(y, M, t0, t1, th, tw, ATm, ytile, tmp):
+    """y's 4x4 tiles t0 <= t < t1 (clipped at its edges) = A^T M[:, :, t - t0, :] A."""
+    CO, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    for t in range(t0, t1):
+        _sandwich(ytile, 0, M, t - t0, ATm, ATm, tmp)
+        n, rest = t // (th * tw), t % (th * tw)
+        r0, s0 = (rest // tw) * 4, (rest % tw) * 4
+        rows, cols = min(4, OH - r0), min(4, OW - s0)
+        for co in range(CO):
+            for a in range(rows):
+                for b in range(cols):
+                    y[n, co, r0 + a, s0 + b] = ytile[a, b, 0, co]
+
+
+@njit(cache=True, fastmath=True)
+def _grad_tile_transform(Mg, gy, t0, t1, th, tw, Am, gtile, tmp):
+    """Mg[:, :, t - t0, :] = A gy_t A^T (gy's 4x4 tile, zeros beyond its edges)."""
+    CO, OH, OW = gy.shape[1], gy.shape[2], gy.shape[3]
+    for t in range(t0, t1):
+        n, rest = t // (th * tw), t % (th * tw)
+        r0, s0 = (rest // tw) * 4, (rest % tw) * 4
+        for co in range(CO):
+            for a in range(4):
+                for b in range(4):
+                    r, s = r0 + a, s0 + b
+                    if r < OH and s < OW:
+                        gtile[a, b, 0, co] = gy[n, co, r, s]
+                    else:
+                        gtile[a, b, 0, co] = 0
+        _sandwich(Mg, t - t0, gtile, 0, Am, Am, tmp)
+
+
+# ----------------------------------------------------------------------------- scratch
+_local = threading.local()
+
+
+def _scratch(name, shape, dtype):
+    """A reused C-contiguous array of this thread (contents undefined)."""
+    cache = _local.__dict__.setdefault("cache", {})
+    size = int(np.prod(shape))
+    key = (name, np.dtype(dtype))
+    buf = cache.get(key)
+    if buf is None or buf.size < size:
+        buf = cache[key] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
+
+
+def _matrices(dtype):
+    """The transform matrices in the data's dtype (a float64 coefficient would promote the
+    float32 loops to float64)."""
+    return {name: m.astype(dtype) for name, m in (("BT", BT), ("AT", AT), ("GG", GG))}
+
+
+# ----------------------------------------------------------------------------- geometry
+def _tiles(OH, OW, N):
+    th, tw = -(-OH // TILE), -(-OW // TILE)
+    return th, tw, N * th * tw
+
+
+def _blocks(P, channels, itemsize):
+    """[(t0, t1)] covering P tiles: about BLOCK_BYTES of V + M per block, at least one block
+    per worker (when there are enough tiles), MIN_BLOCK..MAX_BLOCK tiles each."""
+    size = BLOCK_BYTES // (ALPHA * ALPHA * channels * itemsize)
+    size = min(MAX_BLOCK, max(MIN_BLOCK, size), -(-P // max(1, cpu_workers())))
+    size = max(1, size)
+    return [(t0, min(P, t0 + size)) for t0 in range(0, P, size)]
+
+
+def eligible(w_shape, stride, pads, dilation, groups):
+    """Whether this convolution has the geometry the Winograd path computes."""
+    return (
+        tuple(w_shape[2:]) == (3, 3)
+        and tuple(stride) == (1, 1)
+        and tuple(dilation) == (1, 1)
+        and groups == 1
+        and max(pads) <= 2
+    )
+
+
+# ----------------------------------------------------------------------------- forward
+def transform_weight(w, flip=False):
+    """U (36, CO, C) for w (CO, C, 3, 3): U[k] = (G g G^T)[k], as one GEMM with G (x) G
+    (36, 9); ``flip`` uses the kernel rotated by 180 degrees (the input gradient's)."""
+    CO, C = w.shape[:2]
+    GGm = _matrices(w.dtype)["GG"]
+    U = np.empty((ALPHA * ALPHA, CO, C), w.dtype)
+    w9 = np.ascontiguousarray(w).reshape(CO * C, 9)
+    np.matmul(GGm[:, ::-1] if flip else GGm, w9.T, out=U.reshape(ALPHA * ALPHA, CO * C))
+    return U
+
+
+def conv3x3(x, w, pads):
+    """y = conv2d(x, w) for a 3x3 kernel, stride 1, padding (top, bottom, left, right)."""
+    return _winograd(x, transform_weight(w).swapaxes(1, 2), pads)
+
+
+def input_grad(gy, w, pads):
+    """gx for y = conv3x3(x, w, pads): the full correlation of gy with the flipped,
+    channel-transposed kernel, padded by 2 - p."""
+    return _winograd(gy, transform_weight(w, flip=True), tuple(2 - p for p in pads))
+
+
+def _winograd(x, U, pads):
+    """The F(4x4, 3x3) pipeline with transformed weights U (36, C, CO) (any strides)."""
+    N, C, H, W = x.shape
+    CO = U.shape[2]
+    pt, pb, pl, pr = pads
+    OH, OW = H + pt + pb - 2, W + pl + pr - 2
+    x = np.ascontiguousarray(x)
+    y = np.empty((N, CO, OH, OW), x.dtype)
+    th, tw, P = _tiles(OH, OW, N)
+    geom = (th, tw, pt, pl)
+    blocks = _blocks(P, C + CO, x.dtype.itemsize)
+    run_tasks(_forward_block, [(x, U, y, t0, t1, geom) for t0, t1 in blocks])
+    return y
+
+
+def _forward_block(x, U, y, t0, t1, geom):
+    th, tw, pt, pl = geom
+    C, CO, nb = x.shape[1], y.shape[1], t1 - t0
+    m = _matrices(x.dtype)
+    V = _scratch("V", (ALPHA, ALPHA, nb + 1, C), x.dtype)
+    M = _scratch("M", (ALPHA, ALPHA, nb + 1, CO), x.dtype)
+    tmp = _scratch("tmp", (ALPHA, ALPHA, max(C, CO)), x.dtype)
+    _input_transform(V, x, t0, t1, th, tw, pt, pl, m["BT"],
+                     _scratch("patch", (ALPHA, ALPHA, 1, C), x.dtype), tmp)
+    np.matmul(V.reshape(ALPHA * ALPHA, nb + 1, C)[:, :nb], U,
+              out=M.reshape(ALPHA * ALPHA, nb + 1, CO)[:, :nb])
+    _output_transform(y, M, t0, t1, th, tw, m["AT"],
+                      _scratch("ytile", (TILE, TILE, 1, CO), x.dtype), tmp)
+
+
+# ----------------------------------------------------------------------------- weight grad
+def weight_grad(x, gy, pads):
+    """gw (CO, C, 3, 3) for y = conv3x3(x, w, pads), from x and gy = dL/dy."""
+    N, C = x.shape[:2]
+    CO, OH, OW = gy.shape[1:]
+    x, gy = np.ascontiguousarray(x), np.ascontiguousarray(gy)
+    th, tw, P = _tiles(OH, OW, N)
+    if P == 0 or C == 0 or CO == 0:
+        return np.zeros((CO, C, 3, 3), x.dtype)
+    geom = (th, tw, pads[0], pads[2])
+    workers = max(1, min(cpu_workers(), P))
+    bounds = [P * i // workers for i in range(workers + 1)]
+    parts = run_tasks(_weight_grad_range, [(x, gy, lo, hi, geom)
+                                           for lo, hi in zip(bounds, bounds[1:]) if hi > lo])
+    gU = parts[0]
+    for part in parts[1:]:
+        np.add(gU, part, out=gU)
+    # gw[co, c] = G^T gU[:, co, c] G for every pair: (CO*C, 36) @ (G (x) G) (36, 9)
+    gw = np.empty((CO, C, 3, 3), x.dtype)
+    np.matmul(gU.reshape(ALPHA * ALPHA, CO * C).T, _matrices(x.dtype)["GG"],
+              out=gw.reshape(CO * C, 9))
+    return gw
+
+
+def _weight_grad_range(x, gy, lo, hi, geom):
+    """This range's part of gU (36, CO, C), a block of tiles at a time."""
+    th, tw, pt, pl = geom
+    C, CO, dtype = x.shape[1], gy.shape[1], x.dtype
+    m = _matrices(dtype)
+    A = np.ascontiguousarray(m["AT"].T)
+    gU = np.empty((ALPHA * ALPHA, CO, C), dtype)
+    part = None
+    tmp = _scratch("tmp", (ALPHA, ALPHA, max(C, CO)), dtype)
+    for t0, t1 in _sub_blocks(lo, hi, C + CO, dtype.itemsize):
+        nb = t1 - t0
+        V = _scratch("V", (ALPHA, ALPHA, nb + 1, C), dtype)
+        Mg = _scratch("M", (ALPHA, ALPHA, nb + 1, CO), dtype)
+        _input_transform(V, x, t0, t1, th, tw, pt, pl, m["BT"],
+                         _scratch("patch", (ALPHA, ALPHA, 1, C), dtype), tmp)
+        _grad_tile_transform(Mg, gy, t0, t1, th, tw, A,
+                             _scratch("gtile", (TILE, TILE, 1, CO), dtype), tmp)
+        V36 = V.reshape(ALPHA * ALPHA, nb + 1, C)[:, :nb]
+        Mgt = Mg.reshape(ALPHA * ALPHA, nb + 1, CO)[:, :nb].swapaxes(1, 2)
+        if part is None:
+            np.matmul(Mgt, V36, out=gU)
+            part = _scratch("gU_part", gU.shape, dtype)
+        else:
+            np.matmul(Mgt, V36, out=part)
+            np.add(gU, part, out=gU)
+    return gU
+
+
+def _sub_blocks(lo, hi, channels, itemsize):
+    size = BLOCK_BYTES // (ALPHA * ALPHA * channels * itemsize)
+    size = min(MAX_BLOCK, max(MIN_BLOCK, size))
+    return [(t0, min(hi, t0 + size)) for t0 in range(lo, hi, size)]
