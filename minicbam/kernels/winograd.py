@@ -220,8 +220,26 @@ def transform_weight(w, flip=False):
     GGm = _matrices(w.dtype)["GG"]
     U = np.empty((ALPHA * ALPHA, CO, C), w.dtype)
     w9 = np.ascontiguousarray(w).reshape(CO * C, 9)
-    np.matmul(GGm[:, ::-1] if flip else GGm, w9.T, out=U.reshape(ALPHA * ALPHA, CO * C))
+    GGm = np.ascontiguousarray(GGm[:, ::-1]) if flip else GGm
+    # pieces of columns on the task pool: single-threaded BLAS (a short multi-threaded call
+    # waits for a time slice when the machine is loaded: 50-90 ms for this 0.1 ms product)
+    U2 = U.reshape(ALPHA * ALPHA, CO * C)
+    run_tasks(_product_piece, [(GGm, w9.T, U2, lo, hi, 1) for lo, hi in _pieces(CO * C)])
     return U
+
+
+def _pieces(size):
+    workers = max(1, min(cpu_workers(), size))
+    bounds = [size * i // workers for i in range(workers + 1)]
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+
+
+def _product_piece(a, b, out, lo, hi, axis):
+    """out[lo:hi] = a[lo:hi] @ b (axis 0), or out[:, lo:hi] = a @ b[:, lo:hi] (axis 1)."""
+    if axis == 0:
+        np.matmul(a[lo:hi], b, out=out[lo:hi])
+    else:
+        np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
 
 
 def conv3x3(x, w, pads):
@@ -275,27 +293,26 @@ def weight_grad(x, gy, pads):
     if P == 0 or C == 0 or CO == 0:
         return np.zeros((CO, C, 3, 3), x.dtype)
     geom = (th, tw, pads[0], pads[2])
-    workers = max(1, min(cpu_workers(), P))
-    bounds = [P * i // workers for i in range(workers + 1)]
-    parts = run_tasks(_weight_grad_range, [(x, gy, lo, hi, geom)
-                                           for lo, hi in zip(bounds, bounds[1:]) if hi > lo])
-    gU = parts[0]
-    for part in parts[1:]:
-        np.add(gU, part, out=gU)
-    # gw[co, c] = G^T gU[:, co, c] G for every pair: (CO*C, 36) @ (G (x) G) (36, 9)
+    ranges = _pieces(P)
+    # each range's gU (36, CO, C) in one buffer, so that summing them is part of the last
+    # GEMM: gw (CO*C, 9) = [gU_0; gU_1; ...]^T (CO*C, R*36) @ [GG; GG; ...] (R*36, 9)
+    gU = np.empty((len(ranges), ALPHA * ALPHA, CO, C), x.dtype)
+    run_tasks(_weight_grad_range, [(x, gy, gU[r], lo, hi, geom)
+                                   for r, (lo, hi) in enumerate(ranges)])
+    GGs = np.ascontiguousarray(np.tile(_matrices(x.dtype)["GG"], (len(ranges), 1)))
     gw = np.empty((CO, C, 3, 3), x.dtype)
-    np.matmul(gU.reshape(ALPHA * ALPHA, CO * C).T, _matrices(x.dtype)["GG"],
-              out=gw.reshape(CO * C, 9))
+    gU2t = gU.reshape(len(ranges) * ALPHA * ALPHA, CO * C).T
+    run_tasks(_product_piece, [(gU2t, GGs, gw.reshape(CO * C, 9), lo, hi, 0)
+                               for lo, hi in _pieces(CO * C)])
     return gw
 
 
-def _weight_grad_range(x, gy, lo, hi, geom):
-    """This range's part of gU (36, CO, C), a block of tiles at a time."""
+def _weight_grad_range(x, gy, gU, lo, hi, geom):
+    """gU (36, CO, C) = this range's sum over tiles, a block of tiles at a time."""
     th, tw, pt, pl = geom
     C, CO, dtype = x.shape[1], gy.shape[1], x.dtype
     m = _matrices(dtype)
     A = np.ascontiguousarray(m["AT"].T)
-    gU = np.empty((ALPHA * ALPHA, CO, C), dtype)
     part = None
     tmp = _scratch("tmp", (ALPHA, ALPHA, max(C, CO)), dtype)
     for t0, t1 in _sub_blocks(lo, hi, C + CO, dtype.itemsize):
@@ -314,7 +331,6 @@ def _weight_grad_range(x, gy, lo, hi, geom):
         else:
             np.matmul(Mgt, V36, out=part)
             np.add(gU, part, out=gU)
-    return gU
 
 
 def _sub_blocks(lo, hi, channels, itemsize):
