@@ -28,7 +28,7 @@ Mg[:, :, t, co] = A gy_t A^T (gy's 4x4 tile transformed to 6x6)
 reusing the forward's input transform (recomputed per block rather than stored).
 
 CPU layout: every transform loops innermost over channels, which are contiguous in V, U and M
-(numba vectorises those loops); patches are gathered into a small (6, 6, 1, C) scratch first.
+(numba vectorises those loops); patches are gathered into a small (6, 6, C) scratch first.
 Work is split into blocks of tiles, one task each on the CPU task pool (task_pool.py: BLAS
 single-threaded per worker): a block transforms its tiles, runs its 36 GEMMs and
 inverse-transforms while V and M are still in cache. The tile axis of V and M has one spare
@@ -44,6 +44,7 @@ import threading
 
 import numpy as np
 from numba import njit
+from numba.extending import register_jitable
 
 from minicbam.kernels.task_pool import cpu_workers, run_tasks
 
@@ -86,36 +87,53 @@ MIN_BLOCK, MAX_BLOCK = 32, 256  # tiles per block (rows of the block's GEMMs)
 
 
 # ----------------------------------------------------------------------------- kernels
-@njit(cache=True, fastmath=True)
-def _sandwich(dst, td, src, ts, L, R, tmp):
-    """dst[i, j, td, :] = sum_{u, v} L[i, u] src[u, v, ts, :] R[j, v]  (L (a, p), R (b, q));
-    tmp is (>= a, >= q, >= n) scratch. Loops over the last axis innermost (contiguous)."""
-    a, p = L.shape
-    b, q = R.shape
-    n = src.shape[3]
-    for i in range(a):
-        for v in range(q):
-            for c in range(n):
-                tmp[i, v, c] = 0
-            for u in range(p):
-                coef = L[i, u]
-                if coef != 0:
-                    for c in range(n):
-                        tmp[i, v, c] += coef * src[u, v, ts, c]
-    for i in range(a):
-        for j in range(b):
-            for c in range(n):
-                dst[i, j, td, c] = 0
-            for v in range(q):
-                coef = R[j, v]
-                if coef != 0:
-                    for c in range(n):
-                        dst[i, j, td, c] += coef * tmp[i, v, c]
+# The 1-D transforms written out (B^T, A^T and A have many zeros and repeated entries); k holds
+# the constants (2, 4, 5, 8) in the data's dtype, as a float64 literal would promote float32
+# loops to float64. Each 2-D transform is two passes of 1-D ones, each a loop over channels
+# innermost (contiguous, so numba vectorises it).
+@register_jitable
+def _bt6(d0, d1, d2, d3, d4, d5, k):
+    """B^T d for one column d (6 values)."""
+    two, four, five = k[0], k[1], k[2]
+    return (
+        four * d0 - five * d2 + d4,
+        d3 + d4 - four * (d1 + d2),
+        four * (d1 - d2) - d3 + d4,
+        two * (d3 - d1) - d2 + d4,
+        two * (d1 - d3) - d2 + d4,
+        four * d1 - five * d3 + d5,
+    )
+
+
+@register_jitable
+def _at6(m0, m1, m2, m3, m4, m5, k):
+    """A^T m for one column m (6 values -> 4)."""
+    two, four, eight = k[0], k[1], k[3]
+    return (
+        m0 + m1 + m2 + m3 + m4,
+        (m1 - m2) + two * (m3 - m4),
+        (m1 + m2) + four * (m3 + m4),
+        (m1 - m2) + eight * (m3 - m4) + m5,
+    )
+
+
+@register_jitable
+def _a4(g0, g1, g2, g3, k):
+    """A g for one column g (4 values -> 6)."""
+    two, four, eight = k[0], k[1], k[3]
+    return (
+        g0,
+        g0 + g1 + g2 + g3,
+        g0 - g1 + g2 - g3,
+        g0 + two * g1 + four * g2 + eight * g3,
+        g0 - two * g1 + four * g2 - eight * g3,
+        g3,
+    )
 
 
 @njit(cache=True, fastmath=True)
-def _input_transform(V, x, t0, t1, th, tw, pt, pl, BTm, patch, tmp):
-    """V[:, :, t - t0, :] = B^T d_t B for tiles t0 <= t < t1 (patch (6, 6, 1, C) scratch)."""
+def _input_transform(V, x, t0, t1, th, tw, pt, pl, k, patch, tmp):
+    """V[:, :, t - t0, :] = B^T d_t B for tiles t0 <= t < t1 (patch, tmp: (6, 6, C))."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     for t in range(t0, t1):
         n, rest = t // (th * tw), t % (th * tw)
@@ -126,30 +144,67 @@ def _input_transform(V, x, t0, t1, th, tw, pt, pl, BTm, patch, tmp):
                 for v in range(6):
                     s = s0 + v
                     if r >= 0 and r < H and s >= 0 and s < W:
-                        patch[u, v, 0, c] = x[n, c, r, s]
+                        patch[u, v, c] = x[n, c, r, s]
                     else:
-                        patch[u, v, 0, c] = 0
-        _sandwich(V, t - t0, patch, 0, BTm, BTm, tmp)
+                        patch[u, v, c] = 0
+        for v in range(6):
+            for c in range(C):
+                e = _bt6(patch[0, v, c], patch[1, v, c], patch[2, v, c], patch[3, v, c],
+                         patch[4, v, c], patch[5, v, c], k)
+                tmp[0, v, c] = e[0]
+                tmp[1, v, c] = e[1]
+                tmp[2, v, c] = e[2]
+                tmp[3, v, c] = e[3]
+                tmp[4, v, c] = e[4]
+                tmp[5, v, c] = e[5]
+        for i in range(6):
+            for c in range(C):
+                e = _bt6(tmp[i, 0, c], tmp[i, 1, c], tmp[i, 2, c], tmp[i, 3, c],
+                         tmp[i, 4, c], tmp[i, 5, c], k)
+                V[i, 0, t - t0, c] = e[0]
+                V[i, 1, t - t0, c] = e[1]
+                V[i, 2, t - t0, c] = e[2]
+                V[i, 3, t - t0, c] = e[3]
+                V[i, 4, t - t0, c] = e[4]
+                V[i, 5, t - t0, c] = e[5]
 
 
 @njit(cache=True, fastmath=True)
-def _output_transform(y, M, t0, t1, th, tw, ATm, ytile, tmp):
-    """y's 4x4 tiles t0 <= t < t1 (clipped at its edges) = A^T M[:, :, t - t0, :] A."""
+def _output_transform(y, M, t0, t1, th, tw, k, ytile, tmp):
+    """y's 4x4 tiles t0 <= t < t1 (clipped at its edges) = A^T M[:, :, t - t0, :] A
+    (ytile (4, 4, CO), tmp (6, 6, CO) scratch)."""
     CO, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     for t in range(t0, t1):
-        _sandwich(ytile, 0, M, t - t0, ATm, ATm, tmp)
+        tt = t - t0
+        for v in range(6):
+            for co in range(CO):
+                e = _at6(M[0, v, tt, co], M[1, v, tt, co], M[2, v, tt, co], M[3, v, tt, co],
+                         M[4, v, tt, co], M[5, v, tt, co], k)
+                tmp[0, v, co] = e[0]
+                tmp[1, v, co] = e[1]
+                tmp[2, v, co] = e[2]
+                tmp[3, v, co] = e[3]
+        for a in range(4):
+            for co in range(CO):
+                e = _at6(tmp[a, 0, co], tmp[a, 1, co], tmp[a, 2, co], tmp[a, 3, co],
+                         tmp[a, 4, co], tmp[a, 5, co], k)
+                ytile[a, 0, co] = e[0]
+                ytile[a, 1, co] = e[1]
+                ytile[a, 2, co] = e[2]
+                ytile[a, 3, co] = e[3]
         n, rest = t // (th * tw), t % (th * tw)
         r0, s0 = (rest // tw) * 4, (rest % tw) * 4
         rows, cols = min(4, OH - r0), min(4, OW - s0)
         for co in range(CO):
             for a in range(rows):
                 for b in range(cols):
-                    y[n, co, r0 + a, s0 + b] = ytile[a, b, 0, co]
+                    y[n, co, r0 + a, s0 + b] = ytile[a, b, co]
 
 
 @njit(cache=True, fastmath=True)
-def _grad_tile_transform(Mg, gy, t0, t1, th, tw, Am, gtile, tmp):
-    """Mg[:, :, t - t0, :] = A gy_t A^T (gy's 4x4 tile, zeros beyond its edges)."""
+def _grad_tile_transform(Mg, gy, t0, t1, th, tw, k, gtile, tmp):
+    """Mg[:, :, t - t0, :] = A gy_t A^T (gy's 4x4 tile, zeros beyond its edges; gtile
+    (4, 4, CO), tmp (6, 6, CO) scratch)."""
     CO, OH, OW = gy.shape[1], gy.shape[2], gy.shape[3]
     for t in range(t0, t1):
         n, rest = t // (th * tw), t % (th * tw)
@@ -159,10 +214,27 @@ def _grad_tile_transform(Mg, gy, t0, t1, th, tw, Am, gtile, tmp):
                 for b in range(4):
                     r, s = r0 + a, s0 + b
                     if r < OH and s < OW:
-                        gtile[a, b, 0, co] = gy[n, co, r, s]
+                        gtile[a, b, co] = gy[n, co, r, s]
                     else:
-                        gtile[a, b, 0, co] = 0
-        _sandwich(Mg, t - t0, gtile, 0, Am, Am, tmp)
+                        gtile[a, b, co] = 0
+        for b in range(4):
+            for co in range(CO):
+                e = _a4(gtile[0, b, co], gtile[1, b, co], gtile[2, b, co], gtile[3, b, co], k)
+                tmp[0, b, co] = e[0]
+                tmp[1, b, co] = e[1]
+                tmp[2, b, co] = e[2]
+                tmp[3, b, co] = e[3]
+                tmp[4, b, co] = e[4]
+                tmp[5, b, co] = e[5]
+        for i in range(6):
+            for co in range(CO):
+                e = _a4(tmp[i, 0, co], tmp[i, 1, co], tmp[i, 2, co], tmp[i, 3, co], k)
+                Mg[i, 0, t - t0, co] = e[0]
+                Mg[i, 1, t - t0, co] = e[1]
+                Mg[i, 2, t - t0, co] = e[2]
+                Mg[i, 3, t - t0, co] = e[3]
+                Mg[i, 4, t - t0, co] = e[4]
+                Mg[i, 5, t - t0, co] = e[5]
 
 
 # ----------------------------------------------------------------------------- scratch
@@ -181,9 +253,9 @@ def _scratch(name, shape, dtype):
 
 
 def _matrices(dtype):
-    """The transform matrices in the data's dtype (a float64 coefficient would promote the
-    float32 loops to float64)."""
-    return {name: m.astype(dtype) for name, m in (("BT", BT), ("AT", AT), ("GG", GG))}
+    """G (x) G and the transforms' constants in the data's dtype (a float64 coefficient would
+    promote the float32 loops to float64)."""
+    return {"GG": GG.astype(dtype), "k": np.array([2, 4, 5, 8], dtype)}
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -275,12 +347,12 @@ def _forward_block(x, U, y, t0, t1, geom):
     V = _scratch("V", (ALPHA, ALPHA, nb + 1, C), x.dtype)
     M = _scratch("M", (ALPHA, ALPHA, nb + 1, CO), x.dtype)
     tmp = _scratch("tmp", (ALPHA, ALPHA, max(C, CO)), x.dtype)
-    _input_transform(V, x, t0, t1, th, tw, pt, pl, m["BT"],
-                     _scratch("patch", (ALPHA, ALPHA, 1, C), x.dtype), tmp)
+    _input_transform(V, x, t0, t1, th, tw, pt, pl, m["k"],
+                     _scratch("patch", (ALPHA, ALPHA, C), x.dtype), tmp)
     np.matmul(V.reshape(ALPHA * ALPHA, nb + 1, C)[:, :nb], U,
               out=M.reshape(ALPHA * ALPHA, nb + 1, CO)[:, :nb])
-    _output_transform(y, M, t0, t1, th, tw, m["AT"],
-                      _scratch("ytile", (TILE, TILE, 1, CO), x.dtype), tmp)
+    _output_transform(y, M, t0, t1, th, tw, m["k"],
+                      _scratch("ytile", (TILE, TILE, CO), x.dtype), tmp)
 
 
 # ----------------------------------------------------------------------------- weight grad
@@ -312,17 +384,16 @@ def _weight_grad_range(x, gy, gU, lo, hi, geom):
     th, tw, pt, pl = geom
     C, CO, dtype = x.shape[1], gy.shape[1], x.dtype
     m = _matrices(dtype)
-    A = np.ascontiguousarray(m["AT"].T)
     part = None
     tmp = _scratch("tmp", (ALPHA, ALPHA, max(C, CO)), dtype)
     for t0, t1 in _sub_blocks(lo, hi, C + CO, dtype.itemsize):
         nb = t1 - t0
         V = _scratch("V", (ALPHA, ALPHA, nb + 1, C), dtype)
         Mg = _scratch("M", (ALPHA, ALPHA, nb + 1, CO), dtype)
-        _input_transform(V, x, t0, t1, th, tw, pt, pl, m["BT"],
-                         _scratch("patch", (ALPHA, ALPHA, 1, C), dtype), tmp)
-        _grad_tile_transform(Mg, gy, t0, t1, th, tw, A,
-                             _scratch("gtile", (TILE, TILE, 1, CO), dtype), tmp)
+        _input_transform(V, x, t0, t1, th, tw, pt, pl, m["k"],
+                         _scratch("patch", (ALPHA, ALPHA, C), dtype), tmp)
+        _grad_tile_transform(Mg, gy, t0, t1, th, tw, m["k"],
+                             _scratch("gtile", (TILE, TILE, CO), dtype), tmp)
         V36 = V.reshape(ALPHA * ALPHA, nb + 1, C)[:, :nb]
         Mgt = Mg.reshape(ALPHA * ALPHA, nb + 1, CO)[:, :nb].swapaxes(1, 2)
         if part is None:

@@ -305,6 +305,19 @@ def test_algorithm_rule(x_shape, w_shape, kwargs, dtype, algorithm):
     assert conv2d(x, w, **kwargs).creator.algorithm == algorithm
 
 
+def test_winograd_transforms_match_their_matrices():
+    # the written-out 1-D transforms are B^T, A^T and A (columns = images of unit vectors)
+    k = winograd_module._matrices(np.float64)["k"]
+    wm = winograd_module
+    for fn, matrix in ((wm._bt6, wm.BT), (wm._at6, wm.AT), (wm._a4, wm.AT.T)):
+        columns = [fn(*np.eye(matrix.shape[1])[j], k) for j in range(matrix.shape[1])]
+        np.testing.assert_array_equal(np.array(columns).T, matrix)
+    # F(4x4, 3x3) in 1-D: A^T [(G g) * (B^T d)] is the valid correlation of d (6) with g (3)
+    d, g = arrays((6,), 1), arrays((3,), 2)
+    expected = [d[i : i + 3] @ g for i in range(4)]
+    np.testing.assert_allclose(wm.AT @ ((wm.G @ g) * (wm.BT @ d)), expected, rtol=1e-12)
+
+
 def test_winograd_empty_batch():
     mx, mw = leaf(np.zeros((0, 3, 5, 5))), leaf(arrays((4, 3, 3, 3), 1))
     with conv_path("winograd"):
