@@ -31,8 +31,15 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FRAMEWORKS = ("minicbam", "torch")
-ENV_VARS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-            "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER")
+ENV_VARS = (
+    "OMP_WAIT_POLICY",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    "OPENBLAS_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "NUMBA_THREADING_LAYER",
+)
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -87,8 +94,13 @@ def minicbam_environment():
         layer = numba.threading_layer()
     except ValueError:  # no parallel function has run yet
         layer = "(not initialised)"
-    env.update(minicbam=minicbam.__version__, numpy=np.__version__, numba=numba.__version__,
-               threads=numba.get_num_threads(), threading_layer=layer)
+    env.update(
+        minicbam=minicbam.__version__,
+        numpy=np.__version__,
+        numba=numba.__version__,
+        threads=numba.get_num_threads(),
+        threading_layer=layer,
+    )
     return env
 
 
@@ -98,8 +110,12 @@ def torch_environment(torch):
     env = base_environment()
     info = torch.__config__.parallel_info().splitlines()
     backend = [line for line in info if line.startswith("ATen parallel backend")]
-    env.update(torch=torch.__version__, numpy=np.__version__, threads=torch.get_num_threads(),
-               threading_layer=backend[0].split(":", 1)[1].strip() if backend else "(unknown)")
+    env.update(
+        torch=torch.__version__,
+        numpy=np.__version__,
+        threads=torch.get_num_threads(),
+        threading_layer=backend[0].split(":", 1)[1].strip() if backend else "(unknown)",
+    )
     return env
 
 
@@ -148,9 +164,22 @@ def spawn(framework, name, args, threads):
     """Run one worker process; its result dict."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--only", name,
-               "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-               "--threads", str(threads or 0), "--result", path]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            framework,
+            "--only",
+            name,
+            "--repeats",
+            str(args.repeats),
+            "--warmup",
+            str(args.warmup),
+            "--threads",
+            str(threads or 0),
+            "--result",
+            path,
+        ]
         if args.quick:
             cmd.append("--quick")
         subprocess.run(cmd, check=True, env=dict(os.environ))  # the caller's env, unchanged
@@ -174,9 +203,13 @@ def summarise(name, describe, runs):
         row[f"{fw}_peak_rss_mib"] = max(r["peak_rss_mib"] for r in mine)
     if "torch_s" in row:
         row["ratio"] = row["torch_s"] / row["minicbam_s"]
-        per_round = [t["median_s"] / m["median_s"] for m, t in zip(
-            [r for r in runs if r["framework"] == "minicbam"],
-            [r for r in runs if r["framework"] == "torch"])]
+        per_round = [
+            t["median_s"] / m["median_s"]
+            for m, t in zip(
+                [r for r in runs if r["framework"] == "minicbam"],
+                [r for r in runs if r["framework"] == "torch"],
+            )
+        ]
         row["ratio_per_round"] = per_round
     return row
 
@@ -220,8 +253,9 @@ def run_in_process(names, args, workloads):
     rows = []
     for name in names:
         workload = workloads.WORKLOADS[name]
-        fns = [workload.minicbam(args.quick)] + ([workload.torch(torch, args.quick)] if torch
-                                                  else [])
+        fns = [workload.minicbam(args.quick)] + (
+            [workload.torch(torch, args.quick)] if torch else []
+        )
         for _ in range(args.warmup):
             for fn in fns:
                 fn()
@@ -232,8 +266,14 @@ def run_in_process(names, args, workloads):
                 fn()
                 times.append(time.perf_counter() - start)
         what, unit, per_call = workload.describe(args.quick)
-        row = {"name": name, "what": what, "unit": unit, "per_call": per_call,
-               "mode": "in-process", "minicbam_s": statistics.median(samples[0])}
+        row = {
+            "name": name,
+            "what": what,
+            "unit": unit,
+            "per_call": per_call,
+            "mode": "in-process",
+            "minicbam_s": statistics.median(samples[0]),
+        }
         if torch:
             row["torch_s"] = statistics.median(samples[1])
             row["ratio"] = row["torch_s"] / row["minicbam_s"]
@@ -270,15 +310,23 @@ def cold_start_rows():
         empty = cold_start(cache)
         warm = statistics.median(cold_start(cache) for _ in range(3))
     for name, seconds in (("cold_start_empty_cache", empty), ("cold_start_warm_cache", warm)):
-        row = {"name": name, "what": "import + CBAM first forward", "unit": "", "per_call": 0,
-               "mode": "separate", "minicbam_s": seconds}
+        row = {
+            "name": name,
+            "what": "import + CBAM first forward",
+            "unit": "",
+            "per_call": 0,
+            "mode": "separate",
+            "minicbam_s": seconds,
+        }
         print(format_row(row), flush=True)
         yield row
 
 
 # ----------------------------------------------------------------------------- output
-HEADER = (f"{'workload':<24} {'minicbam median [min-max]':<38} {'torch median [min-max]':<38} "
-          f"{'ratio':>6} {'peak RSS MiB mc/torch':>22}")
+HEADER = (
+    f"{'workload':<24} {'minicbam median [min-max]':<38} {'torch median [min-max]':<38} "
+    f"{'ratio':>6} {'peak RSS MiB mc/torch':>22}"
+)
 
 
 def format_row(row):
@@ -320,11 +368,18 @@ def parse_args(argv, names):
     parser.add_argument("--rounds", type=int, default=3, help="processes per framework (>= 1)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per process")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="minicbam's thread count (default: its own); torch gets the same")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="minicbam's thread count (default: its own); torch gets the same",
+    )
     parser.add_argument("--no-torch", action="store_true", help="time minicbam alone")
-    parser.add_argument("--in-process", action="store_true",
-                        help="both frameworks in one process, interleaved (NOT a fair comparison)")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="both frameworks in one process, interleaved (NOT a fair comparison)",
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -339,15 +394,27 @@ def main(argv=None):
 
     args = parse_args(argv, sorted(workloads.WORKLOADS))
     if args.worker:
-        worker(args.worker, args.only[0], args.quick, args.threads, args.repeats, args.warmup,
-               args.result)
+        worker(
+            args.worker,
+            args.only[0],
+            args.quick,
+            args.threads,
+            args.repeats,
+            args.warmup,
+            args.result,
+        )
         return 0
     names = args.only or list(workloads.WORKLOADS)
     if os.environ.get("OMP_WAIT_POLICY"):
-        print(f"note: OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} is set in this shell; "
-              "both processes inherit it")
-    mode = "IN-PROCESS (both in one process: not a fair comparison)" if args.in_process else (
-        f"separate processes, alternating, {args.rounds} rounds")
+        print(
+            f"note: OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} is set in this shell; "
+            "both processes inherit it"
+        )
+    mode = (
+        "IN-PROCESS (both in one process: not a fair comparison)"
+        if args.in_process
+        else (f"separate processes, alternating, {args.rounds} rounds")
+    )
     print(f"mode: {mode}; {args.repeats} timed calls after {args.warmup} warm-up per process")
     print(HEADER)
     run = run_in_process if args.in_process else run_separate
@@ -357,8 +424,11 @@ def main(argv=None):
     print_environment(processes)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"mode": mode, "argv": sys.argv[1:], "results": rows,
-                       "processes": processes}, f, indent=2)
+            json.dump(
+                {"mode": mode, "argv": sys.argv[1:], "results": rows, "processes": processes},
+                f,
+                indent=2,
+            )
     return 0
 
 

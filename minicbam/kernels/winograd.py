@@ -40,6 +40,7 @@ entries up to 8 and 1/24): docs/performance.md gives the measured errors. The al
 exact in exact arithmetic, so float64 results match the direct convolution to ~1e-14.
 """
 
+import itertools
 import threading
 
 import numpy as np
@@ -149,8 +150,15 @@ def _input_transform(V, x, t0, t1, th, tw, pt, pl, k, patch, tmp):
                         patch[u, v, c] = 0
         for v in range(6):
             for c in range(C):
-                e = _bt6(patch[0, v, c], patch[1, v, c], patch[2, v, c], patch[3, v, c],
-                         patch[4, v, c], patch[5, v, c], k)
+                e = _bt6(
+                    patch[0, v, c],
+                    patch[1, v, c],
+                    patch[2, v, c],
+                    patch[3, v, c],
+                    patch[4, v, c],
+                    patch[5, v, c],
+                    k,
+                )
                 tmp[0, v, c] = e[0]
                 tmp[1, v, c] = e[1]
                 tmp[2, v, c] = e[2]
@@ -159,8 +167,15 @@ def _input_transform(V, x, t0, t1, th, tw, pt, pl, k, patch, tmp):
                 tmp[5, v, c] = e[5]
         for i in range(6):
             for c in range(C):
-                e = _bt6(tmp[i, 0, c], tmp[i, 1, c], tmp[i, 2, c], tmp[i, 3, c],
-                         tmp[i, 4, c], tmp[i, 5, c], k)
+                e = _bt6(
+                    tmp[i, 0, c],
+                    tmp[i, 1, c],
+                    tmp[i, 2, c],
+                    tmp[i, 3, c],
+                    tmp[i, 4, c],
+                    tmp[i, 5, c],
+                    k,
+                )
                 V[i, 0, t - t0, c] = e[0]
                 V[i, 1, t - t0, c] = e[1]
                 V[i, 2, t - t0, c] = e[2]
@@ -178,16 +193,30 @@ def _output_transform(y, M, t0, t1, th, tw, k, ytile, tmp):
         tt = t - t0
         for v in range(6):
             for co in range(CO):
-                e = _at6(M[0, v, tt, co], M[1, v, tt, co], M[2, v, tt, co], M[3, v, tt, co],
-                         M[4, v, tt, co], M[5, v, tt, co], k)
+                e = _at6(
+                    M[0, v, tt, co],
+                    M[1, v, tt, co],
+                    M[2, v, tt, co],
+                    M[3, v, tt, co],
+                    M[4, v, tt, co],
+                    M[5, v, tt, co],
+                    k,
+                )
                 tmp[0, v, co] = e[0]
                 tmp[1, v, co] = e[1]
                 tmp[2, v, co] = e[2]
                 tmp[3, v, co] = e[3]
         for a in range(4):
             for co in range(CO):
-                e = _at6(tmp[a, 0, co], tmp[a, 1, co], tmp[a, 2, co], tmp[a, 3, co],
-                         tmp[a, 4, co], tmp[a, 5, co], k)
+                e = _at6(
+                    tmp[a, 0, co],
+                    tmp[a, 1, co],
+                    tmp[a, 2, co],
+                    tmp[a, 3, co],
+                    tmp[a, 4, co],
+                    tmp[a, 5, co],
+                    k,
+                )
                 ytile[a, 0, co] = e[0]
                 ytile[a, 1, co] = e[1]
                 ytile[a, 2, co] = e[2]
@@ -303,7 +332,7 @@ def transform_weight(w, flip=False):
 def _pieces(size):
     workers = max(1, min(cpu_workers(), size))
     bounds = [size * i // workers for i in range(workers + 1)]
-    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+    return [(lo, hi) for lo, hi in itertools.pairwise(bounds) if hi > lo]
 
 
 def _product_piece(a, b, out, lo, hi, axis):
@@ -347,12 +376,17 @@ def _forward_block(x, U, y, t0, t1, geom):
     V = _scratch("V", (ALPHA, ALPHA, nb + 1, C), x.dtype)
     M = _scratch("M", (ALPHA, ALPHA, nb + 1, CO), x.dtype)
     tmp = _scratch("tmp", (ALPHA, ALPHA, max(C, CO)), x.dtype)
-    _input_transform(V, x, t0, t1, th, tw, pt, pl, m["k"],
-                     _scratch("patch", (ALPHA, ALPHA, C), x.dtype), tmp)
-    np.matmul(V.reshape(ALPHA * ALPHA, nb + 1, C)[:, :nb], U,
-              out=M.reshape(ALPHA * ALPHA, nb + 1, CO)[:, :nb])
-    _output_transform(y, M, t0, t1, th, tw, m["k"],
-                      _scratch("ytile", (TILE, TILE, CO), x.dtype), tmp)
+    _input_transform(
+        V, x, t0, t1, th, tw, pt, pl, m["k"], _scratch("patch", (ALPHA, ALPHA, C), x.dtype), tmp
+    )
+    np.matmul(
+        V.reshape(ALPHA * ALPHA, nb + 1, C)[:, :nb],
+        U,
+        out=M.reshape(ALPHA * ALPHA, nb + 1, CO)[:, :nb],
+    )
+    _output_transform(
+        y, M, t0, t1, th, tw, m["k"], _scratch("ytile", (TILE, TILE, CO), x.dtype), tmp
+    )
 
 
 # ----------------------------------------------------------------------------- weight grad
@@ -369,13 +403,16 @@ def weight_grad(x, gy, pads):
     # each range's gU (36, CO, C) in one buffer, so that summing them is part of the last
     # GEMM: gw (CO*C, 9) = [gU_0; gU_1; ...]^T (CO*C, R*36) @ [GG; GG; ...] (R*36, 9)
     gU = np.empty((len(ranges), ALPHA * ALPHA, CO, C), x.dtype)
-    run_tasks(_weight_grad_range, [(x, gy, gU[r], lo, hi, geom)
-                                   for r, (lo, hi) in enumerate(ranges)])
+    run_tasks(
+        _weight_grad_range, [(x, gy, gU[r], lo, hi, geom) for r, (lo, hi) in enumerate(ranges)]
+    )
     GGs = np.ascontiguousarray(np.tile(_matrices(x.dtype)["GG"], (len(ranges), 1)))
     gw = np.empty((CO, C, 3, 3), x.dtype)
     gU2t = gU.reshape(len(ranges) * ALPHA * ALPHA, CO * C).T
-    run_tasks(_product_piece, [(gU2t, GGs, gw.reshape(CO * C, 9), lo, hi, 0)
-                               for lo, hi in _pieces(CO * C)])
+    run_tasks(
+        _product_piece,
+        [(gU2t, GGs, gw.reshape(CO * C, 9), lo, hi, 0) for lo, hi in _pieces(CO * C)],
+    )
     return gw
 
 
@@ -390,10 +427,12 @@ def _weight_grad_range(x, gy, gU, lo, hi, geom):
         nb = t1 - t0
         V = _scratch("V", (ALPHA, ALPHA, nb + 1, C), dtype)
         Mg = _scratch("M", (ALPHA, ALPHA, nb + 1, CO), dtype)
-        _input_transform(V, x, t0, t1, th, tw, pt, pl, m["k"],
-                         _scratch("patch", (ALPHA, ALPHA, C), dtype), tmp)
-        _grad_tile_transform(Mg, gy, t0, t1, th, tw, m["k"],
-                             _scratch("gtile", (TILE, TILE, CO), dtype), tmp)
+        _input_transform(
+            V, x, t0, t1, th, tw, pt, pl, m["k"], _scratch("patch", (ALPHA, ALPHA, C), dtype), tmp
+        )
+        _grad_tile_transform(
+            Mg, gy, t0, t1, th, tw, m["k"], _scratch("gtile", (TILE, TILE, CO), dtype), tmp
+        )
         V36 = V.reshape(ALPHA * ALPHA, nb + 1, C)[:, :nb]
         Mgt = Mg.reshape(ALPHA * ALPHA, nb + 1, CO)[:, :nb].swapaxes(1, 2)
         if part is None:

@@ -40,12 +40,16 @@ import numpy as np
 from minicbam import device
 from minicbam.function import Function, check_same_device
 from minicbam.kernels import winograd
-from minicbam.kernels.conv2d_direct import conv_direct, conv_direct_input_grad, conv_direct_weight_grad
+from minicbam.kernels.conv2d_direct import (
+    conv_direct,
+    conv_direct_input_grad,
+    conv_direct_weight_grad,
+)
 from minicbam.kernels.gemm import add_bias, add_into, bias_grad, gemm
-from minicbam.kernels.task_pool import cpu_workers, run_tasks
 from minicbam.kernels.im2col import col2im, im2col
-from minicbam.ops.reduce import sum_array
 from minicbam.kernels.strided import gather, scatter_into
+from minicbam.kernels.task_pool import cpu_workers, run_tasks
+from minicbam.ops.reduce import sum_array
 
 # Direct path when (C/G) * (CO/G) <= this (see the docstring); 0 forces im2col + GEMM.
 DIRECT_MAX_PRODUCT = 8
@@ -109,7 +113,7 @@ class Conv2d(Function):
             yield n0, min(self.chunk, N - n0)
 
     def _algorithm(self, x, w):
-        """"direct", "winograd" or "im2col" (see the module docstring)."""
+        """ "direct", "winograd" or "im2col" (see the module docstring)."""
         if w.shape[1] * (w.shape[0] // self.groups) <= DIRECT_MAX_PRODUCT:
             return "direct"
         if WINOGRAD == "never" or device.device_of(x) != device.CPU:

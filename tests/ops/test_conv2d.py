@@ -230,8 +230,9 @@ WINOGRAD_F32_RTOL = 2e-5
 
 def _scale(x, w, pads):
     """max over outputs of sum |w| |x| (the float32 error's scale)."""
-    return ref.conv2d_scipy(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64),
-                            pads=pads).max()
+    return ref.conv2d_scipy(
+        np.abs(x).astype(np.float64), np.abs(w).astype(np.float64), pads=pads
+    ).max()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -277,8 +278,12 @@ def test_winograd_float32_by_default_matches_float64(x_shape, co, padding):
     assert results[np.float32][0] == "winograd" and results[np.float64][0] == "im2col"
     pads = _pads((padding, padding))
     gy64 = arrays(results[np.float64][1][0].shape, 4)
-    scales = [_scale(x, w, pads), _scale(gy64, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3),
-              tuple(2 - p for p in pads)), np.abs(gy64).sum() * np.abs(x).max(), 1.0]
+    scales = [
+        _scale(x, w, pads),
+        _scale(gy64, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), tuple(2 - p for p in pads)),
+        np.abs(gy64).sum() * np.abs(x).max(),
+        1.0,
+    ]
     for got, want, scale in zip(results[np.float32][1], results[np.float64][1], scales):
         np.testing.assert_allclose(got, want, rtol=0, atol=WINOGRAD_F32_RTOL * scale)
 
