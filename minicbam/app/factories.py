@@ -48,6 +48,8 @@ def _load_split(dataset, data_dir, train, transform, seed):
         return cls(data_dir, train=train, transform=transform, seed=seed)
     except FileNotFoundError as e:
         raise UserError(f"{e}; pass --data-dir DIR") from None
+    except ValueError as e:  # damaged files: truncated, wrong header, labels out of range
+        raise UserError(f"{dataset} files in {data_dir!r} are damaged: {e}") from None
 
 
 def _expected_files(dataset):
