@@ -373,7 +373,7 @@ def _npy_array(raw, member, path):
                          f"({needed} bytes) but holds {len(raw)} bytes")  # fmt: skip
     f.seek(0)
     array = np.lib.format.read_array(f, allow_pickle=False)
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+    return array.astype(array.dtype.newbyteorder("="), order="C", copy=False)  # keeps 0-d
 
 
 def _decode_file_tree(text, flat, path):

@@ -30,7 +30,7 @@ def converted(key, value, t):
             f"{host.dtype}, which cannot be converted to {np.dtype(t.dtype)}"
         )
     try:
-        return np.ascontiguousarray(host, dtype=t.dtype), None
+        return host.astype(t.dtype, order="C"), None  # a C-contiguous copy; 0-d stays 0-d
     except (TypeError, ValueError, OverflowError) as e:
         return None, (
             f'While copying the parameter named "{key}", converting dtype {host.dtype} to '

@@ -257,7 +257,7 @@ def _state_to_param(owner, j, key, value, p):
         raise ValueError(
             f"{where} has shape {tuple(host.shape)}, its parameter has shape {p.shape}"
         )
-    return tensor(np.ascontiguousarray(host, dtype=p.dtype), dtype=p.dtype, device=p.device)
+    return tensor(host.astype(p.dtype, order="C"), dtype=p.dtype, device=p.device)
 
 
 def _plain(value):
