@@ -172,7 +172,48 @@ def _(tmp_path):
     return ["--dataset", "cifar10", "--data-dir", str(root)]
 
 
+@case("data-dir-is-a-file", r"data directory .* is not a folder")
+def _(tmp_path):
+    (tmp_path / "data").write_text("x")
+    return ["--dataset", "mnist", "--data-dir", str(tmp_path / "data")]
+
+
+@case("one-training-sample-with-batchnorm", r"BatchNorm, which needs at least 2 samples")
+def _(tmp_path):
+    return ["--limit-train", "1", "--out", str(tmp_path / "run")]
+
+
 # ---------------------------------------------------------------- damaged checkpoints
+@case("resume-a-directory", r"checkpoint .* not found")
+def _(tmp_path):
+    return ["--resume", str(tmp_path)]
+
+
+@case("resume-dev-zero", r"checkpoint .* not found")
+def _(tmp_path):
+    (tmp_path / "zero.safetensors").symlink_to("/dev/zero")
+    return ["--resume", str(tmp_path / "zero.safetensors")]
+
+
+@case("resume-unknown-suffix", r"cannot read checkpoint .*supported suffixes")
+def _(tmp_path):
+    (tmp_path / "run.ckpt").write_bytes(b"x")
+    return ["--resume", str(tmp_path / "run.ckpt")]
+
+
+@case("resume-truncated-checkpoint", r"cannot read checkpoint .*")
+def _(tmp_path):
+    path = checkpoint(tmp_path / "c.safetensors")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    return ["--resume", path]
+
+
+@case("resume-a-file-that-is-no-checkpoint", r"is not a minicbam training checkpoint")
+def _(tmp_path):
+    save({"weights": np.zeros(2)}, tmp_path / "w.safetensors")
+    return ["--resume", str(tmp_path / "w.safetensors")]
+
 @case("resume-config-not-a-dict", r"damaged checkpoint: 'config' is not a dict")
 def _(tmp_path):
     return ["--resume", checkpoint(tmp_path / "c.safetensors", c=lambda t: t.update(config=[1]))]

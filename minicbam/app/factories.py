@@ -39,8 +39,9 @@ def _load_split(dataset, data_dir, train, transform, seed):
     if dataset == "digits":
         return Digits("train" if train else "test", transform=transform, seed=seed)
     if not os.path.isdir(data_dir):
+        what = "is not a folder" if os.path.exists(data_dir) else "does not exist"
         raise UserError(
-            f"data directory {data_dir!r} does not exist; pass --data-dir DIR holding the "
+            f"data directory {data_dir!r} {what}; pass --data-dir DIR holding the "
             f"{dataset} files ({_expected_files(dataset)})"
         )
     cls = {"mnist": MNIST, "fashion-mnist": FashionMNIST, "cifar10": CIFAR10}[dataset]
