@@ -204,8 +204,8 @@ def _(tmp_path):
 @case("resume-truncated-checkpoint", r"cannot read checkpoint .*")
 def _(tmp_path):
     path = checkpoint(tmp_path / "c.safetensors")
-    data = open(path, "rb").read()
-    open(path, "wb").write(data[: len(data) // 2])
+    data = (tmp_path / "c.safetensors").read_bytes()
+    (tmp_path / "c.safetensors").write_bytes(data[: len(data) // 2])
     return ["--resume", path]
 
 
@@ -213,6 +213,7 @@ def _(tmp_path):
 def _(tmp_path):
     save({"weights": np.zeros(2)}, tmp_path / "w.safetensors")
     return ["--resume", str(tmp_path / "w.safetensors")]
+
 
 @case("resume-config-not-a-dict", r"damaged checkpoint: 'config' is not a dict")
 def _(tmp_path):
@@ -267,7 +268,11 @@ def _(tmp_path):
     return ["--checkpoint", path]
 
 
-@case("eval-weights-mismatch", r"the weights do not fit .*size mismatch for .*size mismatch for ", command="eval")
+@case(
+    "eval-weights-mismatch",
+    r"the weights do not fit .*size mismatch for .*size mismatch for ",
+    command="eval",
+)
 def _(tmp_path):
     path = checkpoint(tmp_path / "c.safetensors", model=lambda t: t["model"].update(
         {k: np.zeros(3, np.float32) for k in list(t["model"])[:2]}))  # fmt: skip

@@ -80,9 +80,7 @@ def _checked_config(path, saved):
         if field.name not in saved:
             continue  # a setting added after the checkpoint was written: the default
         value, default = saved[field.name], field.default
-        ok = type(value) is type(default) or (
-            isinstance(default, float) and type(value) is int
-        )
+        ok = type(value) is type(default) or (isinstance(default, float) and type(value) is int)
         if not ok:
             raise UserError(
                 f"{path!r}: damaged checkpoint: config {field.name!r} is {value!r}, "

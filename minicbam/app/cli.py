@@ -28,7 +28,12 @@ import time
 from minicbam import __version__
 from minicbam.app.checkpoint import load_model, read_checkpoint
 from minicbam.app.cli_dev import add_bench, add_gradcheck
-from minicbam.app.cli_types import non_negative_float, non_negative_int, positive_float, positive_int
+from minicbam.app.cli_types import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from minicbam.app.config import (
     ATTENTIONS,
     DATASETS,
@@ -41,8 +46,8 @@ from minicbam.app.config import (
     check_device,
 )
 from minicbam.app.factories import make_datasets
-from minicbam.io.serialization import CorruptFileError, UnsafeFileError
 from minicbam.app.train import evaluate, fit
+from minicbam.io.serialization import CorruptFileError, UnsafeFileError
 
 __all__ = ["build_parser", "format_confusion", "main"]
 
@@ -316,7 +321,9 @@ def _add_attention_map(sub):
 
 
 def cmd_attention_map(args):
-    from minicbam.app.plots import plot_attention  # matplotlib loads only for the commands that plot
+    from minicbam.app.plots import (
+        plot_attention,
+    )  # matplotlib loads only for the commands that plot
 
     model, _, dataset, info = _checkpoint_data(args)
     if args.index >= len(dataset):

@@ -42,8 +42,8 @@ import minicbam.nn.functional as F
 from minicbam import nn
 from minicbam.app.checkpoint import rng_state, set_rng_state, write_metrics
 from minicbam.app.config import UserError, check_device
-from minicbam.data import DataLoader
 from minicbam.app.factories import make_datasets, make_model, make_optimizer, make_scheduler
+from minicbam.data import DataLoader
 from minicbam.io.serialization import save
 
 __all__ = ["evaluate", "fit", "run_epoch"]
@@ -140,7 +140,9 @@ class _Run:
             self.history = [dict(row) for row in tree["history"]]
             self.best_acc = float(tree["best_acc"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise UserError(f"cannot resume from this checkpoint: {type(e).__name__}: {e}") from None
+            raise UserError(
+                f"cannot resume from this checkpoint: {type(e).__name__}: {e}"
+            ) from None
 
     def _restore_schedule(self, tree):
         """Same horizon: the saved schedule. A new ``--epochs``: the schedule this config

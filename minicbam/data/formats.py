@@ -21,7 +21,7 @@ import numpy as np
 
 from minicbam.io.serialization import check_regular
 
-__all__ = ["read_bytes", "read_idx", "read_cifar_batch", "find_files"]
+__all__ = ["find_files", "read_bytes", "read_cifar_batch", "read_idx"]
 
 # IDX type byte -> big-endian dtype.
 _IDX_DTYPES = {

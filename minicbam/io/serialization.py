@@ -100,7 +100,9 @@ def save(obj, path):
         for name in arrays:
             name.encode("utf-8")
     except (UnicodeEncodeError, ValueError) as e:
-        raise ValueError(f"cannot save to {path!r}: a key cannot be written as UTF-8 ({e})") from None
+        raise ValueError(
+            f"cannot save to {path!r}: a key cannot be written as UTF-8 ({e})"
+        ) from None
     if suffix == ".safetensors":
         _atomic_write(path, lambda f: f.write(_safetensors_bytes(arrays, header)))
     else:
@@ -145,8 +147,10 @@ def _add_array(node, where, arrays, kinds):
     if not _savable(array.dtype, kinds):
         raise TypeError(f"array at {where!r}: dtype {array.dtype} cannot be saved in this format")
     if where in _RESERVED_NAMES:
-        raise ValueError(f"the flat name {where!r} is reserved (minicbam's tree, safetensors' "
-                         "metadata); rename the key")
+        raise ValueError(
+            f"the flat name {where!r} is reserved (minicbam's tree, safetensors' "
+            "metadata); rename the key"
+        )
     if where in arrays:
         raise ValueError(f"two arrays would be stored under the flat name {where!r}")
     arrays[where] = array
@@ -361,7 +365,10 @@ def _npy_array(raw, member, path):
         version = np.lib.format.read_magic(f)
     except ValueError:
         raise _bad(path, f"zip member {member!r} is not a .npy array (no .npy magic)") from None
-    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
     if version not in readers:
         raise _bad(path, f"zip member {member!r} uses .npy version {version}, not 1.0 or 2.0")
     shape, _fortran, dtype = readers[version](f)

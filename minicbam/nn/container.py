@@ -129,7 +129,7 @@ class Sequential(_Container):
 
     def __add__(self, other):
         if not isinstance(other, Sequential):
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 - PyTorch raises ValueError here
                 "add operator supports only objects of Sequential class, "
                 f"but {type(other).__name__} is given"
             )
@@ -137,7 +137,7 @@ class Sequential(_Container):
 
     def __iadd__(self, other):
         if not isinstance(other, Sequential):
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 - PyTorch raises ValueError here
                 "add operator supports only objects of Sequential class, "
                 f"but {type(other).__name__} is given"
             )

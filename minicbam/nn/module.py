@@ -19,10 +19,10 @@ import numpy as np
 
 from minicbam import device
 from minicbam.function import no_grad
+from minicbam.kernels.strided import cast_array
 from minicbam.nn._state_dict import converted, key_errors
 from minicbam.nn.init import copy_into_
 from minicbam.nn.parameter import Parameter
-from minicbam.kernels.strided import cast_array
 from minicbam.tensor import Tensor
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])

@@ -89,7 +89,9 @@ class LRScheduler:
 
 def _checked_value(owner, key, value, current):
     """``value`` as the kind of Python value ``current`` is; ValueError naming ``key``."""
-    value = value.item() if hasattr(value, "item") and getattr(value, "shape", None) == () else value
+    value = (
+        value.item() if hasattr(value, "item") and getattr(value, "shape", None) == () else value
+    )
     if isinstance(current, bool) or current is None:
         ok = isinstance(value, bool) or value is None
     elif isinstance(current, (int, float)):
@@ -106,9 +108,7 @@ def _checked_value(owner, key, value, current):
     else:
         ok = True
     if not ok:
-        raise ValueError(
-            f"{owner}: entry {key!r} should be like {current!r}, got {value!r}"
-        )
+        raise ValueError(f"{owner}: entry {key!r} should be like {current!r}, got {value!r}")
     return type(current)(value) if isinstance(current, (int, float)) else value
 
 

@@ -227,7 +227,8 @@ def _check_saved(state_dict, n_groups):
         if not isinstance(params, (list, tuple)) or not all(_is_index(j) for j in params):
             raise ValueError(f"load_state_dict: parameter group {i} has no list of 'params'")
     if not isinstance(saved_state, Mapping):
-        raise ValueError("load_state_dict: 'state' must be a dict")
+        # One error type (ValueError) for every malformed saved state, hence the noqa.
+        raise ValueError("load_state_dict: 'state' must be a dict")  # noqa: TRY004
     state = {}
     for j, entries in saved_state.items():
         if not _is_index(j) or not isinstance(entries, Mapping):

@@ -337,7 +337,9 @@ def _torch_tag(tag):
 _OPS = st.one_of(
     st.tuples(st.just("set"), st.integers(-5, 5)),
     st.tuples(st.just("del"), st.integers(-5, 5)),
-    st.tuples(st.just("delslice"), st.integers(-5, 5), st.integers(-5, 5), st.sampled_from([1, 2, -1])),
+    st.tuples(
+        st.just("delslice"), st.integers(-5, 5), st.integers(-5, 5), st.sampled_from([1, 2, -1])
+    ),
     st.tuples(st.just("insert"), st.integers(-4, 4)),
     st.tuples(st.just("append")),
     st.tuples(st.just("extend"), st.integers(0, 2)),
@@ -390,23 +392,29 @@ def _apply(op, container, model, make, fresh):
 @given(start=st.integers(0, 4), ops=st.lists(_OPS, max_size=8))
 def test_containers_keep_positions_and_renumber(kind, start, ops):
     trace = []
-    make = lambda tag: Tag(tag, trace)  # noqa: E731
+    make = lambda tag: Tag(tag, trace)
     model = list(range(start))
-    container = getattr(nn, kind)(*[make(t) for t in model]) if kind == "Sequential" else (
-        nn.ModuleList([make(t) for t in model])
+    container = (
+        getattr(nn, kind)(*[make(t) for t in model])
+        if kind == "Sequential"
+        else (nn.ModuleList([make(t) for t in model]))
     )
     mirror = None
     if torch is not None:
         tmodel = [_torch_tag(t) for t in model]
-        mirror = getattr(torch.nn, kind)(*tmodel) if kind == "Sequential" else (
-            torch.nn.ModuleList(tmodel)
+        mirror = (
+            getattr(torch.nn, kind)(*tmodel)
+            if kind == "Sequential"
+            else (torch.nn.ModuleList(tmodel))
         )
     for step, op in enumerate(ops):
         fresh = 100 + step
         _apply(op, container, model, make, fresh)
         # torch's ModuleList.insert raises KeyError for a negative index and leaves a gap
         # for one past the end; minicbam follows list.insert (see nn/container.py).
-        torch_differs = kind == "ModuleList" and op[0] == "insert" and not 0 <= op[1] <= len(mirror or [])
+        torch_differs = (
+            kind == "ModuleList" and op[0] == "insert" and not 0 <= op[1] <= len(mirror or [])
+        )
         if mirror is not None and not torch_differs:
             _apply(op, mirror, [m.tag for m in mirror], _torch_tag, fresh)
             assert [m.tag for m in mirror] == model

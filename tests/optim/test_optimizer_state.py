@@ -137,8 +137,8 @@ def test_mismatched_state_shape():
 
 
 # --------------------------------------------------------------- all-or-nothing loading
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def _snapshot(opt):
