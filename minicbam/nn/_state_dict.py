@@ -1,5 +1,10 @@
 """Checks behind ``Module.load_state_dict``: every value is validated and converted to its
-tensor's shape and dtype before anything is copied, and every problem names its key."""
+tensor's shape and dtype before anything is copied, and every problem names its key.
+
+Deliberate differences from PyTorch: PyTorch copies the keys that fit while it collects the
+errors of the others, so a failed load leaves a model half-loaded; here a failed load
+changes nothing. PyTorch copies a complex value into a real parameter, dropping the
+imaginary part with a warning; here it is an error naming the key."""
 
 import numpy as np
 
