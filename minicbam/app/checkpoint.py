@@ -39,21 +39,58 @@ def set_rng_state(saved):
 
 
 def read_checkpoint(path):
-    """The checkpoint tree at ``path``, with its config as a ``TrainConfig``."""
+    """The checkpoint tree at ``path``, with its config as a ``TrainConfig``.
+
+    Everything the commands use is checked here (the config's fields and types, the
+    epoch count, the history), so a damaged checkpoint is a ``UserError`` naming what is
+    wrong, never a traceback later on."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path!r} not found")
     try:
         tree = load(path)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         raise UserError(f"cannot read checkpoint {path!r}: {e}") from None
     if not isinstance(tree, dict) or "model" not in tree or "config" not in tree:
         raise UserError(
             f"{path!r} is not a minicbam training checkpoint "
             "(it lacks 'model' and 'config'); `minicbam train` writes them"
         )
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    tree["config"] = TrainConfig(**{k: v for k, v in tree["config"].items() if k in known})
+    tree["config"] = _checked_config(path, tree["config"])
+    for name, kind in (("epoch", int), ("best_acc", (int, float))):
+        value = tree.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, kind) or value < 0:
+            raise UserError(f"{path!r}: damaged checkpoint: {name!r} is {value!r}")
+    history, data = tree.get("history", []), tree.get("data", {})
+    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+        raise UserError(f"{path!r}: damaged checkpoint: 'history' is not a list of rows")
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k, 1), int) and data.get(k, 1) > 0
+        for k in ("num_classes", "in_channels")
+    ):
+        raise UserError(f"{path!r}: damaged checkpoint: 'data' has no valid image shape")
     return tree
+
+
+def _checked_config(path, saved):
+    """``saved`` (a checkpoint's config dict) as a validated ``TrainConfig``."""
+    if not isinstance(saved, dict):
+        raise UserError(f"{path!r}: damaged checkpoint: 'config' is not a dict")
+    values = {}
+    for field in dataclasses.fields(TrainConfig):
+        if field.name not in saved:
+            continue  # a setting added after the checkpoint was written: the default
+        value, default = saved[field.name], field.default
+        ok = type(value) is type(default) or (isinstance(default, float) and type(value) is int)
+        if not ok:
+            raise UserError(
+                f"{path!r}: damaged checkpoint: config {field.name!r} is {value!r}, "
+                f"expected a {type(default).__name__}"
+            )
+        values[field.name] = value
+    try:
+        return TrainConfig(**values).validate()
+    except UserError as e:
+        raise UserError(f"{path!r}: damaged checkpoint config: {e}") from None
 
 
 def load_model(path, device="cpu"):
@@ -69,7 +106,7 @@ def load_model(path, device="cpu"):
     )
     try:
         model.load_state_dict(tree["model"])
-    except (KeyError, ValueError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise UserError(
             f"{path!r}: the weights do not fit {config.model} (attention {config.attention}): {e}"
         ) from None

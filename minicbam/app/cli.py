@@ -10,8 +10,13 @@
 This module only parses arguments and prints; the work is in ``minicbam.app.train``,
 ``minicbam.app.plots`` and ``minicbam.app.verify``. The ``gradcheck`` and ``bench`` commands live in
 ``minicbam.app.cli_dev``, the argument types in ``minicbam.app.cli_types``. Mistakes in the
-arguments or the files named (unknown names, missing data, unreadable checkpoints) end with a
-one-line message and exit status 2, never a traceback.
+arguments or the files named (unknown names, missing or damaged data, unreadable or damaged
+checkpoints, output paths that cannot be written) end with a one-line message and exit
+status 2, never a traceback.
+
+``train`` never replaces a run without being asked: if ``--out`` (by default
+``runs/<model>-<attention>-<dataset>``) already holds a checkpoint or metrics, it refuses and
+suggests ``--resume`` (which continues that run), a new ``--out``, or ``--overwrite``.
 """
 
 import argparse
@@ -24,8 +29,13 @@ from minicbam import __version__
 from minicbam.app import distributed_run
 from minicbam.app.checkpoint import load_model, read_checkpoint
 from minicbam.app.cli_dev import add_bench, add_gradcheck
+from minicbam.app.cli_types import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from minicbam.app.graph import add_graph
-from minicbam.app.cli_types import non_negative_float, non_negative_int, positive_float, positive_int
 from minicbam.app.config import (
     ATTENTIONS,
     DATASETS,
@@ -38,8 +48,8 @@ from minicbam.app.config import (
     check_device,
 )
 from minicbam.app.factories import make_datasets
-from minicbam.io.serialization import CorruptFileError, UnsafeFileError
 from minicbam.app.train import evaluate, fit
+from minicbam.io.serialization import CorruptFileError, UnsafeFileError
 
 __all__ = ["build_parser", "format_confusion", "main"]
 
@@ -104,6 +114,11 @@ def _add_train(sub):
         help="continue the run saved in CHECKPOINT (its settings are used; "
         "--epochs, --out, --device and --data-dir may be changed)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (without it, train refuses to touch it)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     adv = p.add_argument_group("advanced (tests, quick experiments)")
     adv.add_argument(
@@ -160,6 +175,7 @@ def cmd_train(args):
             f"{args.resume} already holds {tree['epoch']} epochs; pass a larger "
             "--epochs to train further"
         )
+    _check_out(config.out_dir(), args)
     start = time.perf_counter()
     result = fit(config, resume=tree, progress=_progress(args), stop_after=args.stop_after or 0)
     last = result["history"][-1] if result["history"] else None
@@ -169,6 +185,34 @@ def cmd_train(args):
             f"(best {result['best_acc']:.2%}); outputs in {result['out']}"
         )
     return 0
+
+
+_RUN_FILES = ("checkpoint.safetensors", "best.safetensors", "metrics.csv")
+
+
+def _check_out(out, args):
+    """Refuse to write into a file, or over another run unless ``--overwrite``; create it."""
+    resumed_here = (
+        args.resume is not None
+        and os.path.isdir(out)
+        and os.path.samefile(os.path.dirname(os.path.abspath(args.resume)), out)
+    )
+    existing = [name for name in _RUN_FILES if os.path.exists(os.path.join(out, name))]
+    if existing and not resumed_here and not args.overwrite:
+        checkpoint = os.path.join(out, "checkpoint.safetensors")
+        raise UserError(
+            f"{out} already holds a run ({', '.join(existing)}); continue it with --resume "
+            f"{checkpoint} (and a larger --epochs), pick a new --out DIR, or pass --overwrite "
+            "to replace it"
+        )
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".minicbam-write-test")
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
 
 
 def _progress(args):
@@ -279,7 +323,9 @@ def _add_attention_map(sub):
 
 
 def cmd_attention_map(args):
-    from minicbam.app.plots import plot_attention  # matplotlib loads only for the commands that plot
+    from minicbam.app.plots import (
+        plot_attention,
+    )  # matplotlib loads only for the commands that plot
 
     model, _, dataset, info = _checkpoint_data(args)
     if args.index >= len(dataset):
@@ -324,8 +370,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (UserError, CorruptFileError, UnsafeFileError, FileNotFoundError) as e:
-        print(f"minicbam {args.command}: error: {e}", file=sys.stderr)
+    except (UserError, CorruptFileError, UnsafeFileError, OSError) as e:
+        # OSError: the files and folders the user named (unwritable, full disk, a folder
+        # where a file should be). Messages are kept to one line.
+        message = " ".join(str(e).split())
+        print(f"minicbam {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"minicbam {args.command}: interrupted", file=sys.stderr)

@@ -39,8 +39,9 @@ def _load_split(dataset, data_dir, train, transform, seed):
     if dataset == "digits":
         return Digits("train" if train else "test", transform=transform, seed=seed)
     if not os.path.isdir(data_dir):
+        what = "is not a folder" if os.path.exists(data_dir) else "does not exist"
         raise UserError(
-            f"data directory {data_dir!r} does not exist; pass --data-dir DIR holding the "
+            f"data directory {data_dir!r} {what}; pass --data-dir DIR holding the "
             f"{dataset} files ({_expected_files(dataset)})"
         )
     cls = {"mnist": MNIST, "fashion-mnist": FashionMNIST, "cifar10": CIFAR10}[dataset]
@@ -48,6 +49,8 @@ def _load_split(dataset, data_dir, train, transform, seed):
         return cls(data_dir, train=train, transform=transform, seed=seed)
     except FileNotFoundError as e:
         raise UserError(f"{e}; pass --data-dir DIR") from None
+    except ValueError as e:  # damaged files: truncated, wrong header, labels out of range
+        raise UserError(f"{dataset} files in {data_dir!r} are damaged: {e}") from None
 
 
 def _expected_files(dataset):

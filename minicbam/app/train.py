@@ -19,23 +19,32 @@ A checkpoint is one ``minicbam.io.serialization.save`` tree: ``model`` (state_di
 ``config`` (a ``TrainConfig`` as a dict), ``history`` (the metrics rows) and ``best_acc``.
 Everything random is a function of the seed, the epoch and that generator state (the
 DataLoader shuffles with ``(seed, epoch)``), so ``fit(config, resume=checkpoint)`` continues
-a run exactly as if it had never stopped.
+a run exactly as if it had never stopped. Resuming with a different ``epochs`` (a new
+horizon) rebuilds the learning-rate schedule for it: the epochs already trained keep the lrs
+they had, and epoch ``k`` onwards gets the lr the new schedule gives epoch ``k``, exactly as a
+run started with the new ``epochs`` would (for cosine, a longer horizon makes the lr jump up
+at the resume point; the restored optimizer state is kept as it is).
+
+A model with BatchNorm cannot train on a batch of one sample: when the training set would
+end with one, the loader drops that last batch (a note says so on stderr).
 """
 
 import contextlib
 import dataclasses
 import os
+import sys
 import time
 
 import numpy as np
 
 import minicbam as mc
 import minicbam.nn.functional as F
+from minicbam import nn
 from minicbam.app import distributed_run
 from minicbam.app.checkpoint import rng_state, set_rng_state, write_metrics
-from minicbam.app.config import check_device
-from minicbam.data import DataLoader
+from minicbam.app.config import UserError, check_device
 from minicbam.app.factories import make_datasets, make_model, make_optimizer, make_scheduler
+from minicbam.data import DataLoader
 from minicbam.io.serialization import save
 
 __all__ = ["evaluate", "fit", "run_epoch"]
@@ -111,20 +120,44 @@ class _Run:
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.scheduler = make_scheduler(config, self.optimizer)
         self.loader = DataLoader(
-            self.train_set, batch_size=config.batch_size, shuffle=True, seed=config.seed
+            self.train_set,
+            batch_size=config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            drop_last=_drop_last(self.model, len(self.train_set), config.batch_size),
         )
         self.test_loader = DataLoader(self.test_set, batch_size=256, shuffle=False)
         self.epoch, self.history, self.best_acc = 0, [], -1.0
 
     def restore(self, tree):
-        self.model.load_state_dict(tree["model"])
-        self.optimizer.load_state_dict(tree["optimizer"])
-        if self.scheduler is not None and tree.get("scheduler"):
+        """Continue the run saved in ``tree``; a checkpoint that does not fit is a
+        ``UserError`` naming what failed (nothing is half-restored that would be used)."""
+        try:
+            self.model.load_state_dict(tree["model"])
+            self.optimizer.load_state_dict(tree["optimizer"])
+            self.epoch = int(tree["epoch"])
+            self._restore_schedule(tree)
+            set_rng_state(tree["rng"])
+            self.history = [dict(row) for row in tree["history"]]
+            self.best_acc = float(tree["best_acc"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise UserError(
+                f"cannot resume from this checkpoint: {type(e).__name__}: {e}"
+            ) from None
+
+    def _restore_schedule(self, tree):
+        """Same horizon: the saved schedule. A new ``--epochs``: the schedule this config
+        builds (cosine over the new horizon, StepLR's default step a third of it), advanced
+        to the saved epoch, so epoch ``k`` gets the lr the new schedule gives epoch ``k``."""
+        if self.scheduler is None:
+            return
+        saved = tree.get("config", {})
+        saved_epochs = saved.get("epochs") if isinstance(saved, dict) else saved.epochs
+        if saved_epochs == self.config.epochs and tree.get("scheduler"):
             self.scheduler.load_state_dict(tree["scheduler"])
-        set_rng_state(tree["rng"])
-        self.epoch = int(tree["epoch"])
-        self.history = [dict(row) for row in tree["history"]]
-        self.best_acc = float(tree["best_acc"])
+            return
+        for _ in range(self.epoch):  # each schedule is a closed form of its epoch counter
+            self.scheduler.step()
 
     def checkpoint(self):
         info = dataclasses.asdict(self.info)
@@ -140,6 +173,28 @@ class _Run:
             "history": self.history,
             "best_acc": self.best_acc,
         }
+
+
+def _drop_last(model, n, batch_size):
+    """Whether the training loader drops its last batch: only when that batch would hold a
+    single sample and the model has BatchNorm, which cannot train on one (PyTorch raises
+    too; its users pass ``drop_last=True``). A run where every batch is one sample is a
+    ``UserError``."""
+    if not any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in model.modules()):
+        return False
+    if n == 1 or batch_size == 1:
+        raise UserError(
+            f"this model has BatchNorm, which needs at least 2 samples per training batch; "
+            f"got {'1 training sample' if n == 1 else '--batch-size 1'}"
+        )
+    if n % batch_size != 1:
+        return False
+    print(
+        f"note: the last training batch would hold 1 sample ({n} = {n // batch_size} x "
+        f"{batch_size} + 1), which BatchNorm cannot train on; it is left out of every epoch",
+        file=sys.stderr,
+    )
+    return True
 
 
 def _epoch_line(row, epochs, best):

@@ -1,6 +1,9 @@
 """Readers for the on-disk dataset formats: IDX (MNIST, Fashion-MNIST) and the CIFAR-10
 binary version. Both validate the whole file and raise ``ValueError`` naming the file and
-what was expected, rather than returning a mis-shaped array.
+what was expected, rather than returning a mis-shaped array. Reads are bounded: only regular
+files are opened (a directory, FIFO or device raises ``ValueError``), an IDX file is read
+only as far as its header's shape says, and a CIFAR batch (even gzipped) at most as far as
+60,000 records.
 
 IDX: 2 zero bytes, a type byte (0x08 = uint8, ...), a byte giving the number of dimensions,
 one big-endian uint32 per dimension, then the values in C order, big-endian.
@@ -9,12 +12,16 @@ green, then blue values of a 32x32 image, rows top to bottom).
 """
 
 import gzip
+import math
+import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_bytes", "read_idx", "read_cifar_batch", "find_files"]
+from minicbam.io.serialization import check_regular
+
+__all__ = ["find_files", "read_bytes", "read_cifar_batch", "read_idx"]
 
 # IDX type byte -> big-endian dtype.
 _IDX_DTYPES = {
@@ -27,45 +34,82 @@ _IDX_DTYPES = {
 }
 CIFAR_IMAGE_SHAPE = (3, 32, 32)
 CIFAR_RECORD = 1 + 3 * 32 * 32
+_CIFAR_MAX_RECORDS = 60000  # all of CIFAR-10 in one file: anything larger is not a batch
 
 
-def read_bytes(path):
-    """The bytes of ``path``, gunzipped if its name ends in ``.gz``."""
+def _open(path):
+    """A binary stream of ``path`` (gunzipped if its name ends in ``.gz``); a directory,
+    FIFO or device raises ValueError before anything is read."""
     path = Path(path)
-    if path.suffix != ".gz":
-        return path.read_bytes()
+    check_regular(str(path), os.stat(path).st_mode)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    f = os.fdopen(fd, "rb")
     try:
-        with gzip.open(path, "rb") as f:
-            return f.read()
+        check_regular(str(path), os.fstat(f.fileno()).st_mode)
+    except BaseException:
+        f.close()
+        raise
+    return gzip.GzipFile(fileobj=f, mode="rb") if path.suffix == ".gz" else f
+
+
+def _read(path, f, n):
+    """At most ``n`` bytes of ``f``; gzip damage becomes a ValueError naming ``path``."""
+    try:
+        return f.read(n)
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise ValueError(f"{path}: corrupt or truncated gzip file ({e})") from e
 
 
+def read_bytes(path, limit=None):
+    """The bytes of ``path``, gunzipped if its name ends in ``.gz``; more than ``limit``
+    bytes (a gzip bomb, a runaway file) raise ValueError."""
+    with _open(path) as f:
+        stream = getattr(f, "fileobj", f)  # the file under a GzipFile
+        size = os.fstat(stream.fileno()).st_size
+        data = _read(path, f, (size if limit is None else limit) + 1)
+        if limit is not None and len(data) > limit:
+            raise ValueError(f"{path}: more than {limit} bytes; not a dataset file")
+        if f is stream and len(data) != size:
+            raise ValueError(f"{path}: the file changed size while it was read")
+    return data
+
+
 def read_idx(path, ndim=None):
-    """Parse an IDX file (optionally gzipped) into an array of its native shape and type."""
-    data = read_bytes(path)
-    if len(data) < 4:
-        raise ValueError(f"{path}: {len(data)} bytes is too short for an IDX header (4 bytes)")
-    if data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: bad IDX magic number 0x{data[:4].hex()}; expected 0x0000TTDD")
-    dtype, got_ndim = _IDX_DTYPES[data[2]], data[3]
-    if ndim is not None and got_ndim != ndim:
-        raise ValueError(f"{path}: expected an IDX file with {ndim} dimensions, got {got_ndim}")
-    header = 4 + 4 * got_ndim
-    if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} of {header} bytes)")
-    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", got_ndim, offset=4))
-    expected = int(np.prod(shape)) * dtype.itemsize
-    got = len(data) - header
+    """Parse an IDX file (optionally gzipped) into an array of its native shape and type.
+
+    Only the bytes the header's shape accounts for are read (plus one, to detect trailing
+    bytes), so a header that claims more items than the file holds is reported as
+    truncated and a gzip bomb never inflates past it."""
+    with _open(path) as f:
+        head = _read(path, f, 4)
+        if len(head) < 4:
+            raise ValueError(f"{path}: {len(head)} bytes is too short for an IDX header (4 bytes)")
+        if head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+            raise ValueError(f"{path}: bad IDX magic number 0x{head.hex()}; expected 0x0000TTDD")
+        dtype, got_ndim = _IDX_DTYPES[head[2]], head[3]
+        if ndim is not None and got_ndim != ndim:
+            raise ValueError(f"{path}: expected an IDX file with {ndim} dimensions, got {got_ndim}")
+        dims = _read(path, f, 4 * got_ndim)
+        if len(dims) < 4 * got_ndim:
+            raise ValueError(
+                f"{path}: truncated IDX header ({4 + len(dims)} of {4 + 4 * got_ndim} bytes)"
+            )
+        shape = tuple(int(d) for d in np.frombuffer(dims, ">u4"))
+        expected = math.prod(shape) * dtype.itemsize
+        data = _read(path, f, expected + 1)
+    got = len(data)
     if got != expected:
         what = "truncated" if got < expected else "has trailing bytes"
-        raise ValueError(f"{path}: {what}: shape {shape} needs {expected} data bytes, got {got}")
-    return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+        extra = "" if got < expected else " or more"
+        raise ValueError(
+            f"{path}: {what}: shape {shape} needs {expected} data bytes, got {got}{extra}"
+        )
+    return np.frombuffer(data, dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def read_cifar_batch(path):
     """One CIFAR-10 binary batch -> (uint8 images (N, 3, 32, 32), int64 labels (N,))."""
-    data = read_bytes(path)
+    data = read_bytes(path, limit=_CIFAR_MAX_RECORDS * CIFAR_RECORD)
     if len(data) == 0 or len(data) % CIFAR_RECORD:
         raise ValueError(
             f"{path}: size {len(data)} bytes is not a positive multiple of the "

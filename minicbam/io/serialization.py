@@ -28,13 +28,25 @@ code runs. Tensors come back as NumPy arrays (bfloat16 widened to float32), cont
 dicts, lists and tuples.
 
 Every malformed file raises ``CorruptFileError`` (a ``ValueError``) naming the path and the
-problem; a missing file raises ``FileNotFoundError``.
+problem; a missing file raises ``FileNotFoundError``. Reading is bounded by the file: only
+regular files are read (a directory, FIFO or device such as ``/dev/zero``, also behind a
+symlink, raises ``CorruptFileError`` before any read), never more than their size, and
+every size a format declares (zip members, ``.npy`` headers, torch storages) is checked
+against the bytes present before memory is allocated for it.
+
+``save`` refuses, before writing anything, what it could not load back exactly: keys other
+than str and int, the flat names ``"__minicbam__"`` and ``"__metadata__"`` (reserved by
+minicbam's tree and by safetensors), keys that are not valid UTF-8, object, string,
+structured and datetime arrays, and dtypes the format lacks (complex and extended
+precision in safetensors). Arrays come back C-contiguous and native-endian.
 """
 
 import contextlib
 import io
 import json
 import os
+import reprlib
+import stat
 import tempfile
 import zipfile
 
@@ -53,8 +65,14 @@ _ST_DTYPES = {
     "U32": np.uint32, "I32": np.int32, "U64": np.uint64, "I64": np.int64,
     "F16": np.float16, "F32": np.float32, "F64": np.float64,
 }  # fmt: skip
-_ST_SAVE_KINDS = "biuf"  # safetensors has no complex type
+# What each format can store and give back exactly: safetensors has no complex and no
+# extended-precision type; npz takes any NumPy number (nothing is pickled).
+_ST_SAVE_DTYPES = frozenset(np.dtype(d).newbyteorder("=") for d in _ST_DTYPES.values())
 _NPZ_SAVE_KINDS = "biufc"
+_RESERVED_NAMES = (_TREE_KEY, "__metadata__")
+# A zip member may decompress to at most this many times its stored size: deflate's own limit
+# (1032:1), so a genuine member always passes and a zip bomb is refused before it is read.
+_MAX_ZIP_RATIO = 1032
 
 
 class CorruptFileError(ValueError):
@@ -75,8 +93,16 @@ def save(obj, path):
     if not isinstance(obj, dict):
         raise TypeError(f"save() expects a dict, got {type(obj).__name__}")
     arrays = {}
-    tree = _encode(obj, (), arrays, _ST_SAVE_KINDS if suffix == ".safetensors" else _NPZ_SAVE_KINDS)
-    header = json.dumps({"format": "minicbam", "version": 1, "tree": tree})
+    tree = _encode(obj, (), arrays, "st" if suffix == ".safetensors" else _NPZ_SAVE_KINDS)
+    try:
+        header = json.dumps({"format": "minicbam", "version": 1, "tree": tree})
+        header.encode("utf-8")
+        for name in arrays:
+            name.encode("utf-8")
+    except (UnicodeEncodeError, ValueError) as e:
+        raise ValueError(
+            f"cannot save to {path!r}: a key cannot be written as UTF-8 ({e})"
+        ) from None
     if suffix == ".safetensors":
         _atomic_write(path, lambda f: f.write(_safetensors_bytes(arrays, header)))
     else:
@@ -118,14 +144,23 @@ def _add_array(node, where, arrays, kinds):
         array = np.asarray(node.numpy())
     else:
         raise TypeError(f"value at {where!r}: cannot save a {type(node).__name__}")
-    if array.dtype.kind not in kinds:
+    if not _savable(array.dtype, kinds):
         raise TypeError(f"array at {where!r}: dtype {array.dtype} cannot be saved in this format")
-    if where == _TREE_KEY:
-        raise ValueError(f"the flat name {_TREE_KEY!r} is reserved for minicbam's tree")
+    if where in _RESERVED_NAMES:
+        raise ValueError(
+            f"the flat name {where!r} is reserved (minicbam's tree, safetensors' "
+            "metadata); rename the key"
+        )
     if where in arrays:
         raise ValueError(f"two arrays would be stored under the flat name {where!r}")
     arrays[where] = array
     return where
+
+
+def _savable(dtype, kinds):
+    if kinds == "st":
+        return dtype.newbyteorder("=") in _ST_SAVE_DTYPES
+    return dtype.kind in kinds and not dtype.hasobject and dtype.fields is None
 
 
 def _safetensors_bytes(arrays, header):
@@ -193,8 +228,7 @@ def load(path):
     else:
         supported = ", ".join(_SAVE_SUFFIXES + _TORCH_SUFFIXES)
         raise ValueError(f"cannot load {path!r}: supported suffixes are {supported}")
-    with open(path, "rb") as f:
-        data = f.read()
+    data = read_regular_file(path)
     try:
         return reader(data, path)
     except (CorruptFileError, UnsafeFileError):
@@ -204,6 +238,61 @@ def load(path):
         raise CorruptFileError(
             f"{path}: corrupted or unreadable file ({type(e).__name__}: {e})"
         ) from e
+
+
+def read_regular_file(path, limit=None):
+    """The bytes of the regular file ``path``: never more than its size on disk.
+
+    A directory, FIFO, device (``/dev/zero``) or socket, also behind a symlink, raises
+    ``CorruptFileError`` before it is read (a FIFO is opened non-blocking); so does a file
+    larger than ``limit`` bytes (when given) or one that grows while it is read."""
+    path = os.fspath(path)
+    check_regular(path, os.stat(path).st_mode)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        check_regular(path, os.fstat(f.fileno()).st_mode)
+        if limit is not None and size > limit:
+            raise CorruptFileError(f"{path}: {size} bytes, more than the {limit} expected")
+        data = f.read(size + 1)
+    if len(data) != size:
+        raise CorruptFileError(f"{path}: the file changed size while it was read")
+    return data
+
+
+def check_regular(path, mode):
+    if stat.S_ISREG(mode):
+        return
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))  # fmt: skip
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    raise CorruptFileError(f"{path}: is {kind}, not a regular file; nothing was read")
+
+
+def read_zip_member(zf, info, path, expected=None):
+    """The bytes of the zip member ``info``, its declared size checked before reading:
+    ``expected`` bytes if given, and never more than deflate can expand its stored size."""
+    if expected is not None and info.file_size != expected:
+        raise _bad(path, f"zip member {info.filename!r} holds {info.file_size} bytes, "
+                         f"expected {expected}")  # fmt: skip
+    if info.file_size > _MAX_ZIP_RATIO * info.compress_size + 1024:
+        raise _bad(path, f"zip member {info.filename!r} claims {info.file_size} bytes from "
+                         f"{info.compress_size} stored ones (a zip bomb?)")  # fmt: skip
+    with zf.open(info) as member:
+        raw = member.read(info.file_size + 1)
+    if len(raw) != info.file_size:
+        raise _bad(path, f"zip member {info.filename!r} does not hold its declared size")
+    return raw
+
+
+def short_repr(value):
+    """A bounded repr (a pickle's shared references make ``str`` of a small object huge)."""
+    return _SHORT.repr(value)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 40, 40
 
 
 def _sniff(data):
@@ -252,20 +341,46 @@ def _safetensors_array(info, name, path):
 def _load_npz(data, path):
     if data[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
         raise _bad(path, "not an npz (zip) archive", data)
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        flat = {name: npz[name] for name in npz.files}
-    # np.load hands back a member without the .npy magic (any name) as raw bytes.
-    stray = [name for name, value in flat.items() if not isinstance(value, np.ndarray)]
-    if stray:
-        torch_zip = any(name.endswith("/data.pkl") for name in stray)
-        hint = "; it looks like a zip-format torch file (.pth)" if torch_zip else ""
-        raise _bad(path, f"zip member {stray[0]!r} is not a .npy array{hint}")
+    flat = {}
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        for info in zf.infolist():
+            name = info.filename[: -len(".npy")] if info.filename.endswith(".npy") else None
+            if name is None or name in flat:
+                torch_zip = info.filename.endswith("/data.pkl")
+                hint = "; it looks like a zip-format torch file (.pth)" if torch_zip else ""
+                raise _bad(path, f"zip member {info.filename!r} is not a .npy array{hint}")
+            flat[name] = _npy_array(read_zip_member(zf, info, path), info.filename, path)
     header = flat.pop(_TREE_KEY, None)
     if header is None:
         return flat
     if header.dtype != np.uint8 or header.ndim != 1:
         raise _bad(path, f"reserved entry {_TREE_KEY!r} is not a uint8 vector")
     return _decode_file_tree(header.tobytes().decode("utf-8"), flat, path)
+
+
+def _npy_array(raw, member, path):
+    """Parse one .npy member; its header's shape and dtype must account for every byte."""
+    f = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(f)
+    except ValueError:
+        raise _bad(path, f"zip member {member!r} is not a .npy array (no .npy magic)") from None
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    if version not in readers:
+        raise _bad(path, f"zip member {member!r} uses .npy version {version}, not 1.0 or 2.0")
+    shape, _fortran, dtype = readers[version](f)
+    if dtype.hasobject:
+        raise _bad(path, f"zip member {member!r} holds Python objects, which are never unpickled")
+    needed = f.tell() + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if needed != len(raw):
+        raise _bad(path, f"zip member {member!r} declares shape {shape} of {dtype} "
+                         f"({needed} bytes) but holds {len(raw)} bytes")  # fmt: skip
+    f.seek(0)
+    array = np.lib.format.read_array(f, allow_pickle=False)
+    return array.astype(array.dtype.newbyteorder("="), order="C", copy=False)  # keeps 0-d
 
 
 def _decode_file_tree(text, flat, path):
@@ -282,7 +397,7 @@ def _decode_file_tree(text, flat, path):
 
 def _decode(node, flat, used, path):
     if not isinstance(node, dict) or len(node) != 1:
-        raise _bad(path, f"malformed tree node {str(node)[:80]!r}")
+        raise _bad(path, f"malformed tree node {short_repr(node)}")
     ((tag, value),) = node.items()
     if tag == "v" and (value is None or isinstance(value, (bool, int, float, str))):
         return value

@@ -22,18 +22,33 @@ opcodes and short reads fail there, and a memo index larger than the number of o
 it is rejected, because the C unpickler grows its memo to the largest index it meets and one
 flipped byte would make it allocate gigabytes. After unpickling, ``_materialize`` turns each
 ``_TensorRef`` into a NumPy array, checking storage lengths, offsets, sizes and strides so
-that no view reads outside its storage. Malformed input raises ``CorruptFileError``.
+that no view reads outside its storage.
+
+Sizes are bounded by the file: zip members' declared sizes are checked before they are read
+(a storage must hold exactly what the pickle declares, and no member may claim to expand
+more than deflate can), each shared container is converted once (memoised by identity, so
+a pickle's shared references cannot blow up into an exponential tree), an *expanded*
+tensor (more elements than its storage, through a zero stride) comes back as a read-only
+view of its storage as PyTorch keeps a view, and the copies of the other tensors may add
+up to at most 8x the file's size plus 64 MiB. Malformed input raises ``CorruptFileError``.
 """
 
 import collections
 import io
+import math
 import pickle
 import pickletools
 import zipfile
 
 import numpy as np
 
-from minicbam.io.serialization import UnsafeFileError, _bad, _bf16_to_f32
+from minicbam.io.serialization import (
+    UnsafeFileError,
+    _bad,
+    _bf16_to_f32,
+    read_zip_member,
+    short_repr,
+)
 
 __all__ = ["load_torch"]
 
@@ -133,12 +148,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         # zip format: ('storage', type, key, location, numel); legacy adds view metadata.
         if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
-            raise _bad(self.path, f"unexpected persistent id {str(pid)[:80]}")
+            raise _bad(self.path, f"unexpected persistent id {short_repr(pid)}")
         storage_type, key, _location, numel = pid[1:5]
         if len(pid) == 6 and pid[5] is not None:
             raise _bad(self.path, "storage views (pre-1.0 torch files) are not supported")
         if not (isinstance(storage_type, _StorageType) and isinstance(key, str)):
-            raise _bad(self.path, f"malformed storage reference {str(pid)[:80]}")
+            raise _bad(self.path, f"malformed storage reference {short_repr(pid)}")
         if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
             raise _bad(self.path, f"storage {key!r} has an invalid size {numel!r}")
         return _Storage(storage_type, key, numel)
@@ -155,21 +170,32 @@ def load_torch(data, path):
 
 def _load_torch_zip(data, path):
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        pickles = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        infos = {info.filename: info for info in zf.infolist()}
+        pickles = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
             raise _bad(path, f"expected one '<prefix>/data.pkl' record, found {len(pickles)}")
         prefix = pickles[0][: -len("data.pkl")]
-        obj = _unpickle(io.BytesIO(zf.read(pickles[0])), path)
-        names = set(zf.namelist())
-        byteorder = zf.read(prefix + "byteorder") if prefix + "byteorder" in names else b"little"
+        obj = _unpickle(io.BytesIO(read_zip_member(zf, infos[pickles[0]], path)), path)
+        order = infos.get(prefix + "byteorder")
+        byteorder = read_zip_member(zf, order, path) if order is not None else b"little"
+        if len(byteorder) > 16:
+            raise _bad(path, "the byteorder record is not 'little' or 'big'")
 
-        def read_storage(key):
-            name = prefix + "data/" + key
-            if name not in names:
+        def read_storage(storage):
+            name = prefix + "data/" + storage.key
+            if name not in infos:
                 raise _bad(path, f"storage record {name!r} is missing")
-            return zf.read(name)
+            # The pickle declares the storage's size: checked before the bytes are read.
+            itemsize = storage.storage_type.dtype.itemsize
+            if infos[name].file_size != storage.numel * itemsize:
+                raise _bad(
+                    path,
+                    f"storage {storage.key!r} holds {infos[name].file_size} bytes, expected "
+                    f"{storage.numel} x {itemsize}",
+                )
+            return read_zip_member(zf, infos[name], path)
 
-        return _materialize(obj, read_storage, byteorder.strip().decode("ascii"), path)
+        return _materialize(obj, read_storage, byteorder.strip().decode("ascii"), path, len(data))
 
 
 def _load_torch_legacy(data, path):
@@ -193,12 +219,12 @@ def _load_torch_legacy(data, path):
             raise _bad(path, f"storage {key!r} is listed but no tensor uses it")
         blobs[key] = _read_exact(f, numel * itemsizes[key], key, path)
 
-    def read_storage(key):
-        if key not in blobs:
-            raise _bad(path, f"storage {key!r} is referenced but not stored")
-        return blobs[key]
+    def read_storage(storage):
+        if storage.key not in blobs:
+            raise _bad(path, f"storage {storage.key!r} is referenced but not stored")
+        return blobs[storage.key]
 
-    return _materialize(obj, read_storage, "little" if little else "big", path)
+    return _materialize(obj, read_storage, "little" if little else "big", path, len(data))
 
 
 def _read_exact(f, n, key, path):
@@ -226,30 +252,54 @@ def _iter_storages(obj):
             stack.extend(node)
 
 
-def _materialize(obj, read_storage, byteorder, path):
-    """Replace every ``_TensorRef`` in ``obj`` by a NumPy array; OrderedDicts become dicts."""
+def _materialize(obj, read_storage, byteorder, path, file_size):
+    """Replace every ``_TensorRef`` in ``obj`` by a NumPy array; OrderedDicts become dicts.
+
+    Each container and tensor is converted once (a pickle's memo lets a few hundred bytes
+    reference one list from thousands of places: rebuilt per reference, the tree would be
+    exponential), so what comes back shares what the pickle shared and its size is bounded
+    by the pickle's and the storages'."""
     if byteorder not in ("little", "big"):
         raise _bad(path, f"unknown byte order {byteorder!r}")
-    cache = {}
+    storages = {}
+    budget = _CopyBudget(path, _COPY_FACTOR * file_size + _COPY_SLACK)
 
     def storage_array(storage):
-        if storage.key not in cache:
+        if storage.key not in storages:
             dtype = storage.storage_type.dtype.newbyteorder("<" if byteorder == "little" else ">")
-            raw = read_storage(storage.key)
+            raw = read_storage(storage)
             if len(raw) != storage.numel * dtype.itemsize:
                 raise _bad(
                     path,
                     f"storage {storage.key!r} holds {len(raw)} bytes, expected "
                     f"{storage.numel} x {dtype.itemsize}",
                 )
-            cache[storage.key] = np.frombuffer(raw, dtype=dtype)
-        return cache[storage.key]
+            flat = np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="))
+            if storage.storage_type.name == "BFloat16Storage":
+                flat = _bf16_to_f32(flat)
+            flat.flags.writeable = False  # shared by the views of expanded tensors
+            storages[storage.key] = flat
+        return storages[storage.key]
+
+    done, active = {}, set()
 
     def walk(node):
+        if id(node) in done:
+            return done[id(node)]
+        if id(node) in active:
+            raise _bad(path, "a container contains itself")
+        active.add(id(node))
+        out = convert(node)
+        active.discard(id(node))
+        done[id(node)] = out
+        return out
+
+    def convert(node):
         if isinstance(node, _TensorRef):
-            return _tensor_array(node, storage_array, path)
+            return _tensor_array(node, storage_array, path, budget)
         if isinstance(node, _Storage):
-            return _tensor_array(_TensorRef(node, 0, (node.numel,), (1,)), storage_array, path)
+            ref = _TensorRef(node, 0, (node.numel,), (1,))
+            return _tensor_array(ref, storage_array, path, budget)
         if isinstance(node, (_StorageType, _Function)):
             raise _bad(path, "a torch global is used as a value, not to rebuild a tensor")
         if isinstance(node, dict):
@@ -258,11 +308,36 @@ def _materialize(obj, read_storage, byteorder, path):
             return type(node)(walk(v) for v in node)
         return node
 
-    return walk(obj)
+    return walk(obj)  # ids are stable: every node stays reachable from obj meanwhile
 
 
-def _tensor_array(ref, storage_array, path):
-    """``as_strided`` view of the storage, bounds-checked first, then copied."""
+# Copies of tensors may add up to this many times the file's size (plus the slack): tensors
+# viewing one storage from several places are copied once each, and a file that claims far
+# more is refused rather than exhausting memory.
+_COPY_FACTOR, _COPY_SLACK = 8, 64 * 2**20
+
+
+class _CopyBudget:
+    def __init__(self, path, limit):
+        self.path, self.left = path, limit
+
+    def take(self, nbytes, key):
+        self.left -= nbytes
+        if self.left < 0:
+            raise _bad(
+                self.path,
+                f"tensor of storage {key!r} would bring the loaded tensors past "
+                f"{_COPY_FACTOR}x the file's size",
+            )
+
+
+def _tensor_array(ref, storage_array, path, budget):
+    """The tensor ``ref`` describes, bounds-checked first.
+
+    A tensor with no more elements than its storage is copied (an ordinary writable array).
+    An expanded one (a zero stride: more elements than the storage holds) comes back as a
+    read-only view of the storage, as PyTorch keeps a view: materialising it could turn a
+    few hundred bytes into gigabytes."""
     if not isinstance(ref.storage, _Storage):
         raise _bad(path, "a tensor is rebuilt from something that is not a storage")
     size, stride, offset = ref.size, ref.stride, ref.offset
@@ -272,21 +347,23 @@ def _tensor_array(ref, storage_array, path):
         raise _bad(path, f"tensor of storage {ref.storage.key!r} has a negative offset/size/stride")
     flat = storage_array(ref.storage)
     if 0 in size:
-        out = np.empty(size, dtype=flat.dtype)
-    else:
-        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-        if last >= flat.size:
-            raise _bad(
-                path,
-                f"tensor of storage {ref.storage.key!r} reads element {last} of "
-                f"a storage of {flat.size}",
-            )
-        item = flat.dtype.itemsize
-        view = np.lib.stride_tricks.as_strided(flat[offset:], size, [s * item for s in stride])
-        out = view.astype(flat.dtype.newbyteorder("="), copy=True)
-    if ref.storage.storage_type.name == "BFloat16Storage":
-        out = _bf16_to_f32(out)
-    return out
+        return np.empty(size, dtype=flat.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= flat.size:
+        raise _bad(
+            path,
+            f"tensor of storage {ref.storage.key!r} reads element {last} of "
+            f"a storage of {flat.size}",
+        )
+    item = flat.dtype.itemsize
+    view = np.lib.stride_tricks.as_strided(
+        flat[offset:], size, [s * item for s in stride], writeable=False
+    )
+    numel = math.prod(size)
+    if numel > flat.size:
+        return view
+    budget.take(numel * item, ref.storage.key)
+    return view.copy()
 
 
 def _is_int_tuple(value):

@@ -19,9 +19,10 @@ import numpy as np
 
 from minicbam import device
 from minicbam.function import no_grad
+from minicbam.kernels.strided import cast_array
+from minicbam.nn._state_dict import converted, key_errors
 from minicbam.nn.init import copy_into_
 from minicbam.nn.parameter import Parameter
-from minicbam.kernels.strided import cast_array
 from minicbam.tensor import Tensor
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -52,11 +53,14 @@ class Module:
             raise AttributeError(
                 f"cannot assign {type(value).__name__} {name!r} before Module.__init__() call"
             )
+        # Reassigning a registered name keeps its position (dicts keep the first insertion's
+        # place), so named_parameters() and a Sequential's forward do not reorder; only a
+        # name that changes registry moves, to the end of its new one. As PyTorch does.
         if isinstance(value, Parameter):
-            self._forget(name)
+            self._forget(name, keep=self._parameters)
             self._parameters[name] = value
         elif isinstance(value, Module):
-            self._forget(name)
+            self._forget(name, keep=self._modules)
             self._modules[name] = value
         elif "_parameters" in self.__dict__ and name in self._parameters:
             if value is not None:
@@ -94,10 +98,13 @@ class Module:
         if not self._forget(name):
             object.__delattr__(self, name)
 
-    def _forget(self, name):
-        """Remove ``name`` from every registry and the instance dict; True if it was there."""
+    def _forget(self, name, keep=None):
+        """Remove ``name`` from every registry (but ``keep``) and the instance dict; True if
+        it was there. The registry that will receive the name is kept so it keeps its place."""
         found = False
         for registry in (self.__dict__, self._parameters, self._buffers, self._modules):
+            if registry is keep:
+                continue
             if name in registry:
                 del registry[name]
                 found = True
@@ -121,7 +128,7 @@ class Module:
                 f"cannot assign '{type(param).__name__}' object to parameter '{name}' "
                 "(nn.Parameter or None required)"
             )
-        self._forget(name)
+        self._forget(name, keep=self._parameters)
         self._parameters[name] = param
 
     def register_buffer(self, name, tensor, persistent=True):
@@ -133,7 +140,7 @@ class Module:
                 f"cannot assign '{type(tensor).__name__}' object to buffer '{name}' "
                 "(Tensor or None required)"
             )
-        self._forget(name)
+        self._forget(name, keep=self._buffers)
         self._buffers[name] = tensor
         if not persistent:
             self._non_persistent_buffers.add(name)
@@ -142,7 +149,7 @@ class Module:
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"{type(module).__name__} is not a Module subclass")
         self._check_new_name("module", name, self._modules)
-        self._forget(name)
+        self._forget(name, keep=self._modules)
         self._modules[name] = module
 
     register_module = add_module
@@ -236,8 +243,10 @@ class Module:
     def load_state_dict(self, state_dict, strict=True):
         """Copy ``state_dict``'s values into this module's parameters and buffers.
 
-        Shape mismatches always raise; missing and unexpected keys raise when ``strict``.
-        Nothing is copied unless every check passes. Returns (missing_keys, unexpected_keys).
+        Shape mismatches and values that are not numeric arrays (or do not convert to the
+        tensor's dtype) always raise, naming the key; missing and unexpected keys raise when
+        ``strict``. Every value is converted before the first copy, so a failure leaves the
+        module as it was. Returns (missing_keys, unexpected_keys).
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(
@@ -249,22 +258,21 @@ class Module:
         unexpected = [key for key in state_dict if key not in own]
         hosts, errors = {}, []
         for key, t in own.items():
-            if key not in state_dict:
-                continue
-            host = _host_array(state_dict[key])
-            if tuple(host.shape) != t.shape:
-                errors.append(
-                    f"size mismatch for {key}: copying a param with shape {tuple(host.shape)} "
-                    f"from checkpoint, the shape in current model is {t.shape}."
-                )
-            hosts[key] = host
+            if key in state_dict:
+                host, error = converted(key, state_dict[key], t)
+                if error is None:
+                    hosts[key] = host
+                else:
+                    errors.append(error)
         if strict:
-            errors = _key_errors(missing, unexpected) + errors
+            errors = key_errors(missing, unexpected) + errors
         if errors:
             raise RuntimeError(
                 f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
                 + "\n\t".join(errors)
             )
+        # Every value is already a contiguous array of its tensor's shape and dtype: the
+        # copies below cannot fail half-way and leave the module partly loaded.
         for key, host in hosts.items():
             copy_into_(own[key], host)
         return IncompatibleKeys(missing, unexpected)
@@ -360,24 +368,6 @@ class Module:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _host_array(value):
-    return value.numpy() if isinstance(value, Tensor) else np.asarray(value)
-
-
-def _key_errors(missing, unexpected):
-    """PyTorch's wording and order: missing keys first, then unexpected ones."""
-    errors = []
-    if missing:
-        errors.append("Missing key(s) in state_dict: " + _quoted(missing) + ". ")
-    if unexpected:
-        errors.append("Unexpected key(s) in state_dict: " + _quoted(unexpected) + ". ")
-    return errors
-
-
-def _quoted(keys):
-    return ", ".join(f'"{key}"' for key in keys)
-
-
 def _normalize_device(name):
     # Module.to's ``device`` argument shadows the device module inside it.
     return device.normalize_device(name)

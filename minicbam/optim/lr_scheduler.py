@@ -23,6 +23,7 @@ composition needs no undoing; the lrs agree with PyTorch's to rounding.
 
 import bisect
 import math
+from collections.abc import Mapping
 
 
 class LRScheduler:
@@ -66,7 +67,49 @@ class LRScheduler:
         return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
 
     def load_state_dict(self, state_dict):
-        self.__dict__.update(state_dict)
+        """Restore ``state_dict()``'s values; every entry is checked first (known name, same
+        kind of value, lists of the same length), so a ValueError naming the entry leaves
+        the scheduler as it was."""
+        self.__dict__.update(self._checked_state(state_dict))
+
+    def _checked_state(self, state_dict, skip=("optimizer",)):
+        owner = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{owner}: expected a dict, got {type(state_dict).__name__}")
+        own = {k: v for k, v in self.__dict__.items() if k not in skip}
+        unknown = sorted(str(k) for k in state_dict if k not in own)
+        missing = sorted(k for k in own if k not in state_dict)
+        if unknown or missing:
+            raise ValueError(
+                f"{owner}: the saved state does not match this scheduler "
+                f"(unexpected: {unknown}, missing: {missing})"
+            )
+        return {k: _checked_value(owner, k, v, own[k]) for k, v in state_dict.items()}
+
+
+def _checked_value(owner, key, value, current):
+    """``value`` as the kind of Python value ``current`` is; ValueError naming ``key``."""
+    value = (
+        value.item() if hasattr(value, "item") and getattr(value, "shape", None) == () else value
+    )
+    if isinstance(current, bool) or current is None:
+        ok = isinstance(value, bool) or value is None
+    elif isinstance(current, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and (isinstance(current, float) or float(value).is_integer())
+        ok = ok and math.isfinite(value)
+    elif isinstance(current, (list, tuple)):
+        ok = isinstance(value, (list, tuple)) and len(value) == len(current)
+        if ok:
+            return type(current)(
+                _checked_value(owner, f"{key}[{i}]", v, c)
+                for i, (v, c) in enumerate(zip(value, current))
+            )
+    else:
+        ok = True
+    if not ok:
+        raise ValueError(f"{owner}: entry {key!r} should be like {current!r}, got {value!r}")
+    return type(current)(value) if isinstance(current, (int, float)) else value
 
 
 class StepLR(LRScheduler):
@@ -153,7 +196,19 @@ class SequentialLR(LRScheduler):
         return state
 
     def load_state_dict(self, state_dict):
+        owner = "SequentialLR.load_state_dict"
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{owner}: expected a dict, got {type(state_dict).__name__}")
         state = dict(state_dict)
-        for scheduler, saved in zip(self.schedulers, state.pop("schedulers")):
-            scheduler.load_state_dict(saved)
-        self.__dict__.update(state)
+        saved = state.pop("schedulers", None)
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(self.schedulers):
+            raise ValueError(
+                f"{owner}: expected a list of {len(self.schedulers)} schedulers' states under "
+                f"'schedulers', got {type(saved).__name__}"
+            )
+        # Check every part before changing any.
+        parts = [s._checked_state(v) for s, v in zip(self.schedulers, saved)]
+        own = self._checked_state(state, skip=("optimizer", "schedulers"))
+        for scheduler, part in zip(self.schedulers, parts):
+            scheduler.__dict__.update(part)
+        self.__dict__.update(own)

@@ -18,6 +18,8 @@ where ``index`` numbers the parameters across all groups in order. Arrays are ho
 copies; ``load_state_dict`` moves them back onto each parameter's device and dtype.
 """
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from minicbam.function import enable_grad, no_grad
@@ -112,29 +114,35 @@ class Optimizer:
 
     def load_state_dict(self, state_dict):
         """Restore hyper-parameters and state saved by ``state_dict`` (possibly through
-        ``mc.save``/``mc.load``) onto this optimizer's parameters."""
-        saved_groups = state_dict["param_groups"]
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(
-                f"load_state_dict: the saved state has {len(saved_groups)} parameter groups, "
-                f"this optimizer has {len(self.param_groups)}"
-            )
+        ``mc.save``/``mc.load``) onto this optimizer's parameters.
+
+        Everything is checked and converted first (structure, parameter counts, each state
+        entry's shape and dtype, each group's hyper-parameters); a ValueError naming the
+        entry leaves the optimizer as it was."""
+        name = type(self).__name__
+        saved_groups, saved_state = _named(name, _check_saved, state_dict, len(self.param_groups))
         by_index = {}
         for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(
-                    f"load_state_dict: parameter group {i} has {len(saved['params'])} "
+                    f"{name}.load_state_dict: parameter group {i} has {len(saved['params'])} "
                     f"parameters in the saved state but {len(group['params'])} here"
                 )
-            by_index.update(zip((int(j) for j in saved["params"]), group["params"]))
+            by_index.update(zip(saved["params"], group["params"]))
         state = {}
-        for j, entries in state_dict["state"].items():
-            if int(j) not in by_index:
-                raise ValueError(f"load_state_dict: state for unknown parameter index {j}")
-            p = by_index[int(j)]
-            state[p] = {k: _state_to_param(k, v, p) for k, v in entries.items()}
-        for saved, group in zip(saved_groups, self.param_groups):
-            group.update({k: _plain(v) for k, v in saved.items() if k != "params"})
+        for j, entries in saved_state.items():
+            if j not in by_index:
+                raise ValueError(f"{name}.load_state_dict: state for unknown parameter index {j}")
+            p = by_index[j]
+            state[p] = {k: _state_to_param(name, j, k, v, p) for k, v in entries.items()}
+        groups = []
+        for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            merged = dict(group)
+            merged.update({k: _plain(v) for k, v in saved.items() if k != "params"})
+            _named(f"{name}.load_state_dict: parameter group {i}", self._check_group, merged)
+            groups.append(merged)
+        for group, merged in zip(self.param_groups, groups):
+            group.update(merged)
         self.state = state
 
 
@@ -199,16 +207,58 @@ def _state_to_host(value):
     return np.array(value, dtype=np.int64)  # counters: a 0-d int64 array
 
 
-def _state_to_param(key, value, p):
-    if key in _SCALAR_STATE:
-        return int(np.asarray(value).reshape(()))  # also accepts torch's float32 0-d 'step'
+def _check_saved(state_dict, n_groups):
+    """(param_groups, {int index: entries}) of a saved state, its structure checked."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"load_state_dict expects a dict, got {type(state_dict).__name__}")
+    for key in ("state", "param_groups"):
+        if key not in state_dict:
+            raise ValueError(f"load_state_dict: the saved state has no {key!r} entry")
+    groups, saved_state = state_dict["param_groups"], state_dict["state"]
+    if not isinstance(groups, (list, tuple)) or not all(isinstance(g, Mapping) for g in groups):
+        raise ValueError("load_state_dict: 'param_groups' must be a list of dicts")
+    if len(groups) != n_groups:
+        raise ValueError(
+            f"load_state_dict: the saved state has {len(groups)} parameter groups, "
+            f"this optimizer has {n_groups}"
+        )
+    for i, group in enumerate(groups):
+        params = group.get("params")
+        if not isinstance(params, (list, tuple)) or not all(_is_index(j) for j in params):
+            raise ValueError(f"load_state_dict: parameter group {i} has no list of 'params'")
+    if not isinstance(saved_state, Mapping):
+        # One error type (ValueError) for every malformed saved state, hence the noqa.
+        raise ValueError("load_state_dict: 'state' must be a dict")  # noqa: TRY004
+    state = {}
+    for j, entries in saved_state.items():
+        if not _is_index(j) or not isinstance(entries, Mapping):
+            raise ValueError(f"load_state_dict: malformed state entry for parameter {j!r}")
+        state[int(j)] = entries
+    groups = [dict(g, params=[int(j) for j in g["params"]]) for g in groups]
+    return groups, state
+
+
+def _is_index(j):
+    """An int, or an int written as a string (a checkpoint's JSON tree keeps either)."""
+    if isinstance(j, str):
+        return j.isdigit()
+    return isinstance(j, (int, np.integer)) and not isinstance(j, bool)
+
+
+def _state_to_param(owner, j, key, value, p):
+    where = f"{owner}.load_state_dict: parameter {j}: state {key!r}"
     host = np.asarray(value.numpy() if isinstance(value, Tensor) else value)
+    if host.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: expected a number or a numeric array, got dtype {host.dtype}")
+    if key in _SCALAR_STATE:
+        if host.size != 1:
+            raise ValueError(f"{where}: expected a single counter, got shape {host.shape}")
+        return int(host.reshape(()))  # also accepts torch's float32 0-d 'step'
     if tuple(host.shape) != p.shape:
         raise ValueError(
-            f"load_state_dict: state {key!r} has shape {tuple(host.shape)}, "
-            f"its parameter has shape {p.shape}"
+            f"{where} has shape {tuple(host.shape)}, its parameter has shape {p.shape}"
         )
-    return tensor(host, dtype=p.dtype, device=p.device)
+    return tensor(host.astype(p.dtype, order="C"), dtype=p.dtype, device=p.device)
 
 
 def _plain(value):

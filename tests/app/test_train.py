@@ -5,12 +5,13 @@ module takes seconds; they check plumbing and exact reproducibility, not accurac
 """
 
 import csv
+import math
 
 import numpy as np
 import pytest
 
 import minicbam as mc
-from minicbam import optim
+from minicbam import nn, optim
 from minicbam.app.checkpoint import METRIC_FIELDS
 from minicbam.app.cli import main
 from minicbam.app.config import TrainConfig, UserError
@@ -85,6 +86,36 @@ def test_resume_reproduces_an_uninterrupted_run(full_run, resumed_run):
 def test_resume_of_a_finished_run_is_refused(full_run, capsys):
     assert main(["train", "--resume", str(full_run / "checkpoint.safetensors")]) == 2
     assert "already holds 2 epochs" in capsys.readouterr().err
+
+
+def test_a_second_train_into_a_run_is_refused_until_asked(full_run, capsys):
+    before = {name: (full_run / name).read_bytes() for name in ("best.safetensors", "metrics.csv")}
+    assert main(["train", "--epochs", "2", "--out", str(full_run), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert all((full_run / name).read_bytes() == data for name, data in before.items())
+
+
+def test_a_last_batch_of_one_is_dropped_for_batchnorm(tmp_path, capsys):
+    """65 samples in batches of 64 leave one: BatchNorm cannot train on it (PyTorch raises
+    "Expected more than 1 value per channel"), so it is dropped, with a note."""
+    args = ["train", "--epochs", "1", "--limit-train", "65", "--limit-test", "16"]
+    assert main([*args, "--batch-size", "64", "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    assert "last training batch would hold 1 sample" in capsys.readouterr().err
+    first = (tmp_path / "a" / "checkpoint.safetensors").stat().st_mtime_ns
+    again = [*args, "--batch-size", "32", "--out", str(tmp_path / "a"), "--no-progress"]
+    assert main([*again, "--overwrite"]) == 0  # asked: the run is replaced
+    assert (tmp_path / "a" / "checkpoint.safetensors").stat().st_mtime_ns != first
+    assert main([*args, "--batch-size", "1", "--out", str(tmp_path / "b")]) == 2
+    assert "at least 2 samples per training batch" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        nn.BatchNorm2d(2).train()(mc.zeros(1, 2, 1, 1))  # what the dropped batch would hit
+    try:
+        import torch
+    except ImportError:
+        return
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        torch.nn.BatchNorm2d(2).train()(torch.zeros(1, 2, 1, 1))
 
 
 def test_eval_prints_accuracy_and_confusion_matrix(full_run, capsys):
@@ -199,3 +230,9 @@ def test_resume_can_extend_a_run_and_keeps_its_settings(full_run, tmp_path, caps
     assert "epoch   3/3" in captured.out
     rows = read_metrics(tmp_path / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]  # the history travels with the run
+    # The schedule is rebuilt for the new horizon: epoch 3 runs at the cosine-over-3 lr of
+    # epoch index 2 (the old horizon of 2 would give it lr 0, a wasted epoch).
+    expected = 3e-3 * (1 + math.cos(math.pi * 2 / 3)) / 2
+    assert float(rows[2]["lr"]) == pytest.approx(expected, rel=1e-6)
+    for row, old in zip(rows[:2], read_metrics(full_run / "metrics.csv")):
+        assert row["lr"] == old["lr"]  # the epochs already trained keep their lrs

@@ -2,10 +2,13 @@
 clear ValueError / FileNotFoundError for every malformed or missing file."""
 
 import gzip
+import os
 import struct
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minicbam.data import CIFAR10, MNIST, FashionMNIST, read_cifar_batch, read_idx
 
@@ -253,3 +256,48 @@ def test_cifar10_missing_batches_are_listed(tmp_path):
     write_cifar(tmp_path, TRAIN_NAMES[:3], 1)
     with pytest.raises(FileNotFoundError, match="missing data_batch_4.bin, data_batch_5.bin"):
         CIFAR10(tmp_path)
+
+
+# ------------------------------------------------- bounded reads: non-regular files, bombs
+def _idx_header(dims):
+    return bytes([0, 0, 0x08, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs and /dev/zero")
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "directory"])
+@pytest.mark.parametrize("reader", [read_idx, read_cifar_batch])
+def test_non_regular_dataset_files_are_refused_before_reading(tmp_path, kind, reader):
+    path = tmp_path / "train-images-idx3-ubyte"
+    if kind == "dev-zero":
+        path.symlink_to("/dev/zero")  # endless: reading it would never stop
+    elif kind == "fifo":
+        os.mkfifo(path)  # no writer: a blocking open would hang
+    else:
+        path.mkdir()
+    with pytest.raises(ValueError, match="not a regular file"):
+        reader(path)
+
+
+def test_a_gzip_bomb_is_not_inflated_past_the_header_shape(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(_idx_header([2, 28, 28]) + bytes(2 * 28 * 28))
+        for _ in range(64):
+            f.write(bytes(1 << 20))  # 64 MiB of trailing zeros, a few dozen KiB on disk
+    assert path.stat().st_size < 200_000
+    with pytest.raises(ValueError, match=r"has trailing bytes: .* got 1569 or more"):
+        read_idx(path)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 20), claimed=st.integers(0, 2**32 - 1), gz=st.booleans())
+def test_idx_header_claims_are_checked_against_the_bytes(tmp_path_factory, n, claimed, gz):
+    data = _idx_header([claimed, 3]) + bytes(3 * n)
+    path = tmp_path_factory.mktemp("idx") / ("x-idx2-ubyte" + (".gz" if gz else ""))
+    path.write_bytes(gzip.compress(data) if gz else data)
+    if claimed == n:
+        assert read_idx(path).shape == (n, 3)
+    else:
+        what = "truncated" if claimed > n else "trailing bytes"
+        with pytest.raises(ValueError, match=what):
+            read_idx(path)

@@ -5,6 +5,7 @@ functional op beyond the Tensor operators.
 """
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -299,3 +300,251 @@ def test_load_state_dict_and_to_on_cuda():
     dst.double().cpu()
     assert weight.device == "cpu" and weight.dtype == np.float64
     assert dst.bn.num_batches_tracked.dtype == np.int64
+
+
+# ------------------------------------------------------------------ container positions
+# A model of every container as a plain Python list of tags: each operation is applied to
+# the list, to minicbam's container and (where torch is importable) to torch's, and the
+# three must agree after every step, with keys always "0".."n-1".
+
+try:
+    import torch
+except ImportError:  # the minicbam half of each test still runs
+    torch = None
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+class Tag(nn.Module):
+    """A child that appends its tag to ``trace`` when called (to see the forward order)."""
+
+    def __init__(self, tag, trace=None):
+        super().__init__()
+        self.tag, self.trace = tag, trace
+
+    def forward(self, x):
+        self.trace.append(self.tag)
+        return x
+
+
+def _torch_tag(tag):
+    m = torch.nn.Identity()
+    m.tag = tag
+    return m
+
+
+_OPS = st.one_of(
+    st.tuples(st.just("set"), st.integers(-5, 5)),
+    st.tuples(st.just("del"), st.integers(-5, 5)),
+    st.tuples(
+        st.just("delslice"), st.integers(-5, 5), st.integers(-5, 5), st.sampled_from([1, 2, -1])
+    ),
+    st.tuples(st.just("insert"), st.integers(-4, 4)),
+    st.tuples(st.just("append")),
+    st.tuples(st.just("extend"), st.integers(0, 2)),
+    st.tuples(st.just("pop"), st.integers(-4, 4)),
+)
+
+
+def _apply(op, container, model, make, fresh):
+    """Apply ``op`` to ``container`` and to the list ``model``; "IndexError" if both raise."""
+    kind = op[0]
+    if kind in ("set", "del", "pop"):
+        i = op[1]
+        if not -len(model) <= i < len(model):
+            with pytest.raises(IndexError):
+                {"set": lambda: container.__setitem__(i, make(fresh)),
+                 "del": lambda: container.__delitem__(i),
+                 "pop": lambda: container.pop(i)}[kind]()  # fmt: skip
+            return
+        if kind == "set":
+            container[i] = make(fresh)
+            model[i] = fresh
+        elif kind == "del":
+            del container[i]
+            del model[i]
+        else:
+            assert container.pop(i).tag == model.pop(i)
+    elif kind == "delslice":
+        doomed = slice(*op[1:])
+        del container[doomed]
+        del model[doomed]
+    elif kind == "insert":
+        n, i = len(model), op[1]
+        if type(container).__name__ == "Sequential" and not -n <= i <= n:
+            with pytest.raises(IndexError):
+                container.insert(i, make(fresh))
+            return
+        container.insert(i, make(fresh))
+        model.insert(i, fresh)
+    elif kind == "append":
+        container.append(make(fresh))
+        model.append(fresh)
+    else:
+        new = [fresh + k / 10 for k in range(op[1])]
+        container.extend([make(t) for t in new])
+        model.extend(new)
+
+
+@pytest.mark.parametrize("kind", ["Sequential", "ModuleList"])
+@settings(max_examples=60, deadline=None)
+@given(start=st.integers(0, 4), ops=st.lists(_OPS, max_size=8))
+def test_containers_keep_positions_and_renumber(kind, start, ops):
+    trace = []
+    make = lambda tag: Tag(tag, trace)
+    model = list(range(start))
+    container = (
+        getattr(nn, kind)(*[make(t) for t in model])
+        if kind == "Sequential"
+        else (nn.ModuleList([make(t) for t in model]))
+    )
+    mirror = None
+    if torch is not None:
+        tmodel = [_torch_tag(t) for t in model]
+        mirror = (
+            getattr(torch.nn, kind)(*tmodel)
+            if kind == "Sequential"
+            else (torch.nn.ModuleList(tmodel))
+        )
+    for step, op in enumerate(ops):
+        fresh = 100 + step
+        _apply(op, container, model, make, fresh)
+        # torch's ModuleList.insert raises KeyError for a negative index and leaves a gap
+        # for one past the end; minicbam follows list.insert (see nn/container.py).
+        torch_differs = (
+            kind == "ModuleList" and op[0] == "insert" and not 0 <= op[1] <= len(mirror or [])
+        )
+        if mirror is not None and not torch_differs:
+            _apply(op, mirror, [m.tag for m in mirror], _torch_tag, fresh)
+            assert [m.tag for m in mirror] == model
+            assert list(mirror._modules) == [str(i) for i in range(len(model))]
+        elif mirror is not None:
+            mirror = None  # the two diverge from here on
+        assert [m.tag for m in container] == model
+        assert list(container._modules) == [str(i) for i in range(len(model))]
+        assert [container[i].tag for i in range(-len(model), len(model))] == model * 2
+    if kind == "Sequential":
+        container(mc.zeros(1))
+        assert trace == model  # the forward runs in the positions' order
+
+
+def test_sequential_setitem_replaces_in_place_as_torch():
+    s = nn.Sequential(nn.ReLU(), nn.Linear(1, 1))
+    s[0] = nn.Tanh()
+    assert [type(m).__name__ for m in s] == ["Tanh", "Linear"]
+    assert list(s.state_dict()) == ["1.weight", "1.bias"]
+    del s[0]
+    s.append(nn.ReLU())  # used to land on key "1" and overwrite the Linear
+    assert [type(m).__name__ for m in s] == ["Linear", "ReLU"]
+    if torch is not None:
+        t = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(1, 1))
+        t[0] = torch.nn.Tanh()
+        del t[0]
+        t.append(torch.nn.ReLU())
+        assert [type(m).__name__ for m in t] == ["Linear", "ReLU"]
+
+
+def test_reassigning_a_parameter_or_child_keeps_its_place():
+    lin = nn.Linear(2, 3)
+    lin.weight = nn.Parameter(mc.zeros(3, 2))
+    assert [n for n, _ in lin.named_parameters()] == ["weight", "bias"]
+    net = Net()
+    net.conv = nn.Conv2d(3, 4, 3, bias=False)
+    net.bn.register_buffer("running_mean", mc.ones(4))
+    net.blocks[0].register_parameter("scale", nn.Parameter(mc.ones(2)))
+    assert [n for n, _ in net.named_children()] == ["conv", "bn", "blocks", "head"]
+    assert list(net.state_dict())[:4] == [
+        "conv.weight", "bn.weight", "bn.bias", "bn.running_mean"
+    ]  # fmt: skip
+    assert list(net.blocks[0].state_dict()) == ["scale", "shift", "count"]
+    if torch is not None:
+        t = torch.nn.Linear(2, 3)
+        t.weight = torch.nn.Parameter(torch.zeros(3, 2))
+        assert [n for n, _ in t.named_parameters()] == ["weight", "bias"]
+
+
+def _both(fn_mc, fn_torch, exc):
+    with pytest.raises(exc):
+        fn_mc()
+    if torch is not None:
+        with pytest.raises(exc):
+            fn_torch()
+
+
+def test_container_argument_errors_as_torch():
+    s, ml = nn.Sequential(nn.ReLU()), nn.ModuleList([nn.ReLU()])
+    ts = torch.nn.Sequential(torch.nn.ReLU()) if torch else None
+    tml = torch.nn.ModuleList([torch.nn.ReLU()]) if torch else None
+    _both(lambda: s[0.0], lambda: ts[0.0], TypeError)
+    _both(lambda: ml[0.0], lambda: tml[0.0], TypeError)
+    _both(lambda: ml.__setitem__(0, 3), lambda: tml.__setitem__(0, 3), TypeError)
+    _both(lambda: s.__setitem__(0, 3), lambda: ts.__setitem__(0, 3), TypeError)
+    _both(lambda: nn.ModuleList([3]), lambda: torch.nn.ModuleList([3]), TypeError)
+    _both(lambda: ml.extend(3), lambda: tml.extend(3), TypeError)
+    _both(lambda: ml.append("x"), lambda: tml.append("x"), TypeError)
+    _both(lambda: s + [nn.ReLU()], lambda: ts + [torch.nn.ReLU()], ValueError)
+    _both(lambda: ml[3], lambda: tml[3], IndexError)
+    with pytest.raises(TypeError):
+        s.insert(0, 3)  # torch: AssertionError
+    assert [type(m).__name__ for m in s] == ["ReLU"] and len(ml) == 1
+
+
+def test_container_concatenation_and_repetition():
+    a, b = nn.ReLU(), nn.Tanh()
+    s = nn.Sequential(a) + nn.Sequential(b)
+    assert list(s) == [a, b] and list(s._modules) == ["0", "1"]
+    s += nn.Sequential(a)
+    assert list(s) == [a, b, a]
+    assert list(nn.Sequential(a, b) * 2) == [a, b, a, b] == list(2 * nn.Sequential(a, b))
+    ml = nn.ModuleList([a]) + nn.ModuleList([b])
+    assert list(ml) == [a, b] and list(ml._modules) == ["0", "1"]
+    ml += [a]
+    assert list(ml) == [a, b, a]
+    assert list(ml[::-1]) == [a, b, a] and list(ml[1:]._modules) == ["0", "1"]
+    ml.extend(ml)
+    assert len(ml) == 6
+
+
+# ------------------------------------------------------------------ all-or-nothing loading
+def _corrupt(kind, value):
+    if kind == "string":
+        return np.full(value.shape, "x")
+    if kind == "object":
+        return np.empty(value.shape, dtype=object)
+    if kind == "list":
+        return value.tolist()
+    if kind == "complex":
+        return value.astype(np.complex64)
+    if kind == "shape":
+        return np.zeros(value.shape + (1,), value.dtype)
+    return "not an array"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    position=st.integers(0, 100),
+    kind=st.sampled_from(["string", "object", "list", "complex", "shape", "str"]),
+)
+def test_load_state_dict_is_all_or_nothing_and_names_the_key(position, kind):
+    net = Net()
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+    state = {k: v + 1 for k, v in before.items()}
+    bad_key = list(state)[position % len(state)]
+    state[bad_key] = _corrupt(kind, state[bad_key])
+    with pytest.raises(RuntimeError, match=re.escape(bad_key)):
+        net.load_state_dict(state)
+    for key, value in net.state_dict().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)  # nothing was copied
+    state[bad_key] = before[bad_key] + 1
+    net.load_state_dict(state)  # the same dict, repaired, loads
+    assert all(np.array_equal(v, before[k] + 1) for k, v in net.state_dict().items())
+
+
+def test_torch_also_names_the_key_of_a_non_tensor_value():
+    m = nn.Linear(2, 2)
+    with pytest.raises(RuntimeError, match='"weight".*str'):
+        m.load_state_dict({"weight": "x", "bias": np.zeros(2)})
+    if torch is not None:
+        with pytest.raises(RuntimeError, match='"weight".*str'):
+            torch.nn.Linear(2, 2).load_state_dict({"weight": "x", "bias": torch.zeros(2)})

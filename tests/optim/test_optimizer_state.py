@@ -134,3 +134,83 @@ def test_mismatched_state_shape():
     opt = optim.SGD(fresh_params([np.ones(3), np.ones((4,))]), lr=0.1)
     with pytest.raises(ValueError, match=r"'momentum_buffer' has shape \(2, 2\).* \(4,\)"):
         opt.load_state_dict(mismatch_state())
+
+
+# --------------------------------------------------------------- all-or-nothing loading
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+def _snapshot(opt):
+    state = {id(p): {k: np.array(v.numpy() if hasattr(v, "numpy") else v) for k, v in s.items()}
+             for p, s in opt.state.items()}  # fmt: skip
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    return state, groups
+
+
+def _same(a, b):
+    assert a[1] == b[1]
+    assert a[0].keys() == b[0].keys()
+    for pid, entries in a[0].items():
+        assert entries.keys() == b[0][pid].keys()
+        for k in entries:
+            np.testing.assert_array_equal(entries[k], b[0][pid][k])
+
+
+_BREAKS = {
+    "string state": lambda s: s["state"][1].__setitem__("exp_avg", np.full((2, 2), "x")),
+    "shape state": lambda s: s["state"][1].__setitem__("exp_avg_sq", np.zeros(5)),
+    "object step": lambda s: s["state"][1].__setitem__("step", np.empty((), dtype=object)),
+    "vector step": lambda s: s["state"][0].__setitem__("step", np.zeros(3)),
+    "bad lr": lambda s: s["param_groups"][0].__setitem__("lr", -1.0),
+    "bad betas": lambda s: s["param_groups"][0].__setitem__("betas", (0.9,)),
+    "no params": lambda s: s["param_groups"][0].pop("params"),
+    "bad index": lambda s: s["state"].__setitem__("x", {}),
+    "no state": lambda s: s.pop("state"),
+    "groups not a list": lambda s: s.__setitem__("param_groups", 3),
+}
+
+
+@settings(max_examples=30, deadline=None)
+@given(which=st.sampled_from(sorted(_BREAKS)))
+def test_optimizer_load_is_all_or_nothing(which):
+    params = fresh_params([np.ones(3), np.ones((2, 2))])
+    opt = optim.Adam(params, lr=0.1)
+    run(opt, params, range(2))
+    other_params = fresh_params([np.ones(3), np.ones((2, 2))])
+    other = optim.Adam(other_params, lr=0.01, betas=(0.5, 0.6))
+    run(other, other_params, range(3))
+    state = other.state_dict()
+    _BREAKS[which](state)
+    before = _snapshot(opt)
+    with pytest.raises((ValueError, TypeError), match="Adam"):
+        opt.load_state_dict(state)
+    _same(_snapshot(opt), before)  # nothing changed: lr, betas, moments, step counters
+
+
+@pytest.mark.parametrize("part", [0, 1, "top"])
+def test_scheduler_load_is_all_or_nothing(part):
+    from minicbam.optim import lr_scheduler
+
+    def build():
+        opt = optim.SGD(fresh_params([np.ones(3)]), lr=0.1)
+        ramp = lr_scheduler.LinearLR(opt, 0.1, total_iters=2)
+        return lr_scheduler.SequentialLR(opt, [ramp, lr_scheduler.CosineAnnealingLR(opt, 5)], [2])
+
+    saved = build()
+    for _ in range(3):
+        saved.step()
+    state = saved.state_dict()
+    if part == "top":
+        state["last_epoch"] = "three"
+    else:
+        state["schedulers"][part]["base_lrs"] = [0.1, 0.2]  # one group, two lrs
+    fresh = build()
+    before = (fresh.last_epoch, [s.__dict__.copy() for s in fresh.schedulers])
+    with pytest.raises(ValueError, match="load_state_dict.*(last_epoch|base_lrs)"):
+        fresh.load_state_dict(state)
+    assert (fresh.last_epoch, [s.__dict__ for s in fresh.schedulers]) == before
+    with pytest.raises(ValueError, match=r"unexpected: \['T_max', 'eta_min'\]"):
+        lr_scheduler.StepLR(optim.SGD(fresh_params([np.ones(3)]), lr=0.1), 2).load_state_dict(
+            state["schedulers"][1]
+        )
