@@ -55,6 +55,8 @@ from minicbam.nn.container import Sequential
 from minicbam.nn.conv import Conv2d
 from minicbam.nn.linear import Linear
 from minicbam.nn.module import Module
+from minicbam.ops.squeeze_excite import squeeze_excite_with_weights
+from minicbam.tensor import Tensor
 
 __all__ = [
     "CBAM",
@@ -108,17 +110,17 @@ class SqueezeExcitation(Module):
         self.channels, self.reduction = channels, reduction
         hidden = _hidden(channels, reduction, None)
         self.fc1 = Linear(channels, hidden)
-        self.relu = ReLU()
+        self.relu = ReLU()  # shown in the structure; the fused op applies it
         self.fc2 = Linear(hidden, channels)
         self.last_channel_weights = None
 
     def forward(self, x):
         _check_input(f"{type(self).__name__}({self.channels})", x, self.channels)
-        n, c = x.shape[:2]
-        z = F.global_pool(x, ("avg",)).reshape(n, c)  # (1, N, C) -> (N, C), Eq. 2
-        logits = self.fc2(self.relu(self.fc1(z))).reshape(n, c, 1, 1)
-        self.last_channel_weights = _detached_sigmoid(logits)
-        return F.gate(x, logits)  # x * sigmoid(logits), Eq. 3-4
+        fc1, fc2 = self.fc1, self.fc2
+        # squeeze, excite and scale in one fused op (Eq. 2-4); s = sigmoid(logits) (N, C)
+        y, s = squeeze_excite_with_weights(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+        self.last_channel_weights = Tensor(s.reshape(s.shape + (1, 1)))
+        return y
 
     def extra_repr(self):
         return f"{self.channels}, reduction={self.reduction}"
