@@ -195,6 +195,31 @@ def _largest_array(out, args):
     return largest
 
 
+def serial_twin(dispatcher):
+    """``dispatcher``'s function compiled without ``parallel=True`` (other options kept).
+
+    A small input then skips numba's parallel launch and the thread-count switch around it
+    (together ~10-40 us per call, more than the work), and a kernel that only ever sees
+    small inputs never compiles its parallel version (~3x slower to compile). The twin is
+    a copy of the function under its own name: numba's cache keys entries by qualified name
+    and signature, not by options, so the two versions need distinct names."""
+    import types
+
+    import numba
+
+    fn = dispatcher.py_func
+    twin = types.FunctionType(
+        fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__, fn.__closure__
+    )
+    twin.__qualname__ = fn.__qualname__ + "_serial"
+    options = {
+        k: v for k, v in dispatcher.targetoptions.items() if k not in ("parallel", "nopython")
+    }
+    # parallel=True implies numpy's error model (x / 0 gives inf, as on the GPU); keep it
+    options.setdefault("error_model", "numpy")
+    return numba.njit(cache=True, **options)(twin)
+
+
 def _run_single_threaded(fn, out, args):
     import numba
 
@@ -227,13 +252,20 @@ class Kernel:
         self.float64_math = float64_math
         self.name = name or getattr(cpu, "__name__", repr(cpu))
         self._cuda_launch = None
+        # small inputs run a serial twin of a parallel njit kernel (built on first use)
+        self._parallel = getattr(cpu, "targetoptions", {}).get("parallel", False)
+        self._serial = None
 
     def __call__(self, out, *args):
         if isinstance(out, np.ndarray):
             if recorded_calls is not None:
                 recorded_calls.append((self, (out,) + args))
             if _largest_array(out, args) < PARALLEL_MIN_ELEMENTS:
-                return _run_single_threaded(self.cpu, out, args)
+                if not self._parallel:
+                    return _run_single_threaded(self.cpu, out, args)
+                if self._serial is None:
+                    self._serial = serial_twin(self.cpu)
+                return self._serial(out, *args)
             return self.cpu(out, *args)
         if self._cuda_launch is None:
             if self.cuda_factory is None:
