@@ -23,7 +23,12 @@ import time
 from minicbam import __version__
 from minicbam.app.checkpoint import load_model, read_checkpoint
 from minicbam.app.cli_dev import add_bench, add_gradcheck
-from minicbam.app.cli_types import non_negative_float, non_negative_int, positive_float, positive_int
+from minicbam.app.cli_types import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from minicbam.app.config import (
     ATTENTIONS,
     DATASETS,
@@ -159,6 +164,9 @@ def cmd_train(args):
             "--epochs to train further"
         )
     start = time.perf_counter()
+    notice = compile_notice()
+    if notice:
+        print(notice, flush=True)
     result = fit(config, resume=tree, progress=_progress(args), stop_after=args.stop_after or 0)
     last = result["history"][-1] if result["history"] else None
     if last is not None:
@@ -167,6 +175,24 @@ def cmd_train(args):
             f"(best {result['best_acc']:.2%}); outputs in {result['out']}"
         )
     return 0
+
+
+def compile_notice():
+    """A one-line notice when numba's cache holds no compiled minicbam op yet (the first run
+    compiles its kernels during epoch 1), naming where the cache lives; else None."""
+    import glob
+    import importlib
+
+    try:  # any cached op kernel: they all cache into the directory of minicbam/ops
+        cache_dir = importlib.import_module("minicbam.ops.gate")._scale_cpu._cache._cache_path
+    except AttributeError:  # numba's cache internals moved: say nothing rather than guess
+        return None
+    if glob.glob(os.path.join(cache_dir, "*.nbi")):
+        return None
+    return (
+        f"first run: compiling kernels during epoch 1 (cached in {cache_dir}; "
+        "later runs start at once)"
+    )
 
 
 def _progress(args):
@@ -277,7 +303,9 @@ def _add_attention_map(sub):
 
 
 def cmd_attention_map(args):
-    from minicbam.app.plots import plot_attention  # matplotlib loads only for the commands that plot
+    from minicbam.app.plots import (
+        plot_attention,
+    )  # matplotlib loads only for the commands that plot
 
     model, _, dataset, info = _checkpoint_data(args)
     if args.index >= len(dataset):
