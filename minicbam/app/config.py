@@ -9,6 +9,7 @@ import math
 import os
 
 import minicbam as mc
+from minicbam.device import cuda_unavailable_reason
 
 MODELS = ("digits-cnn", "resnet18", "resnet34", "resnet50")
 ATTENTIONS = ("none", "se", "cam", "sam", "cbam")
@@ -89,4 +90,5 @@ def check_choice(name, value, choices):
 def check_device(device):
     """Raise ``UserError`` if ``device`` is "cuda" and no usable GPU is found."""
     if device == "cuda" and not mc.cuda_is_available():
-        raise UserError("--device cuda: numba.cuda finds no usable GPU; use --device cpu")
+        reason = cuda_unavailable_reason()
+        raise UserError(f"--device cuda: no usable GPU ({reason}); use --device cpu")
