@@ -42,7 +42,7 @@ from minicbam.kernels.strided import gather, scatter_into
 
 # Direct path when (C/G) * (CO/G) <= this (see the docstring); 0 forces im2col + GEMM.
 DIRECT_MAX_PRODUCT = 8
-MIN_POOLED_FLOPS = 1 << 26  # smaller convs run their chunks on the calling thread
+MIN_POOLED_FLOPS = 1 << 27  # smaller convs (the digits CNN's) run on the calling thread
 
 # Elements of col per chunk of samples. CPU: a few MiB per task, reused, so it stays cheap
 # to touch (docs/design.md, "Measured facts"). CUDA: 128 MiB in float32.
