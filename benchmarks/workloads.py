@@ -1,36 +1,47 @@
-"""The benchmark workloads: each builds a minicbam callable and, when torch is given, the
-same computation (same shapes and structure) in PyTorch.
+"""The benchmark workloads: a registry of named workloads, each with a minicbam builder and a
+PyTorch builder of the same computation (same shapes and structure).
 
 Shapes follow the issue's anchors: attention modules and ops on (64, 64, 32, 32) float32;
 ResNet18-CBAM (CIFAR stem) train step / evaluation at batch 64 on 32x32; the digits CNN
 with CBAM train step at batch 128 on 8x8.
+
+Adding a workload::
+
+    register("name", describe, minicbam_builder, torch_builder)
+
+``describe(quick)`` returns ``(what, unit, per_call)`` (``per_call`` work units per call, e.g.
+images or GFLOP, 0 for none); ``minicbam_builder(quick)`` and ``torch_builder(torch, quick)``
+each return a no-argument callable, one step of the workload. ``quick`` selects smaller shapes.
+
+This module must not import minicbam at the top: run.py imports it in the PyTorch process too,
+and ``import minicbam`` changes the OpenMP environment (OMP_WAIT_POLICY), which would change
+PyTorch's own defaults. minicbam is imported inside the minicbam builders only.
 """
 
 import collections
 
 import numpy as np
 
-import minicbam as mc
-import minicbam.nn.functional as F
-from minicbam import models, nn, optim
+Workload = collections.namedtuple("Workload", "describe minicbam torch")
 
-Case = collections.namedtuple("Case", "what unit per_call minicbam torch")
+WORKLOADS = {}
+
+DIGITS_WIDTH = 32  # models.DigitsCNN's default width; the torch twin uses the same
 
 
-def import_torch(threads):
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(threads)
-    return torch
+def register(name, describe, minicbam, torch):
+    """Add a workload; names are unique (a second registration is a bug)."""
+    if name in WORKLOADS:
+        raise ValueError(f"workload {name!r} is registered twice")
+    WORKLOADS[name] = Workload(describe, minicbam, torch)
 
 
 def _x(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def _fwd_bwd(module, x):
+# ----------------------------------------------------------------------------- steps
+def mc_fwd_bwd(module, x):
     def step():
         module.zero_grad()
         x.grad = None
@@ -39,7 +50,9 @@ def _fwd_bwd(module, x):
     return step
 
 
-def _fwd(module, x):
+def mc_fwd(module, x):
+    import minicbam as mc
+
     def step():
         with mc.no_grad():
             module(x)
@@ -47,7 +60,7 @@ def _fwd(module, x):
     return step
 
 
-def _torch_fwd_bwd(torch, module, x):
+def torch_fwd_bwd(module, x):
     def step():
         module.zero_grad()
         x.grad = None
@@ -56,10 +69,30 @@ def _torch_fwd_bwd(torch, module, x):
     return step
 
 
-def _torch_fwd(torch, module, x):
+def torch_fwd(torch, module, x):
     def step():
         with torch.no_grad():
             module(x)
+
+    return step
+
+
+def mc_train_step(model, opt, x, y):
+    import minicbam.nn.functional as F
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def torch_train_step(torch, model, opt, x, y):
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
 
     return step
 
@@ -144,115 +177,7 @@ def torch_resnet18_cbam(torch, num_classes=10):
     return tnn.Sequential(*layers)
 
 
-# ----------------------------------------------------------------------------- cases
-def _attention_case(kind, backward, quick, torch):
-    shape = (16, 64, 16, 16) if quick else (64, 64, 32, 32)
-    module = {
-        "cbam": lambda: nn.CBAM(64),
-        "cam": lambda: nn.ChannelAttention(64),
-        "sam": lambda: nn.SpatialAttention(7),
-        "se": lambda: nn.SqueezeExcitation(64),
-    }[kind]().train()
-    x = mc.tensor(_x(shape), requires_grad=backward)
-    mine = _fwd_bwd(module, x) if backward else _fwd(module, x)
-    theirs = None
-    if torch is not None:
-        tm = torch_modules(torch)[kind](64) if kind != "sam" else torch_modules(torch)["sam"](7)
-        tx = torch.tensor(_x(shape), requires_grad=backward)
-        theirs = _torch_fwd_bwd(torch, tm, tx) if backward else _torch_fwd(torch, tm, tx)
-    what = f"{kind} {'fwd+bwd' if backward else 'fwd'} {shape}"
-    return Case(what, "img/s", shape[0], mine, theirs)
-
-
-def _conv_case(backward, quick, torch):
-    shape = (16, 64, 32, 32) if quick else (64, 64, 32, 32)
-    conv = nn.Conv2d(64, 64, 3, padding=1, bias=False)
-    x = mc.tensor(_x(shape), requires_grad=backward)
-    mine = _fwd_bwd(conv, x) if backward else _fwd(conv, x)
-    theirs = None
-    if torch is not None:
-        tconv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False)
-        tx = torch.tensor(_x(shape), requires_grad=backward)
-        theirs = _torch_fwd_bwd(torch, tconv, tx) if backward else _torch_fwd(torch, tconv, tx)
-    flops = 2 * shape[0] * 64 * 64 * 9 * shape[2] * shape[3] * (3 if backward else 1)
-    return Case(
-        f"conv3x3 64->64 {'fwd+bwd' if backward else 'fwd'} {shape}",
-        "GFLOP/s",
-        flops / 1e9,
-        mine,
-        theirs,
-    )
-
-
-def _layer_case(name, quick, torch):
-    shape = (16, 64, 32, 32) if quick else (64, 64, 32, 32)
-    mine_layer = {"bn": nn.BatchNorm2d(64), "maxpool": nn.MaxPool2d(2)}[name].train()
-    x = mc.tensor(_x(shape), requires_grad=True)
-    theirs = None
-    if torch is not None:
-        tl = {"bn": torch.nn.BatchNorm2d(64), "maxpool": torch.nn.MaxPool2d(2)}[name].train()
-        theirs = _torch_fwd_bwd(torch, tl, torch.tensor(_x(shape), requires_grad=True))
-    return Case(f"{name} fwd+bwd {shape}", "img/s", shape[0], _fwd_bwd(mine_layer, x), theirs)
-
-
-def _train_step(model, opt, x, y):
-    def step():
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    return step
-
-
-def _torch_train_step(torch, model, opt, x, y):
-    def step():
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    return step
-
-
-def _resnet_case(train, quick, torch):
-    batch = 16 if quick else 64
-    model = models.resnet18(num_classes=10, attention="cbam", stem="cifar")
-    x = mc.tensor(_x((batch, 3, 32, 32)))
-    y = mc.tensor(np.arange(batch) % 10)
-    if train:
-        mine = _train_step(
-            model.train(), optim.SGD(model.parameters(), lr=0.01, momentum=0.9), x, y
-        )
-    else:
-        mine = _fwd(model.eval(), x)
-    theirs = None
-    if torch is not None:
-        tm = torch_resnet18_cbam(torch)
-        tx, ty = torch.tensor(_x((batch, 3, 32, 32))), torch.tensor(np.arange(batch) % 10)
-        if train:
-            topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
-            theirs = _torch_train_step(torch, tm.train(), topt, tx, ty)
-        else:
-            theirs = _torch_fwd(torch, tm.eval(), tx)
-    what = f"resnet18-cbam cifar {'train step' if train else 'eval'} batch {batch}"
-    return Case(what, "img/s", batch, mine, theirs)
-
-
-def _digits_case(quick, torch):
-    batch = 128
-    model = models.DigitsCNN(num_classes=10, attention="cbam").train()
-    x, y = mc.tensor(_x((batch, 1, 8, 8))), mc.tensor(np.arange(batch) % 10)
-    mine = _train_step(model, optim.Adam(model.parameters(), lr=1e-3), x, y)
-    theirs = None
-    if torch is not None:
-        tm = torch_digits_like(torch, model)
-        tx, ty = torch.tensor(_x((batch, 1, 8, 8))), torch.tensor(np.arange(batch) % 10)
-        theirs = _torch_train_step(
-            torch, tm.train(), torch.optim.Adam(tm.parameters(), 1e-3), tx, ty
-        )
-    return Case(f"digits-cnn-cbam train step batch {batch}", "img/s", batch, mine, theirs)
-
-
-def torch_digits_like(torch, model):
+def torch_digits_cnn(torch, width=DIGITS_WIDTH):
     """PyTorch twin of ``models.DigitsCNN(attention="cbam")``: same layers and sizes."""
     tnn = torch.nn
     mods = torch_modules(torch)
@@ -268,7 +193,6 @@ def torch_digits_like(torch, model):
         def forward(self, x):
             return self.attn(torch.relu(self.bn(self.conv(x))))
 
-    width = model.block1.conv.weight.shape[0]
     return tnn.Sequential(
         Block(1, width),
         tnn.MaxPool2d(2),
@@ -279,35 +203,188 @@ def torch_digits_like(torch, model):
     )
 
 
-def _matmul_case(quick, torch):
-    n = 512 if quick else 1024
+# ----------------------------------------------------------------------------- attention
+def _attention_shape(quick):
+    return (16, 64, 16, 16) if quick else (64, 64, 32, 32)
+
+
+def _mc_attention_module(kind):
+    from minicbam import nn
+
+    return {
+        "cbam": lambda: nn.CBAM(64),
+        "cam": lambda: nn.ChannelAttention(64),
+        "sam": lambda: nn.SpatialAttention(7),
+        "se": lambda: nn.SqueezeExcitation(64),
+    }[kind]().train()
+
+
+def _register_attention(name, kind, backward):
+    def describe(quick):
+        what = f"{kind} {'fwd+bwd' if backward else 'fwd'} {_attention_shape(quick)}"
+        return what, "img/s", _attention_shape(quick)[0]
+
+    def mine(quick):
+        import minicbam as mc
+
+        module = _mc_attention_module(kind)
+        x = mc.tensor(_x(_attention_shape(quick)), requires_grad=backward)
+        return mc_fwd_bwd(module, x) if backward else mc_fwd(module, x)
+
+    def theirs(torch, quick):
+        module = torch_modules(torch)[kind](7 if kind == "sam" else 64).train()
+        x = torch.tensor(_x(_attention_shape(quick)), requires_grad=backward)
+        return torch_fwd_bwd(module, x) if backward else torch_fwd(torch, module, x)
+
+    register(name, describe, mine, theirs)
+
+
+_register_attention("cbam_fwd", "cbam", False)
+_register_attention("cbam_fwd_bwd", "cbam", True)
+_register_attention("cam_fwd_bwd", "cam", True)
+_register_attention("sam_fwd_bwd", "sam", True)
+_register_attention("se_fwd_bwd", "se", True)
+
+
+# ----------------------------------------------------------------------------- conv 3x3
+def _register_conv(name, channels, hw, backward):
+    def shape(quick):
+        return (16 if quick else 64, channels, hw, hw)
+
+    def describe(quick):
+        n, c, h, w = shape(quick)
+        flops = 2 * n * c * c * 9 * h * w * (3 if backward else 1)
+        what = f"conv3x3 {c}->{c} {'fwd+bwd' if backward else 'fwd'} {shape(quick)}"
+        return what, "GFLOP/s", flops / 1e9
+
+    def mine(quick):
+        import minicbam as mc
+        from minicbam import nn
+
+        conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        x = mc.tensor(_x(shape(quick)), requires_grad=backward)
+        return mc_fwd_bwd(conv, x) if backward else mc_fwd(conv, x)
+
+    def theirs(torch, quick):
+        conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        x = torch.tensor(_x(shape(quick)), requires_grad=backward)
+        return torch_fwd_bwd(conv, x) if backward else torch_fwd(torch, conv, x)
+
+    register(name, describe, mine, theirs)
+
+
+_register_conv("conv3x3_fwd", 64, 32, False)
+_register_conv("conv3x3_fwd_bwd", 64, 32, True)
+_register_conv("conv3x3_c128_fwd_bwd", 128, 16, True)
+_register_conv("conv3x3_c256_fwd_bwd", 256, 8, True)
+
+
+# ----------------------------------------------------------------------------- layers
+def _register_layer(name, backward=True):
+    def describe(quick):
+        return f"{name} fwd+bwd {_attention_shape(quick)}", "img/s", _attention_shape(quick)[0]
+
+    def mine(quick):
+        import minicbam as mc
+        from minicbam import nn
+
+        layer = {"bn": lambda: nn.BatchNorm2d(64), "maxpool": lambda: nn.MaxPool2d(2)}[name]()
+        x = mc.tensor(_x(_attention_shape(quick)), requires_grad=True)
+        return mc_fwd_bwd(layer.train(), x)
+
+    def theirs(torch, quick):
+        tnn = torch.nn
+        layer = {"bn": lambda: tnn.BatchNorm2d(64), "maxpool": lambda: tnn.MaxPool2d(2)}[name]()
+        x = torch.tensor(_x(_attention_shape(quick)), requires_grad=True)
+        return torch_fwd_bwd(layer.train(), x)
+
+    register(f"{name}_fwd_bwd", describe, mine, theirs)
+
+
+_register_layer("bn")
+_register_layer("maxpool")
+
+
+def _matmul_n(quick):
+    return 512 if quick else 1024
+
+
+def _mc_matmul(quick):
+    import minicbam as mc
+
+    n = _matmul_n(quick)
     a, b = mc.tensor(_x((n, n))), mc.tensor(_x((n, n), 1))
-
-    def mine():
-        a @ b
-
-    theirs = None
-    if torch is not None:
-        ta, tb = torch.tensor(_x((n, n))), torch.tensor(_x((n, n), 1))
-
-        def theirs():
-            ta @ tb
-
-    return Case(f"matmul {n}^3 float32", "GFLOP/s", 2 * n**3 / 1e9, mine, theirs)
+    return lambda: a @ b
 
 
-CASES = {
-    "cbam_fwd": lambda quick, torch: _attention_case("cbam", False, quick, torch),
-    "cbam_fwd_bwd": lambda quick, torch: _attention_case("cbam", True, quick, torch),
-    "cam_fwd_bwd": lambda quick, torch: _attention_case("cam", True, quick, torch),
-    "sam_fwd_bwd": lambda quick, torch: _attention_case("sam", True, quick, torch),
-    "se_fwd_bwd": lambda quick, torch: _attention_case("se", True, quick, torch),
-    "conv3x3_fwd": lambda quick, torch: _conv_case(False, quick, torch),
-    "conv3x3_fwd_bwd": lambda quick, torch: _conv_case(True, quick, torch),
-    "bn_fwd_bwd": lambda quick, torch: _layer_case("bn", quick, torch),
-    "maxpool_fwd_bwd": lambda quick, torch: _layer_case("maxpool", quick, torch),
-    "matmul": lambda quick, torch: _matmul_case(quick, torch),
-    "digits_cbam_train": lambda quick, torch: _digits_case(quick, torch),
-    "resnet18_cbam_train": lambda quick, torch: _resnet_case(True, quick, torch),
-    "resnet18_cbam_eval": lambda quick, torch: _resnet_case(False, quick, torch),
-}
+def _torch_matmul(torch, quick):
+    n = _matmul_n(quick)
+    a, b = torch.tensor(_x((n, n))), torch.tensor(_x((n, n), 1))
+    return lambda: a @ b
+
+
+def _matmul_describe(quick):
+    n = _matmul_n(quick)
+    return f"matmul {n}^3 float32", "GFLOP/s", 2 * n**3 / 1e9
+
+
+register("matmul", _matmul_describe, _mc_matmul, _torch_matmul)
+
+
+# ----------------------------------------------------------------------------- models
+def _digits_describe(quick):
+    return "digits-cnn-cbam train step batch 128", "img/s", 128
+
+
+def _mc_digits(quick):
+    import minicbam as mc
+    from minicbam import models, optim
+
+    model = models.DigitsCNN(num_classes=10, attention="cbam", width=DIGITS_WIDTH).train()
+    x, y = mc.tensor(_x((128, 1, 8, 8))), mc.tensor(np.arange(128) % 10)
+    return mc_train_step(model, optim.Adam(model.parameters(), lr=1e-3), x, y)
+
+
+def _torch_digits(torch, quick):
+    model = torch_digits_cnn(torch).train()
+    x, y = torch.tensor(_x((128, 1, 8, 8))), torch.tensor(np.arange(128) % 10)
+    return torch_train_step(torch, model, torch.optim.Adam(model.parameters(), 1e-3), x, y)
+
+
+register("digits_cbam_train", _digits_describe, _mc_digits, _torch_digits)
+
+
+def _register_resnet(name, train):
+    def batch(quick):
+        return 16 if quick else 64
+
+    def describe(quick):
+        what = f"resnet18-cbam cifar {'train step' if train else 'eval'} batch {batch(quick)}"
+        return what, "img/s", batch(quick)
+
+    def mine(quick):
+        import minicbam as mc
+        from minicbam import models, optim
+
+        model = models.resnet18(num_classes=10, attention="cbam", stem="cifar")
+        x = mc.tensor(_x((batch(quick), 3, 32, 32)))
+        y = mc.tensor(np.arange(batch(quick)) % 10)
+        if not train:
+            return mc_fwd(model.eval(), x)
+        opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        return mc_train_step(model.train(), opt, x, y)
+
+    def theirs(torch, quick):
+        model = torch_resnet18_cbam(torch)
+        x = torch.tensor(_x((batch(quick), 3, 32, 32)))
+        y = torch.tensor(np.arange(batch(quick)) % 10)
+        if not train:
+            return torch_fwd(torch, model.eval(), x)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        return torch_train_step(torch, model.train(), opt, x, y)
+
+    register(name, describe, mine, theirs)
+
+
+_register_resnet("resnet18_cbam_train", True)
+_register_resnet("resnet18_cbam_eval", False)

@@ -21,6 +21,12 @@ values, as much work as the products when COg is small (im2col was ~6 ms of a 17
 forward). So when Cg * COg <= DIRECT_MAX_PRODUCT (channels per group, input times output; the
 kernel size cancels out) conv2d_direct.py computes y, gx and gw directly, on both devices.
 
+On the CPU, float32 3x3 convolutions with stride 1, dilation 1, one group, padding <= 2
+and at least WINOGRAD_MIN_CHANNELS input and output channels use Winograd F(4x4, 3x3)
+(kernels/winograd.py) for y, gx and gW: 4x fewer multiplies than im2col + GEMM, batched over
+the whole batch. float64 stays on im2col + GEMM (an exact sum, for gradcheck) unless
+WINOGRAD = "always" (the tests' hook, to gradcheck the Winograd path in float64).
+
 The GEMMs run over (sample, group) batches (gemm.py), a chunk of samples at a time. On the
 CPU each chunk is one task on gemm.py's task pool with its col in a thread-local scratch
 buffer (see "CPU" below); on CUDA the chunks run in turn through one col buffer of up to
@@ -33,6 +39,7 @@ import numpy as np
 
 from minicbam import device
 from minicbam.function import Function, check_same_device
+from minicbam.kernels import winograd
 from minicbam.kernels.conv2d_direct import conv_direct, conv_direct_input_grad, conv_direct_weight_grad
 from minicbam.kernels.gemm import add_bias, add_into, bias_grad, gemm
 from minicbam.kernels.task_pool import cpu_workers, run_tasks
@@ -42,6 +49,10 @@ from minicbam.kernels.strided import gather, scatter_into
 
 # Direct path when (C/G) * (CO/G) <= this (see the docstring); 0 forces im2col + GEMM.
 DIRECT_MAX_PRODUCT = 8
+# "auto": Winograd for eligible float32 CPU convs; "always": every eligible CPU conv of any
+# float dtype (tests); "never": off. Below WINOGRAD_MIN_CHANNELS the GEMMs are too thin to pay.
+WINOGRAD = "auto"
+WINOGRAD_MIN_CHANNELS = 16
 MIN_POOLED_FLOPS = 1 << 27  # smaller convs (the digits CNN's) run on the calling thread
 
 # Elements of col per chunk of samples. CPU: a few MiB per task, reused, so it stays cheap
@@ -97,10 +108,35 @@ class Conv2d(Function):
         for n0 in range(0, N, self.chunk):
             yield n0, min(self.chunk, N - n0)
 
+    def _algorithm(self, x, w):
+        """"direct", "winograd" or "im2col" (see the module docstring)."""
+        if w.shape[1] * (w.shape[0] // self.groups) <= DIRECT_MAX_PRODUCT:
+            return "direct"
+        if WINOGRAD == "never" or device.device_of(x) != device.CPU:
+            return "im2col"
+        if not winograd.eligible(w.shape, self.stride, self.pads, self.dilation, self.groups):
+            return "im2col"
+        if WINOGRAD == "always":
+            return "winograd"
+        wide = min(w.shape[0], w.shape[1]) >= WINOGRAD_MIN_CHANNELS
+        return "winograd" if wide and x.dtype == np.float32 else "im2col"
+
     def forward(self, x, w, b=None):
-        y = device.empty(self._setup(x, w), x.dtype, device.device_of(x))
+        shape = self._setup(x, w)
+        self.algorithm = self._algorithm(x, w)
+        self.direct = self.algorithm == "direct"
+        if self.algorithm == "winograd":
+            y = winograd.conv3x3(x, w, self.pads)
+        else:
+            y = device.empty(shape, x.dtype, device.device_of(x))
+            self._forward_gemm_or_direct(x, w, y)
+        if b is not None:
+            add_bias(y.reshape((y.shape[0], y.shape[1], self.L)), b, y.shape[1], self.L)
+        self.x, self.w, self.has_bias = x, w, b is not None
+        return y
+
+    def _forward_gemm_or_direct(self, x, w, y):
         y4, w3 = y.reshape(self.y4_shape), w.reshape(self.w3_shape)
-        self.direct = w.shape[1] * (w.shape[0] // self.groups) <= DIRECT_MAX_PRODUCT
         if self.direct:
             conv_direct(y, x, w, self.geom, self.groups)
         elif device.device_of(x) == device.CPU:
@@ -110,14 +146,12 @@ class Conv2d(Function):
             for n0, nb in self._chunks(x.shape[0]):
                 im2col(col[:nb], x[n0 : n0 + nb], self.geom)
                 gemm(y4[n0 : n0 + nb], w3, col[:nb].reshape((nb,) + self.col4_shape))
-        if b is not None:
-            add_bias(y.reshape((y.shape[0], y.shape[1], self.L)), b, y.shape[1], self.L)
-        self.x, self.w, self.has_bias = x, w, b is not None
-        return y
 
     def backward(self, gy):
         if self.direct:
             return self._backward_direct(gy)
+        if self.algorithm == "winograd":
+            return self._backward_winograd(gy)
         if device.device_of(gy) == device.CPU:
             return self._backward_cpu(gy)
         need_x, need_w = self.needs_input_grad[:2]
@@ -146,6 +180,14 @@ class Conv2d(Function):
             gb = bias_grad(gy.reshape((gy.shape[0], CO, self.L)), CO, self.L)
             grads += (gb if self.needs_input_grad[2] else None,)
         return grads
+
+    def _backward_winograd(self, gy):
+        gx = gw = None
+        if self.needs_input_grad[0]:
+            gx = winograd.input_grad(gy, self.w, self.pads)
+        if self.needs_input_grad[1]:
+            gw = winograd.weight_grad(self.x, gy, self.pads)
+        return self._with_bias_grad(gy, (gx, gw))
 
     def _backward_direct(self, gy):
         x, w, dev = self.x, self.w, device.device_of(gy)

@@ -1,7 +1,10 @@
 """conv2d: forward vs two oracles (loops, scipy) and PyTorch, gradients, CUDA parity, errors.
 
-Both paths are tested on the same drawn shapes: ``path="direct"`` forces conv2d_direct.py for
-every shape, ``path="im2col"`` forces im2col + GEMM (conv2d.DIRECT_MAX_PRODUCT).
+All paths are tested on the same drawn shapes: ``path="direct"`` forces conv2d_direct.py for
+every shape, ``path="im2col"`` forces im2col + GEMM (conv2d.DIRECT_MAX_PRODUCT),
+``path="winograd"`` sends every eligible shape (3x3, stride 1, dilation 1, one group, padding
+<= 2) to Winograd F(4x4, 3x3) in any dtype (conv2d.WINOGRAD = "always") and the rest to
+im2col. Shapes drawn by ``winograd_cases`` always reach Winograd (checked per example).
 """
 
 import contextlib
@@ -19,20 +22,23 @@ from minicbam.ops.conv2d import conv2d
 
 # the module itself: minicbam.ops's attribute of that name is the function
 conv2d_module = importlib.import_module("minicbam.ops.conv2d")
+winograd_module = importlib.import_module("minicbam.kernels.winograd")
 
-PATHS = ["direct", "im2col"]
+PATHS = ["direct", "im2col", "winograd"]
+GEMM_PATHS = ["direct", "im2col"]  # the CUDA device's (Winograd is CPU-only)
 
 
 @contextlib.contextmanager
 def conv_path(path):
     """Force every conv2d call inside onto one path (a context manager, not a fixture:
     hypothesis runs many examples per test function)."""
-    saved = conv2d_module.DIRECT_MAX_PRODUCT
-    conv2d_module.DIRECT_MAX_PRODUCT = {"direct": 10**9, "im2col": 0}[path]
+    saved = conv2d_module.DIRECT_MAX_PRODUCT, conv2d_module.WINOGRAD
+    conv2d_module.DIRECT_MAX_PRODUCT = {"direct": 10**9, "im2col": 0, "winograd": 0}[path]
+    conv2d_module.WINOGRAD = "always" if path == "winograd" else "never"
     try:
         yield
     finally:
-        conv2d_module.DIRECT_MAX_PRODUCT = saved
+        conv2d_module.DIRECT_MAX_PRODUCT, conv2d_module.WINOGRAD = saved
 
 
 @st.composite
@@ -54,6 +60,18 @@ def conv_cases(draw, max_n=2, max_c=4, max_side=7):
     x_shape = (draw(st.integers(1, max_n)), cin, h, w)
     w_shape = (cout, cin // groups, kh, kw)
     return x_shape, w_shape, draw(st.booleans()), stride, padding, dilation, groups
+
+
+@st.composite
+def winograd_cases(draw, max_n=2, max_c=5, max_side=11):
+    """conv_cases' tuple for shapes the Winograd path takes: 3x3, stride 1, dilation 1, one
+    group, padding 0..2; sides 1..max_side (mostly not multiples of the 4x4 tile)."""
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    h = draw(st.integers(max(1, 3 - 2 * padding[0]), max_side))
+    w = draw(st.integers(max(1, 3 - 2 * padding[1]), max_side))
+    cin, cout = draw(st.integers(1, max_c)), draw(st.integers(1, max_c))
+    x_shape = (draw(st.integers(1, max_n)), cin, h, w)
+    return x_shape, (cout, cin, 3, 3), draw(st.booleans()), (1, 1), padding, (1, 1), 1
 
 
 def _pads(padding):
@@ -137,8 +155,9 @@ def test_spatial_attention_conv_both_paths(dtype):
         results[path] = (y.numpy(), mx.grad.numpy(), mw.grad.numpy())
     tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
     np.testing.assert_allclose(results["direct"][0], expected, **tol)
-    for a, b in zip(results["direct"], results["im2col"]):
-        np.testing.assert_allclose(a, b, **tol)
+    for path in PATHS[1:]:
+        for a, b in zip(results["direct"], results[path]):
+            np.testing.assert_allclose(a, b, **tol)
     assert_gradcheck(lambda x, w: conv2d(x, w, padding=3), x, w)
 
 
@@ -202,8 +221,130 @@ def test_only_weight_grad_and_no_bias_grad(path):
     assert mx.grad is None and mb.grad is None and mw.grad.shape == w.shape
 
 
+# ----------------------------------------------------------------------------- Winograd
+# float32 Winograd F(4x4, 3x3) against the float64 oracle: the error of each output is bounded
+# by WINOGRAD_F32_RTOL times the largest |w| * |x| sum of the output (the scale that float32
+# rounding of the transforms is proportional to; docs/performance.md gives measured values).
+WINOGRAD_F32_RTOL = 2e-5
+
+
+def _scale(x, w, pads):
+    """max over outputs of sum |w| |x| (the float32 error's scale)."""
+    return ref.conv2d_scipy(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64),
+                            pads=pads).max()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(case=winograd_cases(), seed=st.integers(0, 2**31))
+def test_winograd_forward_matches_oracle(dtype, case, seed):
+    _, _, _, _, padding, _, _ = case
+    arrays_in = _inputs(case, seed, dtype)
+    with conv_path("winograd"):
+        y = _fn(case)(*(leaf(a) for a in arrays_in))
+    assert y.creator.algorithm == "winograd" and y.dtype == dtype
+    expected = ref.conv2d(*(a.astype(np.float64) for a in arrays_in), pads=_pads(padding))
+    assert y.shape == expected.shape
+    if dtype == np.float64:
+        np.testing.assert_allclose(y.numpy(), expected, rtol=1e-11, atol=1e-11)
+    else:
+        atol = WINOGRAD_F32_RTOL * _scale(arrays_in[0], arrays_in[1], _pads(padding))
+        np.testing.assert_allclose(y.numpy(), expected, rtol=0, atol=atol)
+
+
+@given(case=winograd_cases(), seed=st.integers(0, 2**31))
+def test_winograd_gradcheck(case, seed):
+    arrays_in = _inputs(case, seed, np.float64)
+    with conv_path("winograd"):
+        assert _fn(case)(*(leaf(a) for a in arrays_in)).creator.algorithm == "winograd"
+        assert_gradcheck(_fn(case), *arrays_in)
+
+
+@pytest.mark.parametrize(
+    "x_shape, co, padding",
+    [((2, 17, 9, 10), 19, 1), ((1, 16, 4, 4), 32, 2), ((3, 20, 5, 13), 16, 0)],
+)
+def test_winograd_float32_by_default_matches_float64(x_shape, co, padding):
+    # the default rule sends these float32 convs to Winograd; y and all gradients vs float64
+    # im2col + GEMM (float64 stays there by default)
+    x, w, b = arrays(x_shape, 1), arrays((co, x_shape[1], 3, 3), 2), arrays((co,), 3)
+    results = {}
+    for dtype in (np.float32, np.float64):
+        mx, mw, mb = (leaf(a.astype(dtype)) for a in (x, w, b))
+        y = conv2d(mx, mw, mb, padding=padding)
+        algorithm = y.creator.algorithm  # backward releases the Function's state
+        y.backward(mc.tensor(arrays(y.shape, 4).astype(dtype)))
+        results[dtype] = algorithm, [t.numpy() for t in (y, mx.grad, mw.grad, mb.grad)]
+    assert results[np.float32][0] == "winograd" and results[np.float64][0] == "im2col"
+    pads = _pads((padding, padding))
+    gy64 = arrays(results[np.float64][1][0].shape, 4)
+    scales = [_scale(x, w, pads), _scale(gy64, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3),
+              tuple(2 - p for p in pads)), np.abs(gy64).sum() * np.abs(x).max(), 1.0]
+    for got, want, scale in zip(results[np.float32][1], results[np.float64][1], scales):
+        np.testing.assert_allclose(got, want, rtol=0, atol=WINOGRAD_F32_RTOL * scale)
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, kwargs, dtype, algorithm",
+    [
+        ((2, 16, 8, 8), (16, 16, 3, 3), {"padding": 1}, np.float32, "winograd"),
+        ((2, 16, 8, 8), (24, 16, 3, 3), {"padding": "same"}, np.float32, "winograd"),
+        ((2, 16, 8, 8), (16, 16, 3, 3), {"padding": 2}, np.float32, "winograd"),
+        ((2, 16, 8, 8), (16, 16, 3, 3), {"padding": 1}, np.float64, "im2col"),  # exact path
+        ((2, 16, 8, 8), (16, 16, 3, 3), {"padding": 3}, np.float32, "im2col"),
+        ((2, 16, 8, 8), (16, 16, 3, 3), {"padding": 1, "stride": 2}, np.float32, "im2col"),
+        ((2, 16, 8, 8), (16, 16, 3, 3), {"padding": 2, "dilation": 2}, np.float32, "im2col"),
+        ((2, 32, 8, 8), (32, 16, 3, 3), {"padding": 1, "groups": 2}, np.float32, "im2col"),
+        ((2, 16, 8, 8), (16, 16, 1, 1), {}, np.float32, "im2col"),
+        ((2, 16, 8, 8), (16, 16, 3, 1), {"padding": 1}, np.float32, "im2col"),
+        ((2, 15, 8, 8), (16, 15, 3, 3), {"padding": 1}, np.float32, "im2col"),  # thin GEMMs
+        ((2, 2, 8, 8), (1, 2, 3, 3), {"padding": 1}, np.float32, "direct"),
+    ],
+)
+def test_algorithm_rule(x_shape, w_shape, kwargs, dtype, algorithm):
+    x, w = leaf(arrays(x_shape, 1, dtype=dtype)), leaf(arrays(w_shape, 2, dtype=dtype))
+    assert conv2d(x, w, **kwargs).creator.algorithm == algorithm
+
+
+def test_winograd_transforms_match_their_matrices():
+    # the written-out 1-D transforms are B^T, A^T and A (columns = images of unit vectors)
+    k = winograd_module._matrices(np.float64)["k"]
+    wm = winograd_module
+    for fn, matrix in ((wm._bt6, wm.BT), (wm._at6, wm.AT), (wm._a4, wm.AT.T)):
+        columns = [fn(*np.eye(matrix.shape[1])[j], k) for j in range(matrix.shape[1])]
+        np.testing.assert_array_equal(np.array(columns).T, matrix)
+    # F(4x4, 3x3) in 1-D: A^T [(G g) * (B^T d)] is the valid correlation of d (6) with g (3)
+    d, g = arrays((6,), 1), arrays((3,), 2)
+    expected = [d[i : i + 3] @ g for i in range(4)]
+    np.testing.assert_allclose(wm.AT @ ((wm.G @ g) * (wm.BT @ d)), expected, rtol=1e-12)
+
+
+def test_winograd_empty_batch():
+    mx, mw = leaf(np.zeros((0, 3, 5, 5))), leaf(arrays((4, 3, 3, 3), 1))
+    with conv_path("winograd"):
+        y = conv2d(mx, mw, padding=1)
+        assert y.creator.algorithm == "winograd" and y.shape == (0, 4, 5, 5)
+        y.sum().backward()
+    assert mx.grad.shape == (0, 3, 5, 5)
+    np.testing.assert_array_equal(mw.grad.numpy(), np.zeros((4, 3, 3, 3)))
+
+
+def test_winograd_blocks_of_tiles(monkeypatch):
+    # blocks of 1 and 3 tiles (many tasks, a remainder block) give the same result
+    case = ((3, 4, 9, 6), (5, 4, 3, 3), True, (1, 1), (1, 1), (1, 1), 1)
+    arrays_in = _inputs(case, 9, np.float64)
+    expected = ref.conv2d(*arrays_in, pads=(1, 1, 1, 1))
+    for size in (1, 3):
+        monkeypatch.setattr(winograd_module, "MIN_BLOCK", size)
+        monkeypatch.setattr(winograd_module, "MAX_BLOCK", size)
+        with conv_path("winograd"):
+            y = _fn(case)(*(leaf(a) for a in arrays_in))
+            assert y.creator.algorithm == "winograd"
+            np.testing.assert_allclose(y.numpy(), expected, rtol=1e-12, atol=1e-12)
+            assert_gradcheck(_fn(case), *arrays_in)
+
+
 @pytest.mark.cuda
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", GEMM_PATHS)
 @settings(max_examples=3)
 @given(case=conv_cases(max_n=2, max_c=4, max_side=6), seed=st.integers(0, 2**31))
 def test_cuda_parity(path, case, seed):
@@ -212,11 +353,19 @@ def test_cuda_parity(path, case, seed):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", GEMM_PATHS)
 def test_cuda_parity_float32_groups(path):
     case = ((2, 4, 5, 6), (4, 2, 3, 3), True, (1, 2), (1, 1), (1, 1), 2)
     with conv_path(path):
         assert_cuda_parity(_fn(case), *_inputs(case, 3, np.float32), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_cuda_parity_winograd_float32():
+    # the CPU runs Winograd, CUDA im2col + GEMM
+    case = ((2, 3, 6, 5), (2, 3, 3, 3), True, (1, 1), (1, 1), (1, 1), 1)
+    with conv_path("winograd"):
+        assert_cuda_parity(_fn(case), *_inputs(case, 3, np.float32), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.cuda

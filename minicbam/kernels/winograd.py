@@ -1,0 +1,410 @@
+"""Winograd F(4x4, 3x3) convolution on the CPU: forward, input gradient and weight gradient
+of a 3x3, stride-1, dilation-1, single-group convolution (Lavin & Gray 2015).
+
+The output is cut into 4x4 tiles; tile t = (n, i, j) reads the 6x6 input patch d_t whose
+corner is x[n, :, 4i - pt, 4j - pl] (zeros outside x). With the constant matrices B^T (6x6),
+G (6x3) and A^T (4x6) below, per channel pair (c, co):
+
+    U[k, co, c]    = (G g[co, c] G^T)[k]                  (weight transform, k in the 6x6 points)
+    V[k, t, c]     = (B^T d_t[c] B)[k]                    (input transform)
+    M[k, t, co]    = sum_c V[k, t, c] U[k, co, c]         (36 GEMMs (tiles, C) @ (C, CO))
+    y_tile(t, co)  = A^T M[:, t, co] A                    (output transform, 4x4)
+
+which needs 36 multiplies per 16 outputs and channel pair instead of 144 (4x less GEMM work
+than im2col). The weight transform is one GEMM: U (36, CO*C) = (G (x) G) (36, 9) @ w^T
+(9, CO*C); the forward reads its planes transposed (BLAS's transpose flag, no copy).
+
+Input gradient: gx is the "full" correlation of gy with the flipped, channel-transposed kernel
+w'[c, co, a, b] = w[co, c, 2 - a, 2 - b], with padding 2 - p on each side, so it is the same
+forward on (gy, w') (any padding <= 2); the flip is G (x) G's columns reversed.
+
+Weight gradient: y is linear in g, and its adjoint per tile is
+<gy_t, A^T (G g G^T (.) V_t) A> = <G^T ((A gy_t A^T) (.) V_t) G, g>, so with
+Mg[:, :, t, co] = A gy_t A^T (gy's 4x4 tile transformed to 6x6)
+
+    gU[k, co, c] = sum_t Mg[k, t, co] V[k, t, c]          (36 GEMMs (CO, tiles) @ (tiles, C))
+    gw[co, c]    = G^T gU[:, co, c] G                     (one GEMM (CO*C, 36) @ (G (x) G))
+
+reusing the forward's input transform (recomputed per block rather than stored).
+
+CPU layout: every transform loops innermost over channels, which are contiguous in V, U and M
+(numba vectorises those loops); patches are gathered into a small (6, 6, C) scratch first.
+Work is split into blocks of tiles, one task each on the CPU task pool (task_pool.py: BLAS
+single-threaded per worker): a block transforms its tiles, runs its 36 GEMMs and
+inverse-transforms while V and M are still in cache. The tile axis of V and M has one spare
+row, so that their 36 planes are not a power of two apart (planes that far apart share cache
+sets, and the transforms ran 3-4x slower).
+
+Accuracy: F(4x4, 3x3) in float32 rounds a little more than a direct sum (its matrices have
+entries up to 8 and 1/24): docs/performance.md gives the measured errors. The algorithm is
+exact in exact arithmetic, so float64 results match the direct convolution to ~1e-14.
+"""
+
+import threading
+
+import numpy as np
+from numba import njit
+from numba.extending import register_jitable
+
+from minicbam.kernels.task_pool import cpu_workers, run_tasks
+
+BT = np.array(
+    [
+        [4, 0, -5, 0, 1, 0],
+        [0, -4, -4, 1, 1, 0],
+        [0, 4, -4, -1, 1, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, 2, -1, -2, 1, 0],
+        [0, 4, 0, -5, 0, 1],
+    ],
+    dtype=np.float64,
+)
+G = np.array(
+    [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+    ],
+    dtype=np.float64,
+)
+AT = np.array(
+    [
+        [1, 1, 1, 1, 1, 0],
+        [0, 1, -1, 2, -2, 0],
+        [0, 1, 1, 4, 4, 0],
+        [0, 1, -1, 8, -8, 1],
+    ],
+    dtype=np.float64,
+)
+GG = np.kron(G, G)  # (36, 9): U = G g G^T flattened, GG[u*6 + v, a*3 + b] = G[u, a] G[v, b]
+TILE, ALPHA = 4, 6  # output tile side, input patch side (TILE + 3 - 1)
+
+BLOCK_BYTES = 3 << 19  # V + M of one block: about an L2 cache
+MIN_BLOCK, MAX_BLOCK = 32, 256  # tiles per block (rows of the block's GEMMs)
+
+
+# ----------------------------------------------------------------------------- kernels
+# The 1-D transforms written out (B^T, A^T and A have many zeros and repeated entries); k holds
+# the constants (2, 4, 5, 8) in the data's dtype, as a float64 literal would promote float32
+# loops to float64. Each 2-D transform is two passes of 1-D ones, each a loop over channels
+# innermost (contiguous, so numba vectorises it).
+@register_jitable
+def _bt6(d0, d1, d2, d3, d4, d5, k):
+    """B^T d for one column d (6 values)."""
+    two, four, five = k[0], k[1], k[2]
+    return (
+        four * d0 - five * d2 + d4,
+        d3 + d4 - four * (d1 + d2),
+        four * (d1 - d2) - d3 + d4,
+        two * (d3 - d1) - d2 + d4,
+        two * (d1 - d3) - d2 + d4,
+        four * d1 - five * d3 + d5,
+    )
+
+
+@register_jitable
+def _at6(m0, m1, m2, m3, m4, m5, k):
+    """A^T m for one column m (6 values -> 4)."""
+    two, four, eight = k[0], k[1], k[3]
+    return (
+        m0 + m1 + m2 + m3 + m4,
+        (m1 - m2) + two * (m3 - m4),
+        (m1 + m2) + four * (m3 + m4),
+        (m1 - m2) + eight * (m3 - m4) + m5,
+    )
+
+
+@register_jitable
+def _a4(g0, g1, g2, g3, k):
+    """A g for one column g (4 values -> 6)."""
+    two, four, eight = k[0], k[1], k[3]
+    return (
+        g0,
+        g0 + g1 + g2 + g3,
+        g0 - g1 + g2 - g3,
+        g0 + two * g1 + four * g2 + eight * g3,
+        g0 - two * g1 + four * g2 - eight * g3,
+        g3,
+    )
+
+
+@njit(cache=True, fastmath=True)
+def _input_transform(V, x, t0, t1, th, tw, pt, pl, k, patch, tmp):
+    """V[:, :, t - t0, :] = B^T d_t B for tiles t0 <= t < t1 (patch, tmp: (6, 6, C))."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    for t in range(t0, t1):
+        n, rest = t // (th * tw), t % (th * tw)
+        r0, s0 = (rest // tw) * 4 - pt, (rest % tw) * 4 - pl
+        for c in range(C):
+            for u in range(6):
+                r = r0 + u
+                for v in range(6):
+                    s = s0 + v
+                    if r >= 0 and r < H and s >= 0 and s < W:
+                        patch[u, v, c] = x[n, c, r, s]
+                    else:
+                        patch[u, v, c] = 0
+        for v in range(6):
+            for c in range(C):
+                e = _bt6(patch[0, v, c], patch[1, v, c], patch[2, v, c], patch[3, v, c],
+                         patch[4, v, c], patch[5, v, c], k)
+                tmp[0, v, c] = e[0]
+                tmp[1, v, c] = e[1]
+                tmp[2, v, c] = e[2]
+                tmp[3, v, c] = e[3]
+                tmp[4, v, c] = e[4]
+                tmp[5, v, c] = e[5]
+        for i in range(6):
+            for c in range(C):
+                e = _bt6(tmp[i, 0, c], tmp[i, 1, c], tmp[i, 2, c], tmp[i, 3, c],
+                         tmp[i, 4, c], tmp[i, 5, c], k)
+                V[i, 0, t - t0, c] = e[0]
+                V[i, 1, t - t0, c] = e[1]
+                V[i, 2, t - t0, c] = e[2]
+                V[i, 3, t - t0, c] = e[3]
+                V[i, 4, t - t0, c] = e[4]
+                V[i, 5, t - t0, c] = e[5]
+
+
+@njit(cache=True, fastmath=True)
+def _output_transform(y, M, t0, t1, th, tw, k, ytile, tmp):
+    """y's 4x4 tiles t0 <= t < t1 (clipped at its edges) = A^T M[:, :, t - t0, :] A
+    (ytile (4, 4, CO), tmp (6, 6, CO) scratch)."""
+    CO, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    for t in range(t0, t1):
+        tt = t - t0
+        for v in range(6):
+            for co in range(CO):
+                e = _at6(M[0, v, tt, co], M[1, v, tt, co], M[2, v, tt, co], M[3, v, tt, co],
+                         M[4, v, tt, co], M[5, v, tt, co], k)
+                tmp[0, v, co] = e[0]
+                tmp[1, v, co] = e[1]
+                tmp[2, v, co] = e[2]
+                tmp[3, v, co] = e[3]
+        for a in range(4):
+            for co in range(CO):
+                e = _at6(tmp[a, 0, co], tmp[a, 1, co], tmp[a, 2, co], tmp[a, 3, co],
+                         tmp[a, 4, co], tmp[a, 5, co], k)
+                ytile[a, 0, co] = e[0]
+                ytile[a, 1, co] = e[1]
+                ytile[a, 2, co] = e[2]
+                ytile[a, 3, co] = e[3]
+        n, rest = t // (th * tw), t % (th * tw)
+        r0, s0 = (rest // tw) * 4, (rest % tw) * 4
+        rows, cols = min(4, OH - r0), min(4, OW - s0)
+        for co in range(CO):
+            for a in range(rows):
+                for b in range(cols):
+                    y[n, co, r0 + a, s0 + b] = ytile[a, b, co]
+
+
+@njit(cache=True, fastmath=True)
+def _grad_tile_transform(Mg, gy, t0, t1, th, tw, k, gtile, tmp):
+    """Mg[:, :, t - t0, :] = A gy_t A^T (gy's 4x4 tile, zeros beyond its edges; gtile
+    (4, 4, CO), tmp (6, 6, CO) scratch)."""
+    CO, OH, OW = gy.shape[1], gy.shape[2], gy.shape[3]
+    for t in range(t0, t1):
+        n, rest = t // (th * tw), t % (th * tw)
+        r0, s0 = (rest // tw) * 4, (rest % tw) * 4
+        for co in range(CO):
+            for a in range(4):
+                for b in range(4):
+                    r, s = r0 + a, s0 + b
+                    if r < OH and s < OW:
+                        gtile[a, b, co] = gy[n, co, r, s]
+                    else:
+                        gtile[a, b, co] = 0
+        for b in range(4):
+            for co in range(CO):
+                e = _a4(gtile[0, b, co], gtile[1, b, co], gtile[2, b, co], gtile[3, b, co], k)
+                tmp[0, b, co] = e[0]
+                tmp[1, b, co] = e[1]
+                tmp[2, b, co] = e[2]
+                tmp[3, b, co] = e[3]
+                tmp[4, b, co] = e[4]
+                tmp[5, b, co] = e[5]
+        for i in range(6):
+            for co in range(CO):
+                e = _a4(tmp[i, 0, co], tmp[i, 1, co], tmp[i, 2, co], tmp[i, 3, co], k)
+                Mg[i, 0, t - t0, co] = e[0]
+                Mg[i, 1, t - t0, co] = e[1]
+                Mg[i, 2, t - t0, co] = e[2]
+                Mg[i, 3, t - t0, co] = e[3]
+                Mg[i, 4, t - t0, co] = e[4]
+                Mg[i, 5, t - t0, co] = e[5]
+
+
+# ----------------------------------------------------------------------------- scratch
+_local = threading.local()
+
+
+def _scratch(name, shape, dtype):
+    """A reused C-contiguous array of this thread (contents undefined)."""
+    cache = _local.__dict__.setdefault("cache", {})
+    size = int(np.prod(shape))
+    key = (name, np.dtype(dtype))
+    buf = cache.get(key)
+    if buf is None or buf.size < size:
+        buf = cache[key] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
+
+
+def _matrices(dtype):
+    """G (x) G and the transforms' constants in the data's dtype (a float64 coefficient would
+    promote the float32 loops to float64)."""
+    return {"GG": GG.astype(dtype), "k": np.array([2, 4, 5, 8], dtype)}
+
+
+# ----------------------------------------------------------------------------- geometry
+def _tiles(OH, OW, N):
+    th, tw = -(-OH // TILE), -(-OW // TILE)
+    return th, tw, N * th * tw
+
+
+def _blocks(P, channels, itemsize):
+    """[(t0, t1)] covering P tiles: about BLOCK_BYTES of V + M per block, at least one block
+    per worker (when there are enough tiles), MIN_BLOCK..MAX_BLOCK tiles each."""
+    size = BLOCK_BYTES // (ALPHA * ALPHA * channels * itemsize)
+    size = min(MAX_BLOCK, max(MIN_BLOCK, size), -(-P // max(1, cpu_workers())))
+    size = max(1, size)
+    return [(t0, min(P, t0 + size)) for t0 in range(0, P, size)]
+
+
+def eligible(w_shape, stride, pads, dilation, groups):
+    """Whether this convolution has the geometry the Winograd path computes."""
+    return (
+        tuple(w_shape[2:]) == (3, 3)
+        and tuple(stride) == (1, 1)
+        and tuple(dilation) == (1, 1)
+        and groups == 1
+        and max(pads) <= 2
+    )
+
+
+# ----------------------------------------------------------------------------- forward
+def transform_weight(w, flip=False):
+    """U (36, CO, C) for w (CO, C, 3, 3): U[k] = (G g G^T)[k], as one GEMM with G (x) G
+    (36, 9); ``flip`` uses the kernel rotated by 180 degrees (the input gradient's)."""
+    CO, C = w.shape[:2]
+    GGm = _matrices(w.dtype)["GG"]
+    U = np.empty((ALPHA * ALPHA, CO, C), w.dtype)
+    w9 = np.ascontiguousarray(w).reshape(CO * C, 9)
+    GGm = np.ascontiguousarray(GGm[:, ::-1]) if flip else GGm
+    # pieces of columns on the task pool: single-threaded BLAS (a short multi-threaded call
+    # waits for a time slice when the machine is loaded: 50-90 ms for this 0.1 ms product)
+    U2 = U.reshape(ALPHA * ALPHA, CO * C)
+    run_tasks(_product_piece, [(GGm, w9.T, U2, lo, hi, 1) for lo, hi in _pieces(CO * C)])
+    return U
+
+
+def _pieces(size):
+    workers = max(1, min(cpu_workers(), size))
+    bounds = [size * i // workers for i in range(workers + 1)]
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+
+
+def _product_piece(a, b, out, lo, hi, axis):
+    """out[lo:hi] = a[lo:hi] @ b (axis 0), or out[:, lo:hi] = a @ b[:, lo:hi] (axis 1)."""
+    if axis == 0:
+        np.matmul(a[lo:hi], b, out=out[lo:hi])
+    else:
+        np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
+
+
+def conv3x3(x, w, pads):
+    """y = conv2d(x, w) for a 3x3 kernel, stride 1, padding (top, bottom, left, right)."""
+    return _winograd(x, transform_weight(w).swapaxes(1, 2), pads)
+
+
+def input_grad(gy, w, pads):
+    """gx for y = conv3x3(x, w, pads): the full correlation of gy with the flipped,
+    channel-transposed kernel, padded by 2 - p."""
+    return _winograd(gy, transform_weight(w, flip=True), tuple(2 - p for p in pads))
+
+
+def _winograd(x, U, pads):
+    """The F(4x4, 3x3) pipeline with transformed weights U (36, C, CO) (any strides)."""
+    N, C, H, W = x.shape
+    CO = U.shape[2]
+    pt, pb, pl, pr = pads
+    OH, OW = H + pt + pb - 2, W + pl + pr - 2
+    x = np.ascontiguousarray(x)
+    y = np.empty((N, CO, OH, OW), x.dtype)
+    th, tw, P = _tiles(OH, OW, N)
+    geom = (th, tw, pt, pl)
+    blocks = _blocks(P, C + CO, x.dtype.itemsize)
+    run_tasks(_forward_block, [(x, U, y, t0, t1, geom) for t0, t1 in blocks])
+    return y
+
+
+def _forward_block(x, U, y, t0, t1, geom):
+    th, tw, pt, pl = geom
+    C, CO, nb = x.shape[1], y.shape[1], t1 - t0
+    m = _matrices(x.dtype)
+    V = _scratch("V", (ALPHA, ALPHA, nb + 1, C), x.dtype)
+    M = _scratch("M", (ALPHA, ALPHA, nb + 1, CO), x.dtype)
+    tmp = _scratch("tmp", (ALPHA, ALPHA, max(C, CO)), x.dtype)
+    _input_transform(V, x, t0, t1, th, tw, pt, pl, m["k"],
+                     _scratch("patch", (ALPHA, ALPHA, C), x.dtype), tmp)
+    np.matmul(V.reshape(ALPHA * ALPHA, nb + 1, C)[:, :nb], U,
+              out=M.reshape(ALPHA * ALPHA, nb + 1, CO)[:, :nb])
+    _output_transform(y, M, t0, t1, th, tw, m["k"],
+                      _scratch("ytile", (TILE, TILE, CO), x.dtype), tmp)
+
+
+# ----------------------------------------------------------------------------- weight grad
+def weight_grad(x, gy, pads):
+    """gw (CO, C, 3, 3) for y = conv3x3(x, w, pads), from x and gy = dL/dy."""
+    N, C = x.shape[:2]
+    CO, OH, OW = gy.shape[1:]
+    x, gy = np.ascontiguousarray(x), np.ascontiguousarray(gy)
+    th, tw, P = _tiles(OH, OW, N)
+    if P == 0 or C == 0 or CO == 0:
+        return np.zeros((CO, C, 3, 3), x.dtype)
+    geom = (th, tw, pads[0], pads[2])
+    ranges = _pieces(P)
+    # each range's gU (36, CO, C) in one buffer, so that summing them is part of the last
+    # GEMM: gw (CO*C, 9) = [gU_0; gU_1; ...]^T (CO*C, R*36) @ [GG; GG; ...] (R*36, 9)
+    gU = np.empty((len(ranges), ALPHA * ALPHA, CO, C), x.dtype)
+    run_tasks(_weight_grad_range, [(x, gy, gU[r], lo, hi, geom)
+                                   for r, (lo, hi) in enumerate(ranges)])
+    GGs = np.ascontiguousarray(np.tile(_matrices(x.dtype)["GG"], (len(ranges), 1)))
+    gw = np.empty((CO, C, 3, 3), x.dtype)
+    gU2t = gU.reshape(len(ranges) * ALPHA * ALPHA, CO * C).T
+    run_tasks(_product_piece, [(gU2t, GGs, gw.reshape(CO * C, 9), lo, hi, 0)
+                               for lo, hi in _pieces(CO * C)])
+    return gw
+
+
+def _weight_grad_range(x, gy, gU, lo, hi, geom):
+    """gU (36, CO, C) = this range's sum over tiles, a block of tiles at a time."""
+    th, tw, pt, pl = geom
+    C, CO, dtype = x.shape[1], gy.shape[1], x.dtype
+    m = _matrices(dtype)
+    part = None
+    tmp = _scratch("tmp", (ALPHA, ALPHA, max(C, CO)), dtype)
+    for t0, t1 in _sub_blocks(lo, hi, C + CO, dtype.itemsize):
+        nb = t1 - t0
+        V = _scratch("V", (ALPHA, ALPHA, nb + 1, C), dtype)
+        Mg = _scratch("M", (ALPHA, ALPHA, nb + 1, CO), dtype)
+        _input_transform(V, x, t0, t1, th, tw, pt, pl, m["k"],
+                         _scratch("patch", (ALPHA, ALPHA, C), dtype), tmp)
+        _grad_tile_transform(Mg, gy, t0, t1, th, tw, m["k"],
+                             _scratch("gtile", (TILE, TILE, CO), dtype), tmp)
+        V36 = V.reshape(ALPHA * ALPHA, nb + 1, C)[:, :nb]
+        Mgt = Mg.reshape(ALPHA * ALPHA, nb + 1, CO)[:, :nb].swapaxes(1, 2)
+        if part is None:
+            np.matmul(Mgt, V36, out=gU)
+            part = _scratch("gU_part", gU.shape, dtype)
+        else:
+            np.matmul(Mgt, V36, out=part)
+            np.add(gU, part, out=gU)
+
+
+def _sub_blocks(lo, hi, channels, itemsize):
+    size = BLOCK_BYTES // (ALPHA * ALPHA * channels * itemsize)
+    size = min(MAX_BLOCK, max(MIN_BLOCK, size))
+    return [(t0, min(hi, t0 + size)) for t0 in range(lo, hi, size)]
