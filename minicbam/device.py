@@ -138,7 +138,9 @@ def normalize_device(device):
         raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
     if not cuda_is_available():
         hint = " (NUMBA_ENABLE_CUDASIM=1 before importing numba runs the simulator)"
-        raise RuntimeError(f"device {name!r} requested but CUDA is unusable: {_backend_reason}{hint}")
+        raise RuntimeError(
+            f"device {name!r} requested but CUDA is unusable: {_backend_reason}{hint}"
+        )
     _select_cuda(index, name)
     return CUDA
 
@@ -164,7 +166,9 @@ def _select_cuda(index, name):
     cuda = cuda_module()
     count = len(cuda.gpus)
     if index >= count:
-        raise ValueError(f"device {name!r}: only {count} CUDA device(s) found (cuda:0..{count - 1})")
+        raise ValueError(
+            f"device {name!r}: only {count} CUDA device(s) found (cuda:0..{count - 1})"
+        )
     if index != 0 or cuda_backend() == "gpu":
         cuda.select_device(index)
     _cuda_index = index
@@ -342,7 +346,8 @@ def serial_twin(dispatcher):
 
     A small input then skips numba's parallel launch and the thread-count switch around it
     (together ~10-40 us per call, more than the work), and a kernel that only ever sees
-    small inputs never compiles its parallel version (~3x slower to compile). The twin is
+    small inputs never compiles its parallel version (~3x slower to compile); a kernel whose
+    parallel version was compiled first keeps using that one. The twin is
     a copy of the function under its own name: numba's cache keys entries by qualified name
     and signature, not by options, so the two versions need distinct names."""
     import types
@@ -403,7 +408,9 @@ class Kernel:
             if recorded_calls is not None:
                 recorded_calls.append((self, (out,) + args))
             if _largest_array(out, args) < PARALLEL_MIN_ELEMENTS:
-                if not self._parallel:
+                # once the parallel version is compiled (a kernel that also sees large
+                # inputs), run it on one thread rather than compile a second version
+                if not self._parallel or (self._serial is None and self.cpu.signatures):
                     return _run_single_threaded(self.cpu, out, args)
                 if self._serial is None:
                     self._serial = serial_twin(self.cpu)
@@ -418,7 +425,6 @@ class Kernel:
 
 def _fill_cpu(out, value):
     out.fill(value)
-
 
 
 @cuda_factory

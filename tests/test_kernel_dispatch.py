@@ -1,24 +1,49 @@
-"""Kernel dispatch on the CPU: small inputs take the serial twin of a parallel kernel, large
-ones the parallel kernel; both give NumPy's results and IEEE division by zero."""
+"""Kernel dispatch on the CPU: small inputs take a serial twin of a parallel kernel unless its
+parallel version was compiled first; every path gives the same results and IEEE division."""
 
 import numpy as np
+from numba import njit, prange
 
-import minicbam as mc
 from minicbam import device
-from minicbam.ops.binary import add_kernel, div_kernel
+from minicbam.device import Kernel
+
+BIG = device.PARALLEL_MIN_ELEMENTS + 5
 
 
-def test_small_inputs_run_the_serial_twin_with_the_same_results():
+@njit(parallel=True)
+def _divide(out, x, y):
+    for i in prange(out.size):
+        out[i] = x[i] / y[i]
+
+
+def _run(kernel, x, y):
+    out = np.empty_like(x)
+    kernel(out, x, y)
+    return out
+
+
+def test_small_inputs_first_build_the_serial_twin_and_keep_it():
+    kernel = Kernel(cpu=_divide)
     rng = np.random.default_rng(0)
-    for size in (7, device.PARALLEL_MIN_ELEMENTS + 5):  # serial, then parallel
-        a, b = rng.standard_normal(size), rng.standard_normal(size)
-        np.testing.assert_array_equal((mc.tensor(a) + mc.tensor(b)).numpy(), a + b)
-    assert add_kernel._serial is not None and add_kernel._serial is not add_kernel.cpu
-    assert add_kernel._serial.targetoptions.get("parallel") is None
+    small, big = rng.standard_normal((2, 7)), rng.uniform(1, 2, (2, BIG))
+    np.testing.assert_array_equal(_run(kernel, *small), small[0] / small[1])
+    twin = kernel._serial
+    assert twin is not None and twin.targetoptions.get("parallel") is None
+    np.testing.assert_array_equal(_run(kernel, *big), big[0] / big[1])  # the parallel kernel
+    np.testing.assert_array_equal(_run(kernel, *small), small[0] / small[1])
+    assert kernel._serial is twin
+
+
+def test_large_inputs_first_keep_the_parallel_version_for_small_ones():
+    kernel = Kernel(cpu=njit(parallel=True)(_divide.py_func))
+    big = np.random.default_rng(1).uniform(1, 2, (2, BIG))
+    np.testing.assert_array_equal(_run(kernel, *big), big[0] / big[1])
+    np.testing.assert_array_equal(_run(kernel, big[0, :5], big[1, :5]), big[0, :5] / big[1, :5])
+    assert kernel._serial is None
 
 
 def test_serial_twin_divides_by_zero_as_ieee():
-    x = mc.tensor(np.array([1.0, -1.0, 0.0]))
-    y = (x / mc.tensor(np.zeros(3))).numpy()
-    assert div_kernel._serial is not None
+    kernel = Kernel(cpu=njit(parallel=True)(_divide.py_func))
+    y = _run(kernel, np.array([1.0, -1.0, 0.0]), np.zeros(3))
+    assert kernel._serial is not None
     assert y[0] == np.inf and y[1] == -np.inf and np.isnan(y[2])
