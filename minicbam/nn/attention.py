@@ -28,7 +28,8 @@ the paper's equation has none, so ``CBAM.paper`` leaves it out.
 
 Hot path (fusion where it pays, docs/design.md): ``F.global_pool`` computes all global pools in one pass,
 ``F.channel_pool`` the (mean, max) channel maps in one pass, and ``F.gate`` is the fused
-``x * sigmoid(logits)`` with its backward. The shared MLP runs once on the stacked pools
+``x * sigmoid(logits)`` with its backward. SE is one op, ``F.squeeze_excite``: pool, MLP,
+sigmoid and scale in one pass over x per sample, its backward in one more. The shared MLP runs once on the stacked pools
 ``(P * N, C)``; since it acts row by row, that equals running it once per pool.
 
 After each forward a module keeps its attention maps, detached, for study and plots:
