@@ -39,5 +39,6 @@ __all__ = [
     "relu",
     "sigmoid",
     "softmax",
+    "squeeze_excite",
     "tanh",
 ]
