@@ -391,16 +391,20 @@ class Kernel:
     ``cpu(out, *args)`` is usually an ``@njit`` function; ``cuda`` is a zero-argument factory
     that returns ``launch(out, *args)`` (see ``launcher``); it runs once, on the first CUDA
     call. ``float64_math=True`` declares that the kernel accumulates in float64 on purpose.
+    ``serial_small=True`` runs small inputs through ``serial_twin(cpu)``.
     """
 
-    def __init__(self, cpu, cuda=None, float64_math=False, name=None):
+    def __init__(self, cpu, cuda=None, float64_math=False, name=None, serial_small=False):
         self.cpu = cpu
         self.cuda_factory = cuda
         self.float64_math = float64_math
         self.name = name or getattr(cpu, "__name__", repr(cpu))
         self._cuda_launch = None
-        # small inputs run a serial twin of a parallel njit kernel (built on first use)
-        self._parallel = getattr(cpu, "targetoptions", {}).get("parallel", False)
+        # serial_small: small inputs run a serial twin of the parallel njit kernel (built on
+        # first use). Opt-in: a kernel that also sees large inputs then compiles twice, which
+        # pays only where small calls are frequent (the elementwise ops of small tensors).
+        parallel = getattr(cpu, "targetoptions", {}).get("parallel", False)
+        self._parallel = bool(serial_small and parallel)
         self._serial = None
 
     def __call__(self, out, *args):

@@ -1,5 +1,6 @@
-"""Kernel dispatch on the CPU: small inputs take a serial twin of a parallel kernel unless its
-parallel version was compiled first; every path gives the same results and IEEE division."""
+"""Kernel dispatch on the CPU: with ``serial_small``, small inputs take a serial twin of a
+parallel kernel unless its parallel version was compiled first; every path gives the same
+results and IEEE division by zero."""
 
 import numpy as np
 from numba import njit, prange
@@ -23,7 +24,7 @@ def _run(kernel, x, y):
 
 
 def test_small_inputs_first_build_the_serial_twin_and_keep_it():
-    kernel = Kernel(cpu=_divide)
+    kernel = Kernel(cpu=_divide, serial_small=True)
     rng = np.random.default_rng(0)
     small, big = rng.standard_normal((2, 7)), rng.uniform(1, 2, (2, BIG))
     np.testing.assert_array_equal(_run(kernel, *small), small[0] / small[1])
@@ -35,7 +36,7 @@ def test_small_inputs_first_build_the_serial_twin_and_keep_it():
 
 
 def test_large_inputs_first_keep_the_parallel_version_for_small_ones():
-    kernel = Kernel(cpu=njit(parallel=True)(_divide.py_func))
+    kernel = Kernel(cpu=njit(parallel=True)(_divide.py_func), serial_small=True)
     big = np.random.default_rng(1).uniform(1, 2, (2, BIG))
     np.testing.assert_array_equal(_run(kernel, *big), big[0] / big[1])
     np.testing.assert_array_equal(_run(kernel, big[0, :5], big[1, :5]), big[0, :5] / big[1, :5])
@@ -43,7 +44,14 @@ def test_large_inputs_first_keep_the_parallel_version_for_small_ones():
 
 
 def test_serial_twin_divides_by_zero_as_ieee():
-    kernel = Kernel(cpu=njit(parallel=True)(_divide.py_func))
+    kernel = Kernel(cpu=njit(parallel=True)(_divide.py_func), serial_small=True)
     y = _run(kernel, np.array([1.0, -1.0, 0.0]), np.zeros(3))
     assert kernel._serial is not None
     assert y[0] == np.inf and y[1] == -np.inf and np.isnan(y[2])
+
+
+def test_without_serial_small_no_twin_is_built():
+    kernel = Kernel(cpu=njit(parallel=True)(_divide.py_func))
+    x = np.array([1.0, 4.0])
+    np.testing.assert_array_equal(_run(kernel, x, x), [1.0, 1.0])
+    assert kernel._serial is None
