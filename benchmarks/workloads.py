@@ -331,6 +331,46 @@ def _matmul_describe(quick):
 register("matmul", _matmul_describe, _mc_matmul, _torch_matmul)
 
 
+# ----------------------------------------------------------------------------- per-op overhead
+# Tiny (4, 4) float32 tensors with requires_grad: the time is the framework's dispatch
+# (graph node, allocation, kernel call), not arithmetic. "chain": 50 x (mul, add) = 100 ops.
+def _small_describe(ops):
+    return lambda quick: (f"{ops} op(s) on (4, 4) fwd+bwd", "calls/s", 1)
+
+
+def _small_step(a, b, ops, backward):
+    def step():
+        a.grad = b.grad = None
+        y = a + b if ops == 1 else a
+        for _ in range(0 if ops == 1 else ops // 2):
+            y = y * b + a
+        backward(y.sum())
+
+    return step
+
+
+def _mc_small(ops):
+    def build(quick):
+        import minicbam as mc
+
+        a, b = (mc.tensor(np.ones((4, 4), np.float32), requires_grad=True) for _ in range(2))
+        return _small_step(a, b, ops, lambda loss: loss.backward())
+
+    return build
+
+
+def _torch_small(ops):
+    def build(torch, quick):
+        a, b = (torch.ones(4, 4, requires_grad=True) for _ in range(2))
+        return _small_step(a, b, ops, lambda loss: loss.backward())
+
+    return build
+
+
+register("small_add", _small_describe(1), _mc_small(1), _torch_small(1))
+register("small_chain100", _small_describe(100), _mc_small(100), _torch_small(100))
+
+
 # ----------------------------------------------------------------------------- models
 def _digits_describe(quick):
     return "digits-cnn-cbam train step batch 128", "img/s", 128

@@ -139,7 +139,9 @@ def normalize_device(device):
         raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
     if not cuda_is_available():
         hint = " (NUMBA_ENABLE_CUDASIM=1 before importing numba runs the simulator)"
-        raise RuntimeError(f"device {name!r} requested but CUDA is unusable: {_backend_reason}{hint}")
+        raise RuntimeError(
+            f"device {name!r} requested but CUDA is unusable: {_backend_reason}{hint}"
+        )
     _select_cuda(index, name)
     return CUDA
 
@@ -165,7 +167,9 @@ def _select_cuda(index, name):
     cuda = cuda_module()
     count = len(cuda.gpus)
     if index >= count:
-        raise ValueError(f"device {name!r}: only {count} CUDA device(s) found (cuda:0..{count - 1})")
+        raise ValueError(
+            f"device {name!r}: only {count} CUDA device(s) found (cuda:0..{count - 1})"
+        )
     if index != 0 or cuda_backend() == "gpu":
         cuda.select_device(index)
     _cuda_index = index
@@ -333,6 +337,32 @@ def _largest_array(out, args):
     return largest
 
 
+def serial_twin(dispatcher):
+    """``dispatcher``'s function compiled without ``parallel=True`` (other options kept).
+
+    A small input then skips numba's parallel launch and the thread-count switch around it
+    (together ~10-40 us per call, more than the work), and a kernel that only ever sees
+    small inputs never compiles its parallel version (~3x slower to compile); a kernel whose
+    parallel version was compiled first keeps using that one. The twin is
+    a copy of the function under its own name: numba's cache keys entries by qualified name
+    and signature, not by options, so the two versions need distinct names."""
+    import types
+
+    import numba
+
+    fn = dispatcher.py_func
+    twin = types.FunctionType(
+        fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__, fn.__closure__
+    )
+    twin.__qualname__ = fn.__qualname__ + "_serial"
+    options = {
+        k: v for k, v in dispatcher.targetoptions.items() if k not in ("parallel", "nopython")
+    }
+    # parallel=True implies numpy's error model (x / 0 gives inf, as on the GPU); keep it
+    options.setdefault("error_model", "numpy")
+    return numba.njit(cache=True, **options)(twin)
+
+
 def _run_single_threaded(fn, out, args):
     import numba
 
@@ -357,21 +387,34 @@ class Kernel:
     ``cpu(out, *args)`` is usually an ``@njit`` function; ``cuda`` is a zero-argument factory
     that returns ``launch(out, *args)`` (see ``launcher``); it runs once, on the first CUDA
     call. ``float64_math=True`` declares that the kernel accumulates in float64 on purpose.
+    ``serial_small=True`` runs small inputs through ``serial_twin(cpu)``.
     """
 
-    def __init__(self, cpu, cuda=None, float64_math=False, name=None):
+    def __init__(self, cpu, cuda=None, float64_math=False, name=None, serial_small=False):
         self.cpu = cpu
         self.cuda_factory = cuda
         self.float64_math = float64_math
         self.name = name or getattr(cpu, "__name__", repr(cpu))
         self._cuda_launch = None
+        # serial_small: small inputs run a serial twin of the parallel njit kernel (built on
+        # first use). Opt-in: a kernel that also sees large inputs then compiles twice, which
+        # pays only where small calls are frequent (the elementwise ops of small tensors).
+        parallel = getattr(cpu, "targetoptions", {}).get("parallel", False)
+        self._parallel = bool(serial_small and parallel)
+        self._serial = None
 
     def __call__(self, out, *args):
         if isinstance(out, np.ndarray):
             if recorded_calls is not None:
                 recorded_calls.append((self, (out,) + args))
             if _largest_array(out, args) < PARALLEL_MIN_ELEMENTS:
-                return _run_single_threaded(self.cpu, out, args)
+                # once the parallel version is compiled (a kernel that also sees large
+                # inputs), run it on one thread rather than compile a second version
+                if not self._parallel or (self._serial is None and self.cpu.signatures):
+                    return _run_single_threaded(self.cpu, out, args)
+                if self._serial is None:
+                    self._serial = serial_twin(self.cpu)
+                return self._serial(out, *args)
             return self.cpu(out, *args)
         if self._cuda_launch is None:
             if self.cuda_factory is None:
@@ -382,7 +425,6 @@ class Kernel:
 
 def _fill_cpu(out, value):
     out.fill(value)
-
 
 
 @cuda_factory

@@ -19,6 +19,8 @@ import contextlib
 import functools
 import weakref
 
+import numpy as np
+
 from minicbam import device
 
 _grad_enabled = True
@@ -190,8 +192,8 @@ def _next_node(t):
 
 
 def check_same_device(op_name, tensors):
-    devices = {t.device for t in tensors}
-    if len(devices) > 1:
+    cpu = [isinstance(t.data, np.ndarray) for t in tensors]  # device_of, without the calls
+    if any(cpu) and not all(cpu):
         where = ", ".join(f"{tuple(t.shape)} on {t.device}" for t in tensors)
         raise RuntimeError(f"{op_name}: expected all tensors on one device, got {where}")
 

@@ -90,7 +90,7 @@ class Tensor:
 
     # ------------------------------------------------------------------ autograd
     def requires_grad_(self, requires_grad=True):
-        if requires_grad and not np.issubdtype(self.dtype, np.floating):
+        if requires_grad and self.data.dtype.kind != "f":  # not a floating-point dtype
             raise RuntimeError(
                 f"requires_grad_: only floating-point tensors can require gradients, "
                 f"got dtype {self.dtype}"

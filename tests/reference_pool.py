@@ -124,3 +124,19 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
         b = 0.0 if bias is None else bias[c]
         y[:, c] = (x[:, c] - mean) / math.sqrt(var + eps) * w + b
     return y, rm, rv
+
+
+def squeeze_excite(x, w1, b1, w2, b2):
+    """(y, s): Squeeze-and-Excitation with explicit loops over samples and units, float64."""
+    x64 = x.astype(np.float64)
+    N, C = x.shape[:2]
+    K = w1.shape[0]
+    s = np.empty((N, C))
+    for n in range(N):
+        z = [x64[n, c].mean() for c in range(C)]
+        h = [max(0.0, b1[k] + sum(w1[k, c] * z[c] for c in range(C))) for k in range(K)]
+        for c in range(C):
+            logit = b2[c] + sum(w2[c, k] * h[k] for k in range(K))
+            s[n, c] = 1.0 / (1.0 + np.exp(-logit))
+    y = x64 * s[:, :, None, None]
+    return y.astype(x.dtype), s.astype(x.dtype)

@@ -177,6 +177,9 @@ def cmd_train(args):
         )
     _check_out(config.out_dir(), args)
     start = time.perf_counter()
+    notice = compile_notice()
+    if notice:
+        print(notice, flush=True)
     result = fit(config, resume=tree, progress=_progress(args), stop_after=args.stop_after or 0)
     last = result["history"][-1] if result["history"] else None
     if last is not None:
@@ -213,6 +216,24 @@ def _check_out(out, args):
         os.unlink(probe)
     except OSError as e:
         raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+
+
+def compile_notice():
+    """A one-line notice when numba's cache holds no compiled minicbam op yet (the first run
+    compiles its kernels during epoch 1), naming where the cache lives; else None."""
+    import glob
+    import importlib
+
+    try:  # any cached op kernel: they all cache into the directory of minicbam/ops
+        cache_dir = importlib.import_module("minicbam.ops.gate")._scale_cpu._cache._cache_path
+    except AttributeError:  # numba's cache internals moved: say nothing rather than guess
+        return None
+    if glob.glob(os.path.join(cache_dir, "*.nbi")):
+        return None
+    return (
+        f"first run: compiling kernels during epoch 1 (cached in {cache_dir}; "
+        "later runs start at once)"
+    )
 
 
 def _progress(args):

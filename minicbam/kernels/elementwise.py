@@ -36,7 +36,7 @@ def unary_kernel(body):
 
         return device.launcher(unary)
 
-    return Kernel(cpu=unary_cpu, cuda=unary_cuda, name=f"unary[{body.__name__}]")
+    return Kernel(cpu=unary_cpu, cuda=unary_cuda, name=f"unary[{body.__name__}]", serial_small=True)
 
 
 def binary_kernel(body):
@@ -55,7 +55,9 @@ def binary_kernel(body):
 
         return device.launcher(binary)
 
-    return Kernel(cpu=binary_cpu, cuda=binary_cuda, name=f"binary[{body.__name__}]")
+    return Kernel(
+        cpu=binary_cpu, cuda=binary_cuda, name=f"binary[{body.__name__}]", serial_small=True
+    )
 
 
 def apply_unary(kernel, x, a=0.0, b=0.0, out_dtype=None):

@@ -29,7 +29,7 @@ from numba.extending import register_jitable
 from minicbam import device
 from minicbam.device import Kernel
 from minicbam.kernels.strided import broadcast_array
-from minicbam.kernels.task_pool import cpu_workers, pool_usable, run_tasks
+from minicbam.kernels.task_pool import cpu_workers, pool_usable, run_tasks, single_threaded_blas
 
 cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
@@ -55,7 +55,10 @@ def _gemm_cpu(out, a, b, ta, tb, a_div, a_mod, b_div, b_mod, zero):
 # independent pieces (batch entries, or row blocks of op(a)) on a small pool of Python
 # threads (np.matmul releases the GIL): as fast as BLAS's threads on an idle machine
 # (146 against 117 GF/s for 16 x (64x576 @ 576x1024)), and it degrades gracefully under load.
-MIN_THREADED_FLOPS = 1 << 22  # below this a product runs on the calling thread
+# Below this a product runs on the calling thread: a digits CNN step (products of 2-75
+# MFLOP) took ~33 ms with every product there against ~43 ms when those over 4 MFLOP were
+# split over the pool (loaded machine, alternating rounds); 2^27 is ~1-2 ms of one core.
+MIN_THREADED_FLOPS = 1 << 27
 
 
 def _split(out_shape, threads):
@@ -78,7 +81,8 @@ def threaded_matmul(a, b, out):
     flops = out.size * a.shape[-1]
     plan = _split(out.shape, threads) if threads > 1 and flops >= MIN_THREADED_FLOPS else None
     if plan is None or not pool_usable():
-        np.matmul(a, b, out=out)
+        with single_threaded_blas():
+            np.matmul(a, b, out=out)
         return out
     ax, pieces = plan
     size = out.shape[ax]

@@ -28,8 +28,9 @@ the paper's equation has none, so ``CBAM.paper`` leaves it out.
 
 Hot path (docs/design.md, "Fusion"): ``F.global_pool`` computes all global pools in one pass,
 ``F.channel_pool`` the (mean, max) channel maps in one pass, and ``F.gate`` is the fused
-``x * sigmoid(logits)`` with its backward. The shared MLP runs once on the stacked pools
-``(P * N, C)``; since it acts row by row, that equals running it once per pool.
+``x * sigmoid(logits)`` with its backward. SE is one op, ``F.squeeze_excite``: pool, MLP,
+sigmoid and scale in one pass over x per sample, its backward in one more. The shared MLP
+runs once on the stacked pools ``(P * N, C)``; since it acts row by row, that equals running it once per pool.
 
 After each forward a module keeps its attention maps, detached, for study and plots:
 ``last_channel_weights`` ``(N, C, 1, 1)`` (SE, ChannelAttention, CBAM) and
@@ -56,6 +57,8 @@ from minicbam.nn.conv import Conv2d
 from minicbam.nn.linear import Linear
 from minicbam.nn.module import Module
 from minicbam.ops.global_pool import POOL_TYPES
+from minicbam.ops.squeeze_excite import squeeze_excite_with_weights
+from minicbam.tensor import Tensor
 
 __all__ = [
     "CBAM",
@@ -108,17 +111,17 @@ class SqueezeExcitation(Module):
         self.channels, self.reduction = channels, reduction
         hidden = _hidden(channels, reduction, None)
         self.fc1 = Linear(channels, hidden)
-        self.relu = ReLU()
+        self.relu = ReLU()  # shown in the structure; the fused op applies it
         self.fc2 = Linear(hidden, channels)
         self.last_channel_weights = None
 
     def forward(self, x):
         _check_input(f"{type(self).__name__}({self.channels})", x, self.channels)
-        n, c = x.shape[:2]
-        z = F.global_pool(x, ("avg",)).reshape(n, c)  # (1, N, C) -> (N, C), Eq. 2
-        logits = self.fc2(self.relu(self.fc1(z))).reshape(n, c, 1, 1)
-        self.last_channel_weights = _detached_sigmoid(logits)
-        return F.gate(x, logits)  # x * sigmoid(logits), Eq. 3-4
+        fc1, fc2 = self.fc1, self.fc2
+        # squeeze, excite and scale in one fused op (Eq. 2-4); s = sigmoid(logits) (N, C)
+        y, s = squeeze_excite_with_weights(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+        self.last_channel_weights = Tensor(s.reshape(s.shape + (1, 1)))
+        return y
 
     def extra_repr(self):
         return f"{self.channels}, reduction={self.reduction}"

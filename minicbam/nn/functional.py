@@ -17,6 +17,7 @@ from minicbam.ops.linear import linear
 from minicbam.ops.losses import mse_loss
 from minicbam.ops.max_pool2d import max_pool2d
 from minicbam.ops.softmax import log_softmax, softmax
+from minicbam.ops.squeeze_excite import squeeze_excite
 from minicbam.ops.unary import relu, sigmoid, tanh
 
 __all__ = [
@@ -38,5 +39,6 @@ __all__ = [
     "relu",
     "sigmoid",
     "softmax",
+    "squeeze_excite",
     "tanh",
 ]

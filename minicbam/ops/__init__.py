@@ -91,6 +91,7 @@ from minicbam.ops.channel_pool import channel_pool
 from minicbam.ops.gate import gate
 from minicbam.ops.global_pool import global_pool
 from minicbam.ops.max_pool2d import max_pool2d
+from minicbam.ops.squeeze_excite import squeeze_excite
 
 __all__ += [
     "adaptive_avg_pool2d",
@@ -101,4 +102,5 @@ __all__ += [
     "gate",
     "global_pool",
     "max_pool2d",
+    "squeeze_excite",
 ]

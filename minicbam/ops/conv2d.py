@@ -57,7 +57,7 @@ DIRECT_MAX_PRODUCT = 8
 # float dtype (tests); "never": off. Below WINOGRAD_MIN_CHANNELS the GEMMs are too thin to pay.
 WINOGRAD = "auto"
 WINOGRAD_MIN_CHANNELS = 16
-MIN_POOLED_FLOPS = 1 << 26  # smaller convs run their chunks on the calling thread
+MIN_POOLED_FLOPS = 1 << 27  # smaller convs (the digits CNN's) run on the calling thread
 
 # Elements of col per chunk of samples. CPU: a few MiB per task, reused, so it stays cheap
 # to touch (docs/design.md, "Measured facts"). CUDA: 128 MiB in float32.

@@ -79,6 +79,13 @@ def lift(value, like):
 
 def broadcast_pair(op, a, b):
     """(a, b) as tensors of one dtype, device and shape."""
+    if (
+        isinstance(a, Tensor)
+        and isinstance(b, Tensor)
+        and a.data.shape == b.data.shape
+        and a.data.dtype == b.data.dtype
+    ):
+        return a, b  # the common case, checked first: nothing to lift, cast or expand
     if not isinstance(a, Tensor):
         a = lift(a, b)
     b = lift(b, a)

@@ -158,3 +158,16 @@ def test_bench_builtin(capsys):
     assert main(["bench", "--builtin", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "CBAM(64) fwd+bwd" in out and " ms" in out
+
+
+def test_compile_notice_only_while_the_kernel_cache_is_empty(tmp_path, monkeypatch):
+    import importlib
+
+    from minicbam.app.cli import compile_notice
+
+    cache = importlib.import_module("minicbam.ops.gate")._scale_cpu._cache
+    monkeypatch.setattr(cache, "_cache_path", str(tmp_path))
+    notice = compile_notice()
+    assert notice.startswith("first run: compiling kernels") and str(tmp_path) in notice
+    (tmp_path / "gate._scale_cpu-79.py311.nbi").write_bytes(b"")
+    assert compile_notice() is None

@@ -32,6 +32,13 @@ def _network_ops(rng, dtype):
     s = F.channel_pool(y)
     y = F.gate(y, F.conv2d(s, _leaf(rng, (1, 2, 3, 3), dtype), padding=1))
     pooled = F.global_pool(y)
+    y = F.squeeze_excite(
+        y,
+        _leaf(rng, (2, 4), dtype),
+        _leaf(rng, (2,), dtype),
+        _leaf(rng, (4, 2), dtype),
+        _leaf(rng, (4,), dtype),
+    )
     y = F.gate(y, pooled.sum(0).reshape(2, 4, 1, 1))
     y = F.max_pool2d(y, 2) + F.avg_pool2d(y, 2) + F.adaptive_max_pool2d(y, 3)
     y = F.adaptive_avg_pool2d(y, 1).flatten(1)
