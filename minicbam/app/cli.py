@@ -210,7 +210,7 @@ def _check_out(out, args):
         )
     try:
         os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, ".minicbam-write-test")
+        probe = os.path.join(out, f".minicbam-write-test-{os.getpid()}")  # one per rank
         with open(probe, "wb"):
             pass
         os.unlink(probe)

@@ -184,4 +184,4 @@ def _global_means(result):
     total = mc.tensor(sums, dtype=mc.float64)
     dist.all_reduce(total)
     loss_sum, correct, seen = total.numpy()
-    return loss_sum / seen, correct / seen
+    return float(loss_sum / seen), float(correct / seen)  # plain floats, as run_epoch gives
