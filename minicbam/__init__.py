@@ -29,6 +29,8 @@ from minicbam.tensor import (
     float32,
     float64,
     full,
+    int8,
+    int16,
     int32,
     int64,
     manual_seed,
@@ -37,6 +39,7 @@ from minicbam.tensor import (
     rand,
     randn,
     tensor,
+    uint8,
     zeros,
     zeros_like,
 )
@@ -56,6 +59,8 @@ __all__ = [
     "float64",
     "full",
     "gradcheck",
+    "int8",
+    "int16",
     "int32",
     "int64",
     "is_grad_enabled",
@@ -71,6 +76,7 @@ __all__ = [
     "set_grad_enabled",
     "stack",
     "tensor",
+    "uint8",
     "zeros",
     "zeros_like",
 ]

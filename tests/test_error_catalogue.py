@@ -483,7 +483,7 @@ case("load_state_dict_not_a_mapping", lambda: nn.Linear(2, 2).load_state_dict([1
      r"load_state_dict", r"dict-like", r"list",
      torch=lambda t: t.nn.Linear(2, 2).load_state_dict([1, 2]), torch_exc=TypeError)
 case("float16_tensor", lambda: mc.tensor(np.zeros(2, np.float16)), TypeError,
-     r"tensor", r"float16", r"float32 or float64")
+     r"tensor", r"float16", r"float32, float64")
 case("save_unsupported_suffix", lambda: save({"a": np.ones(1)}, "model.pth"), ValueError,
      r"cannot save 'model\.pth'", r"\.safetensors, \.npz")
 case("load_missing_file", lambda: mc.load("/nonexistent/minicbam/ckpt.npz"), FileNotFoundError,
