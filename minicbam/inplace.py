@@ -83,13 +83,11 @@ def _alias(t):
 def _check_result(name, t, result, any_cast):
     if result.shape != t.shape:
         raise RuntimeError(
-            f"{name}: output with shape {t.shape} doesn't match the broadcast shape "
-            f"{result.shape}"
+            f"{name}: output with shape {t.shape} doesn't match the broadcast shape {result.shape}"
         )
     if not any_cast and not np.can_cast(result.dtype, t.dtype, casting="same_kind"):
         raise RuntimeError(
-            f"{name}: result type {result.dtype} can't be cast to the desired output type "
-            f"{t.dtype}"
+            f"{name}: result type {result.dtype} can't be cast to the desired output type {t.dtype}"
         )
 
 
@@ -166,7 +164,7 @@ def zero_(t):
 
 
 def copy_(t, src):
-    from minicbam.ops.binary import mul
+    from minicbam.ops.binary import add, mul
     from minicbam.ops.cast import cast
     from minicbam.ops.expand import broadcast_to
     from minicbam.ops.move import move
@@ -174,9 +172,13 @@ def copy_(t, src):
     if not isinstance(src, Tensor):
         raise TypeError(f"copy_: expected a Tensor as src, got {type(src).__name__}")
 
-    def compute(_):
+    def compute(s):
         r = broadcast_to(cast(move(src, t.device), t.dtype), t.shape)
+        if not (is_grad_enabled() and (s.requires_grad or r.requires_grad)):
+            return r
+        if not r.requires_grad:  # t's old values get gradient 0 (PyTorch's CopyBackwards)
+            return add(Fill(0)(s), r)
         # re-based onto src itself, t would share src's array: give it a copy (gx = gy)
-        return mul(r, 1.0) if r is src and r.requires_grad and is_grad_enabled() else r
+        return mul(r, 1.0) if r is src else r
 
     return apply_(t, "copy_", compute, any_cast=True)

@@ -131,8 +131,13 @@ EXPECTED = [  # (a, b, op, dtype of the result): the issue's rules, without torc
     (("tensor", "uint8"), ("tensor", "int8"), "add", "int16"),
 ]
 
-OPS = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-       "div": lambda a, b: a / b, "lt": lambda a, b: a < b}
+OPS = {
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b,
+    "lt": lambda a, b: a < b,
+}
 
 
 @pytest.mark.parametrize("a, b, op, expected", EXPECTED)
@@ -176,15 +181,18 @@ def test_accuracy_idiom_counts_samples(n, seed):
         assert correct.item() == (torch.tensor(pred) == torch.tensor(y)).sum().item()
 
 
-@given(dtype=st.sampled_from(["bool", "uint8", "int8", "int16", "int32", "int64"]), seed=SEED,
-       dim=st.sampled_from([None, 0, 1]))
+@given(
+    dtype=st.sampled_from(["bool", "uint8", "int8", "int16", "int32", "int64"]),
+    seed=SEED,
+    dim=st.sampled_from([None, 0, 1]),
+)
 def test_integer_sums_are_exact_int64(dtype, seed, dim):
     info = np.iinfo(dtype) if dtype != "bool" else None
     rng = np.random.default_rng(seed)
     if info is None:
         x = rng.integers(0, 2, (7, 5)).astype(bool)
     else:
-        x = rng.integers(max(info.min, -2**40), min(info.max, 2**40), (7, 5)).astype(dtype)
+        x = rng.integers(max(info.min, -(2**40)), min(info.max, 2**40), (7, 5)).astype(dtype)
     s = mc.tensor(x).sum(dim)
     assert s.dtype == np.int64
     np.testing.assert_array_equal(s.numpy(), x.astype(np.int64).sum(axis=dim))
@@ -221,20 +229,32 @@ NAN_OPS = {  # name: (minicbam fn, torch fn); inputs are (2, 3, 4, 4)
     "log_softmax": (lambda x: F.log_softmax(x, 1), lambda t, x: t.log_softmax(x, 1)),
     "max_pool2d": (lambda x: F.max_pool2d(x, 2), lambda t, x: t.nn.functional.max_pool2d(x, 2)),
     "avg_pool2d": (lambda x: F.avg_pool2d(x, 2), lambda t, x: t.nn.functional.avg_pool2d(x, 2)),
-    "adaptive_max": (lambda x: F.adaptive_max_pool2d(x, 1),
-                     lambda t, x: t.nn.functional.adaptive_max_pool2d(x, 1)),
-    "adaptive_avg": (lambda x: F.adaptive_avg_pool2d(x, 2),
-                     lambda t, x: t.nn.functional.adaptive_avg_pool2d(x, 2)),
-    "channel_pool": (lambda x: mc.ops.channel_pool(x),
-                     lambda t, x: t.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)),
-    "batch_norm": (lambda x: F.batch_norm(x, None, None, training=True),
-                   lambda t, x: t.nn.functional.batch_norm(x, None, None, training=True)),
-    "cross_entropy": (lambda x: F.cross_entropy(x, mc.zeros(2, 4, 4, dtype=mc.int64),
-                                                reduction="none"),
-                      lambda t, x: t.nn.functional.cross_entropy(
-                          x, t.zeros(2, 4, 4, dtype=t.int64), reduction="none")),
-    "linear_relu": (lambda x: F.relu(F.linear(x, mc.ones(3, 4))),
-                    lambda t, x: t.relu(t.nn.functional.linear(x, t.ones(3, 4)))),
+    "adaptive_max": (
+        lambda x: F.adaptive_max_pool2d(x, 1),
+        lambda t, x: t.nn.functional.adaptive_max_pool2d(x, 1),
+    ),
+    "adaptive_avg": (
+        lambda x: F.adaptive_avg_pool2d(x, 2),
+        lambda t, x: t.nn.functional.adaptive_avg_pool2d(x, 2),
+    ),
+    "channel_pool": (
+        lambda x: mc.ops.channel_pool(x),
+        lambda t, x: t.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1),
+    ),
+    "batch_norm": (
+        lambda x: F.batch_norm(x, None, None, training=True),
+        lambda t, x: t.nn.functional.batch_norm(x, None, None, training=True),
+    ),
+    "cross_entropy": (
+        lambda x: F.cross_entropy(x, mc.zeros(2, 4, 4, dtype=mc.int64), reduction="none"),
+        lambda t, x: t.nn.functional.cross_entropy(
+            x, t.zeros(2, 4, 4, dtype=t.int64), reduction="none"
+        ),
+    ),
+    "linear_relu": (
+        lambda x: F.relu(F.linear(x, mc.ones(3, 4))),
+        lambda t, x: t.relu(t.nn.functional.linear(x, t.ones(3, 4))),
+    ),
 }
 
 
@@ -261,8 +281,12 @@ def test_a_corrupt_input_does_not_give_finite_logits():
 @given(seed=SEED)
 def test_nan_gradients_match_pytorch(seed):
     x = nan_input((6,), seed, np.float64)
-    for name, fn in [("relu", lambda v: v.relu()), ("clamp", lambda v: v.clamp(-0.5, 0.5)),
-                     ("abs", lambda v: v.abs()), ("amax", lambda v: v.amax())]:
+    for name, fn in [
+        ("relu", lambda v: v.relu()),
+        ("clamp", lambda v: v.clamp(-0.5, 0.5)),
+        ("abs", lambda v: v.abs()),
+        ("amax", lambda v: v.amax()),
+    ]:
         a = mc.tensor(x, requires_grad=True)
         fn(a).sum().backward()
         g = a.grad.numpy()
@@ -465,8 +489,9 @@ def _ce_case(scale, dtype, C, smoothing):
     return x, target, smoothing
 
 
-@pytest.mark.parametrize("dtype, scale", [(np.float32, s) for s in SCALES32]
-                         + [(np.float64, s) for s in SCALES64])
+@pytest.mark.parametrize(
+    "dtype, scale", [(np.float32, s) for s in SCALES32] + [(np.float64, s) for s in SCALES64]
+)
 @given(C=st.integers(2, 6), smoothing=st.sampled_from([0.0, 0.1]))
 def test_cross_entropy_at_huge_logits(dtype, scale, C, smoothing):
     x, target, eps = _ce_case(scale, dtype, C, smoothing)
@@ -563,8 +588,9 @@ def test_batch_norm_eps_zero_is_refused_in_training_only_as_in_pytorch():
 
 
 # ----------------------------------------------------------------------------- dtypes
-@pytest.mark.parametrize("dtype", ["bool", "uint8", "int8", "int16", "int32", "int64",
-                                   "float32", "float64"])
+@pytest.mark.parametrize(
+    "dtype", ["bool", "uint8", "int8", "int16", "int32", "int64", "float32", "float64"]
+)
 def test_every_supported_dtype_enters_and_computes(dtype):
     x = mc.tensor(np.array([1, 0, 1]).astype(dtype))
     assert x.dtype == np.dtype(dtype)
@@ -572,3 +598,18 @@ def test_every_supported_dtype_enters_and_computes(dtype):
     assert (x + x).dtype.kind in "biuf" and (x * 2).numpy().tolist() == [2, 0, 2]
     assert x.to(mc.float64).dtype == np.float64
     assert x.sum().item() == 2
+
+
+def test_copy_into_a_non_leaf_cuts_the_old_values_gradient():
+    x = mc.tensor([1.0, 2.0], requires_grad=True)
+    h = x + 1.0
+    h.copy_(mc.tensor([5.0, 6.0]))
+    (h * x).sum().backward()
+    np.testing.assert_array_equal(h.detach().numpy(), [5.0, 6.0])
+    np.testing.assert_array_equal(x.grad.numpy(), [5.0, 6.0])  # only through h * x
+    if torch is not None:
+        xt = torch.tensor([1.0, 2.0], requires_grad=True)
+        ht = xt + 1.0
+        ht.copy_(torch.tensor([5.0, 6.0]))
+        (ht * xt).sum().backward()
+        np.testing.assert_array_equal(x.grad.numpy(), xt.grad.numpy())

@@ -37,7 +37,7 @@ def adam_at(p, g, m, v, vmax, i, c, flags):
     v[i] = c[3] * v[i] + c[4] * (gi * gi)
     vi = v[i]
     if flags[2]:
-        if vi > vmax[i] or vi != vi:  # not max(): NaN must propagate, as torch.maximum
+        if vi > vmax[i] or vi != vi:  # noqa: PLR0124  (not max(): NaN propagates, as torch)
             vmax[i] = vi
         vi = vmax[i]
     denom = math.sqrt(vi) / c[5] + c[6]

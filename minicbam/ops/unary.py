@@ -53,7 +53,7 @@ def _abs(x, a, b):
 def _relu(x, zero, one):
     # a comparison, not max(): max/fmax may return the non-NaN operand, and relu(NaN) must
     # be NaN (a corrupt input must not become finite logits)
-    return zero if x <= zero else x
+    return zero if x <= zero else x  # noqa: FURB136
 
 
 @register_jitable
