@@ -1,13 +1,17 @@
 """minicbam: a small reverse-mode autodiff framework with Numba CPU and numba.cuda kernels.
 
-``import minicbam as mc`` gives the PyTorch-shaped tensor API (docs/api.md).
+``import minicbam as mc`` gives the PyTorch-shaped tensor API (docs/api.md). The subpackages
+``mc.nn``, ``mc.optim``, ``mc.models``, ``mc.data``, ``mc.interop``, ``mc.viz`` (and
+``mc.distributed`` where installed) are imported on first access, as ``torch.nn`` is there
+after ``import torch``, so that ``import minicbam`` stays as fast as before.
 """
 
+import importlib
 import os
 
 # numba's OpenMP threads and OpenBLAS's spin-wait on the same 2 cores unless told to sleep;
-# switching between them then costs ~8 ms each time (docs/design.md, "Measured facts"). Must precede the
-# first parallel call; libgomp reads it when it loads.
+# switching between them then costs ~8 ms each time (docs/design.md, "Measured facts"). Must
+# precede the first parallel call; libgomp reads it when it loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from minicbam.device import cuda_is_available
@@ -80,3 +84,24 @@ __all__ = [
     "zeros",
     "zeros_like",
 ]
+
+# Subpackages reachable as attributes, imported on first use (see the module docstring).
+LAZY_SUBMODULES = ("nn", "optim", "models", "data", "interop", "viz", "distributed")
+
+
+def __getattr__(name):
+    """``mc.nn`` and friends: import the subpackage (Python then caches it as an attribute)."""
+    if name in LAZY_SUBMODULES:
+        try:
+            return importlib.import_module(f"minicbam.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"minicbam.{name}":  # the subpackage exists but its import failed
+                raise
+    raise AttributeError(f"module 'minicbam' has no attribute {name!r}")
+
+
+def __dir__():
+    import importlib.util
+
+    present = [n for n in LAZY_SUBMODULES if importlib.util.find_spec(f"minicbam.{n}")]
+    return sorted(set(globals()) | set(present))

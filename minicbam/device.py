@@ -18,53 +18,157 @@ CPU = "cpu"
 CUDA = "cuda"
 
 # Launch shapes. Under the simulator every CUDA thread is a Python thread, so a grid-stride
-# loop over a few threads is ~100x faster than one thread per element (docs/design.md, "Testing CUDA without a GPU").
+# loop over a few threads is ~100x faster than one thread per element (docs/design.md,
+# "Testing CUDA without a GPU").
 THREADS_PER_BLOCK = 256
 MAX_BLOCKS = 4096
 SIM_THREADS_PER_BLOCK = 32
 SIM_MAX_BLOCKS = 1
 
+cuda = None  # numba.cuda, bound by the first CUDA factory that runs (cuda_factory)
+
+# When a DeviceEvents, CUDA allocations, host<->device copies and launches are counted into
+# it (minicbam/device_events.py); None otherwise, at the cost of one test per call.
+events = None
+
 _backend = None
+_backend_reason = None  # why CUDA is not usable, one line; None when it is
 
 
 def cuda_backend():
-    """'sim' (numba's CUDA simulator), 'gpu' (a usable device) or 'none'."""
-    global _backend
+    """'sim' (numba's CUDA simulator), 'gpu' (a device that ran a probe kernel) or 'none'."""
+    global _backend, _backend_reason
     if _backend is None:
-        _backend = _detect_backend()
+        _backend, _backend_reason = _detect_backend()
     return _backend
 
 
+def cuda_unavailable_reason():
+    """One line saying why CUDA cannot be used here, or None when it can."""
+    cuda_backend()
+    return _backend_reason
+
+
 def _detect_backend():
+    """(backend, reason). A driver and a device (``cuda.is_available()``) are not enough: the
+    toolkit's compiler may emit PTX that the driver cannot load, which only shows when a
+    kernel is compiled and launched. So a real GPU counts only after a probe kernel ran and
+    gave the right answer."""
     from numba.core import config
 
     if config.ENABLE_CUDASIM:  # read once, when numba was imported
-        return "sim"
+        return "sim", None
     try:
         from numba import cuda
 
-        return "gpu" if cuda.is_available() else "none"
-    except Exception:  # a broken driver install counts as no GPU
-        return "none"
+        if not cuda.is_available():
+            return "none", "numba.cuda finds no CUDA driver or no CUDA device"
+    except Exception as error:  # a broken driver install counts as no GPU
+        return "none", describe_cuda_failure(error)
+    reason = probe_cuda()
+    return ("gpu", None) if reason is None else ("none", reason)
+
+
+def probe_cuda():
+    """Compile, launch and read back a tiny kernel; None if it worked, else the reason."""
+    try:
+        out = cuda_module().device_array(64, dtype=np.int64)
+        _probe_kernel()[1, 64](out)
+        got = out.copy_to_host()
+    except Exception as error:
+        return describe_cuda_failure(error)
+    if not np.array_equal(got, 2 * np.arange(64) + 1):
+        return "a probe CUDA kernel ran but returned wrong values (driver or toolkit fault)"
+    return None
+
+
+# Substrings of driver/compiler errors and what they mean for the user.
+_CUDA_FAILURES = (
+    (
+        ("UNSUPPORTED_PTX_VERSION", "PTX JIT", "ptx version", "NVVM_ERROR", "NvvmSupportError"),
+        "the CUDA toolkit's compiler is newer than the driver can load (driver/toolkit "
+        "mismatch): install minicbam[cuda12] for drivers older than R580, or update the driver",
+    ),
+    (
+        ("libnvrtc", "libnvvm", "DynamicLibNotFound", "NVRTC", "nvvm"),
+        "numba.cuda finds no NVVM/NVRTC compiler libraries: install minicbam[cuda]",
+    ),
+    (
+        ("driver library cannot be found", "CUDA_ERROR_NO_DEVICE", "no CUDA-capable device"),
+        "numba.cuda finds no CUDA driver or no CUDA device",
+    ),
+    (
+        ("CUDA_ERROR_INSUFFICIENT_DRIVER", "driver version is insufficient"),
+        "the CUDA driver is older than the CUDA runtime needs: update the driver or install "
+        "minicbam[cuda12]",
+    ),
+)
+
+
+def describe_cuda_failure(error):
+    """A one-line reason for an exception raised while setting up or probing CUDA."""
+    text = f"{type(error).__name__}: {error}"
+    for needles, reason in _CUDA_FAILURES:
+        if any(needle.lower() in text.lower() for needle in needles):
+            return f"{reason} ({_first_line(text)})"
+    return f"a probe CUDA kernel failed: {_first_line(text)}"
+
+
+def _first_line(text, limit=160):
+    line = text.strip().splitlines()[0] if text.strip() else text
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def cuda_is_available():
     return cuda_backend() != "none"
 
 
+_cuda_index = None  # the CUDA device this process uses, chosen by the first "cuda[:N]"
+
+
 def normalize_device(device):
-    """'cpu' or 'cuda' from 'cpu', 'cuda', 'cuda:0' or a Device-like string."""
+    """'cpu' or 'cuda' from 'cpu', 'cuda' or 'cuda:N'.
+
+    One process uses one CUDA device: 'cuda:N' selects device N on first use (numba binds
+    a context per thread); asking later for another index is an error."""
     name = str(device)
     if name == CPU:
         return CPU
-    if name in (CUDA, "cuda:0"):
-        if not cuda_is_available():
-            raise RuntimeError(
-                "device 'cuda' requested but no CUDA GPU is available "
-                "(set NUMBA_ENABLE_CUDASIM=1 before importing numba to use the simulator)"
-            )
-        return CUDA
-    raise ValueError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
+    index = _cuda_index_of(name)
+    if index is None:
+        raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+    if not cuda_is_available():
+        hint = " (NUMBA_ENABLE_CUDASIM=1 before importing numba runs the simulator)"
+        raise RuntimeError(f"device {name!r} requested but CUDA is unusable: {_backend_reason}{hint}")
+    _select_cuda(index, name)
+    return CUDA
+
+
+def _cuda_index_of(name):
+    if name == CUDA:
+        return 0 if _cuda_index is None else _cuda_index
+    prefix, _, number = name.partition(":")
+    if prefix != CUDA or not number.isdigit():
+        return None
+    return int(number)
+
+
+def _select_cuda(index, name):
+    global _cuda_index
+    if _cuda_index == index:
+        return
+    if _cuda_index is not None:
+        raise ValueError(
+            f"device {name!r}: this process already uses cuda:{_cuda_index} "
+            "(minicbam runs one CUDA device per process)"
+        )
+    cuda = cuda_module()
+    count = len(cuda.gpus)
+    if index >= count:
+        raise ValueError(f"device {name!r}: only {count} CUDA device(s) found (cuda:0..{count - 1})")
+    if index != 0 or cuda_backend() == "gpu":
+        cuda.select_device(index)
+    _cuda_index = index
 
 
 def device_of(array):
@@ -95,11 +199,24 @@ def cuda_factory(factory):
     return build
 
 
+@cuda_factory
+def _probe_kernel():
+    @cuda.jit
+    def probe(out):
+        i = cuda.grid(1)
+        if i < out.size:
+            out[i] = 2 * i + 1
+
+    return probe
+
+
 # ----------------------------------------------------------------------------- allocation
 def empty(shape, dtype, device):
     shape = tuple(int(s) for s in shape)
     if device == CPU:
         return np.empty(shape, dtype=dtype)
+    if events is not None:
+        events.allocated(shape, dtype)
     return cuda_module().device_array(shape, dtype=np.dtype(dtype))
 
 
@@ -120,6 +237,8 @@ def to_device(array, device):
     """A copy of ``array`` (NumPy or CUDA) on ``device``; the same object if already there."""
     if device_of(array) == device:
         return array
+    if events is not None:
+        events.transferred(array, device)
     if device == CPU:
         return array.copy_to_host()
     # ascontiguousarray makes 0-d arrays 1-d; reshape keeps the shape
@@ -130,7 +249,7 @@ def copy(array):
     """A new array with the same contents, on the same device."""
     if isinstance(array, np.ndarray):
         return array.copy()
-    out = cuda_module().device_array(array.shape, dtype=array.dtype)
+    out = empty(array.shape, array.dtype, CUDA)
     out.copy_to_device(array)
     return out
 
@@ -139,6 +258,8 @@ def to_host(array):
     """A NumPy copy of any array."""
     if isinstance(array, np.ndarray):
         return array.copy()
+    if events is not None:
+        events.transferred(array, CPU)
     return array.copy_to_host()
 
 
@@ -152,6 +273,11 @@ def launch_config(n):
     """(blocks, threads) for a grid-stride loop over ``n`` items."""
     if cuda_backend() == "sim":
         return SIM_MAX_BLOCKS, SIM_THREADS_PER_BLOCK
+    return gpu_launch_config(n)
+
+
+def gpu_launch_config(n):
+    """(blocks, threads) a real GPU gets for a grid-stride loop over ``n`` items."""
     blocks = min(MAX_BLOCKS, max(1, math.ceil(n / THREADS_PER_BLOCK)))
     return blocks, THREADS_PER_BLOCK
 
@@ -163,22 +289,34 @@ def launcher(kernel, items=None, config=None):
     tests/cuda_compile relies on it). ``items(out, *args)`` gives the number of work items
     of a grid-stride loop (default ``out.size``); ``config(out, *args)`` instead returns
     ``(blocks, threads)`` directly, for kernels with 2-D blocks or shared-memory tiles.
+    ``launch.shape(out, *args)`` gives ``(blocks, threads, items)`` without launching.
     """
 
-    def launch(out, *args):
+    def shape(out, *args):
         if config is not None:
             blocks, threads = config(out, *args)
-        else:
-            blocks, threads = launch_config(out.size if items is None else items(out, *args))
+            return blocks, threads, None
+        n = out.size if items is None else items(out, *args)
+        return (*launch_config(n), n)
+
+    def launch(out, *args):
+        blocks, threads, n = shape(out, *args)
+        if events is not None:
+            events.launched(kernel, out, args, blocks, threads, n)
         kernel[blocks, threads](out, *args)
 
+    def gpu_shape(out, *args):
+        """What a real GPU would launch (for reports made on the simulator): exact for
+        grid-stride kernels; ``config`` kernels report their current configuration."""
+        if config is not None:
+            return shape(out, *args)
+        n = out.size if items is None else items(out, *args)
+        return (*gpu_launch_config(n), n)
+
     launch.kernel = kernel
+    launch.shape = shape
+    launch.gpu_shape = gpu_shape
     return launch
-
-
-def grid_stride_launcher(kernel):
-    """Launch ``kernel(out, *args)`` with enough threads for ``out.size`` items."""
-    return launcher(kernel)
 
 
 # Below this many elements a CPU kernel runs its parallel loop on one thread: waking the
@@ -246,8 +384,6 @@ def _fill_cpu(out, value):
     out.fill(value)
 
 
-cuda = None  # numba.cuda, bound by the first CUDA call (see cuda_module)
-
 
 @cuda_factory
 def _fill_cuda():
@@ -257,7 +393,7 @@ def _fill_cuda():
         for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
             out[i] = value
 
-    return grid_stride_launcher(fill)
+    return launcher(fill)
 
 
 fill_kernel = Kernel(cpu=_fill_cpu, cuda=_fill_cuda)

@@ -8,10 +8,16 @@ one gradient per input, ``dL/dx_i = gy . dy/dx_i`` (or None where no gradient is
 ``run_backward`` visits nodes in reverse topological order (an iterative DFS, so deep
 graphs do not hit Python's recursion limit), accumulating gradients that fan in from
 several consumers by addition.
+
+Two hooks for data-parallel training (``minicbam.nn.parallel``): a leaf's
+``register_post_accumulate_grad_hook(fn)`` calls ``fn(leaf)`` once per sweep, when the last
+gradient reaching that leaf has been added into ``leaf.grad`` (it is final for this sweep);
+``queue_callback(fn)`` runs ``fn()`` once, after the current sweep has finished.
 """
 
 import contextlib
 import functools
+import weakref
 
 from minicbam import device
 
@@ -32,6 +38,7 @@ def bump_version(t):
         t._version += 1
         t._stamp = _inplace_stamp
         t = t._base
+_final_callbacks = []  # queue_callback: run once at the end of the current backward sweep
 
 
 def is_grad_enabled():
@@ -113,12 +120,15 @@ class Function:
 
     inputs = ()
     needs_input_grad = ()
+    output_shape = ()
     freed = False
     stamp = 0
     output_stamp = 0  # set when the op's output is changed in place (inplace.py)
     # False for ops whose backward reads neither their inputs nor their output (add, sum,
     # reshape, ...): changing those in place between forward and backward is harmless.
     saves_tensors = True
+    # attributes that outlive release(): the graph edges and what name() and repr() show
+    graph_fields = ("inputs", "needs_input_grad", "output_shape")
 
     def forward(self, *arrays):
         raise NotImplementedError
@@ -127,11 +137,27 @@ class Function:
         raise NotImplementedError
 
     def release(self):
-        """Drop the arrays saved for backward (everything but the graph edges)."""
-        edges = {"inputs": self.inputs, "needs_input_grad": self.needs_input_grad}
+        """Drop the arrays saved for backward (everything but ``graph_fields``)."""
+        kept = {k: self.__dict__[k] for k in self.graph_fields if k in self.__dict__}
         self.__dict__.clear()
-        self.__dict__.update(edges)
+        self.__dict__.update(kept)
         self.freed = True
+
+    # ------------------------------------------------------------------ study aids
+    def name(self):
+        """The node's name as PyTorch prints it, without the numeric suffix: "MulBackward"."""
+        return type(self).__name__ + "Backward"
+
+    @property
+    def next_functions(self):
+        """One ``(node, 0)`` per forward input, as in PyTorch: the input's ``grad_fn``, an
+        ``AccumulateGrad`` for a leaf that requires grad, or None where no gradient flows.
+        The index is always 0: every minicbam node has one output."""
+        return tuple((_next_node(t), 0) for t in self.inputs)
+
+    def __repr__(self):
+        shapes = ", ".join(str(tuple(t.shape)) for t in self.inputs)
+        return f"<{self.name()}: {shapes} -> {tuple(self.output_shape)}>"
 
     def __call__(self, *inputs):
         # tensor.py imports the ops, which import this module, so Tensor is looked up late.
@@ -147,8 +173,41 @@ class Function:
         if requires_grad:
             self.inputs = inputs
             self.stamp = _inplace_stamp
+            self.output_shape = tuple(y.shape)
             out.creator = self
         return out
+
+
+class AccumulateGrad:
+    """The graph's end for a leaf that requires grad (PyTorch's node of the same name): the
+    backward sweep adds the gradient that reaches it into ``variable.grad``."""
+
+    next_functions = ()
+
+    def __init__(self, variable):
+        self.variable = variable
+
+    def name(self):
+        return "AccumulateGrad"
+
+    def __repr__(self):
+        return f"<AccumulateGrad: {tuple(self.variable.shape)}>"
+
+
+# One AccumulateGrad per live leaf, so that ``node is node`` holds as in PyTorch. Keyed by
+# id: the node holds its leaf, so the id cannot be reused while the entry exists.
+_accumulators = weakref.WeakValueDictionary()
+
+
+def _next_node(t):
+    if t.creator is not None:
+        return t.creator
+    if not t.requires_grad:
+        return None
+    node = _accumulators.get(id(t))
+    if node is None:
+        node = _accumulators[id(t)] = AccumulateGrad(t)
+    return node
 
 
 def check_same_device(op_name, tensors):
@@ -178,12 +237,55 @@ def _topological_order(root):
     return order
 
 
+def queue_callback(fn):
+    """Run ``fn()`` once when the backward sweep now running ends (as PyTorch's
+    ``Variable._execution_engine.queue_callback``)."""
+    _final_callbacks.append(fn)
+
+
+def _hooked_leaf_edges(order):
+    """{id(leaf): [leaf, edges still to come, got a gradient]} for leaves with hooks."""
+    hooked = {}
+    for fn in order:
+        for t in fn.inputs:
+            if t.creator is None and t._post_accumulate_hooks:
+                entry = hooked.setdefault(id(t), [t, 0, False])
+                entry[1] += 1
+    return hooked
+
+
+def _edges_done(fn, hooked):
+    """Count ``fn``'s edges into hooked leaves as delivered; run the hooks of finished leaves."""
+    for t in fn.inputs:
+        entry = hooked.get(id(t)) if t.creator is None else None
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] == 0 and entry[2]:
+                t.run_post_accumulate_hooks()
+
+
+def run_final_callbacks():
+    while _final_callbacks:
+        _final_callbacks.pop(0)()
+
+
 def run_backward(root, gy, retain_graph=False):
     """Accumulate d(root)/d(leaf) . gy into ``leaf.grad`` for every leaf that requires grad."""
+    grads = {root.creator: gy}  # keyed by Function: each node has exactly one output
+    order = _topological_order(root)
+    hooked = _hooked_leaf_edges(order)
+    try:
+        _sweep(order, grads, hooked, retain_graph)
+    except BaseException:
+        _final_callbacks.clear()  # a failed sweep must not finish in the next one
+        raise
+    run_final_callbacks()
+
+
+def _sweep(order, grads, hooked, retain_graph):
     from minicbam.ops.binary import add_arrays
 
-    grads = {root.creator: gy}  # keyed by Function: each node has exactly one output
-    for fn in _topological_order(root):
+    for fn in order:
         if fn.freed:
             raise RuntimeError(
                 "backward: trying to backward through the graph a second time (or after its "
@@ -191,6 +293,7 @@ def run_backward(root, gy, retain_graph=False):
             )
         g = grads.pop(fn, None)
         if g is None:  # this node's output did not reach the root
+            _edges_done(fn, hooked)
             continue
         if fn.stamp < _inplace_stamp:  # something changed in place since fn ran
             check_versions(fn)
@@ -207,10 +310,13 @@ def run_backward(root, gy, retain_graph=False):
             check_grad_shape(fn, t, gx)
             if t.creator is None:
                 t.accumulate_grad(gx)
+                if id(t) in hooked:
+                    hooked[id(t)][2] = True
             elif t.creator in grads:
                 grads[t.creator] = add_arrays(grads[t.creator], gx)
             else:
                 grads[t.creator] = gx
+        _edges_done(fn, hooked)
 
 
 def check_versions(fn):

@@ -21,7 +21,7 @@ from minicbam.dtypes import (  # noqa: F401  (re-exported: mc.float32, ...)
     int64,
     uint8,
 )
-from minicbam.function import run_backward
+from minicbam.function import run_backward, run_final_callbacks
 
 _rng = np.random.default_rng()
 
@@ -43,6 +43,7 @@ class Tensor:
     _version = 0
     _stamp = 0
     _base = None  # the tensor whose array this one's views (detach, reshape), if any
+    _post_accumulate_hooks = ()  # a list once a hook is registered (see function.py)
 
     def __init__(self, data, requires_grad=False):
         self.data = data
@@ -81,6 +82,11 @@ class Tensor:
     @property
     def is_leaf(self):
         return self.creator is None
+
+    @property
+    def grad_fn(self):
+        """The graph node (a Function) that made this tensor; None for leaves."""
+        return self.creator
 
     def __len__(self):
         if not self.shape:
@@ -171,8 +177,25 @@ class Tensor:
             gy = _gradient_array(gradient, self)
         if self.creator is None:
             self.accumulate_grad(gy)
+            self.run_post_accumulate_hooks()
+            run_final_callbacks()
             return
         run_backward(self, gy, retain_graph)
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call ``hook(self)`` in every backward sweep, once this leaf's ``.grad`` is final."""
+        if not self.is_leaf:
+            raise RuntimeError(
+                "register_post_accumulate_grad_hook: only leaf tensors accumulate gradients"
+            )
+        if not self._post_accumulate_hooks:
+            self._post_accumulate_hooks = []
+        self._post_accumulate_hooks.append(hook)
+        return hook
+
+    def run_post_accumulate_hooks(self):
+        for hook in self._post_accumulate_hooks:
+            hook(self)
 
     def accumulate_grad(self, g):
         from minicbam.ops.binary import add_arrays

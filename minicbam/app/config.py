@@ -9,6 +9,7 @@ import math
 import os
 
 import minicbam as mc
+from minicbam.device import cuda_unavailable_reason
 
 MODELS = ("digits-cnn", "resnet18", "resnet34", "resnet50")
 ATTENTIONS = ("none", "se", "cam", "sam", "cbam")
@@ -40,7 +41,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     step_size: int = 0  # StepLR period; 0 -> a third of the epochs
     gamma: float = 0.1  # StepLR factor
-    label_smoothing: float = 0.1  # measured: 99.2% vs 97.8% test accuracy on digits
+    label_smoothing: float = 0.1  # held-out digits accuracy was higher with it than without
     device: str = "cpu"
     seed: int = 0
     out: str = ""  # "" -> runs/<model>-<attention>-<dataset>
@@ -89,4 +90,5 @@ def check_choice(name, value, choices):
 def check_device(device):
     """Raise ``UserError`` if ``device`` is "cuda" and no usable GPU is found."""
     if device == "cuda" and not mc.cuda_is_available():
-        raise UserError("--device cuda: numba.cuda finds no usable GPU; use --device cpu")
+        reason = cuda_unavailable_reason()
+        raise UserError(f"--device cuda: no usable GPU ({reason}); use --device cpu")

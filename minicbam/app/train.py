@@ -31,6 +31,7 @@ import numpy as np
 
 import minicbam as mc
 import minicbam.nn.functional as F
+from minicbam.app import distributed_run
 from minicbam.app.checkpoint import rng_state, set_rng_state, write_metrics
 from minicbam.app.config import check_device
 from minicbam.data import DataLoader
@@ -161,6 +162,8 @@ def fit(config, resume=None, progress=False, stop_after=0, log=_print_now):
     ``config.epochs``), as an interrupted run would. Returns ``{"history", "best_acc",
     "out"}``.
     """
+    if distributed_run.launched():  # mpiexec -n N (N > 1): data-parallel, same outputs
+        return distributed_run.fit(config, resume, progress, stop_after, log)
     config.validate()
     check_device(config.device)
     run = _Run(config)

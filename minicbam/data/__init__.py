@@ -30,6 +30,7 @@ from minicbam.data.datasets import (
 )
 from minicbam.data.formats import read_cifar_batch, read_idx
 from minicbam.data.loader import DataLoader, default_collate, numpy_collate
+from minicbam.data.sampler import DistributedSampler
 
 __all__ = [
     "transforms",
@@ -49,6 +50,7 @@ __all__ = [
     "read_idx",
     "read_cifar_batch",
     "DataLoader",
+    "DistributedSampler",
     "default_collate",
     "numpy_collate",
 ]

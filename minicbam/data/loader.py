@@ -10,6 +10,9 @@ uninterrupted one. At the start of each iteration the epoch is also handed to th
 Collation: ``numpy_collate`` stacks each field of the samples into one array;
 ``default_collate`` (the default ``collate_fn``) then converts every array with
 ``minicbam.tensor``, which keeps the array's dtype.
+
+``sampler`` (e.g. a ``DistributedSampler``) replaces the shuffle: the loader hands it its
+epoch (``sampler.set_epoch``) and batches the indices it yields.
 """
 
 import numbers
@@ -84,7 +87,11 @@ class DataLoader:
         seed=None,
         collate_fn=None,
         num_workers=0,
+        sampler=None,
     ):
+        if sampler is not None and shuffle:
+            raise ValueError("DataLoader: sampler option is mutually exclusive with shuffle")
+        self.sampler = sampler
         self.batch_size = _positive_int(batch_size, "batch_size")
         if len(dataset) == 0:
             raise ValueError(f"DataLoader: dataset {type(dataset).__name__} is empty")
@@ -101,7 +108,7 @@ class DataLoader:
         self.epoch = 0
 
     def __len__(self):
-        n = len(self.dataset)
+        n = len(self.dataset) if self.sampler is None else len(self.sampler)
         if self.drop_last:
             return n // self.batch_size
         return -(-n // self.batch_size)
@@ -116,6 +123,10 @@ class DataLoader:
 
     def order(self, epoch):
         """The sample indices of ``epoch``, in the order they are batched."""
+        if self.sampler is not None:
+            if hasattr(self.sampler, "set_epoch"):
+                self.sampler.set_epoch(epoch)
+            return np.asarray(list(self.sampler), dtype=np.int64)
         n = len(self.dataset)
         if not self.shuffle:
             return np.arange(n)

@@ -61,7 +61,7 @@ def _adam_cuda():
         for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
             adam_at(p, g, m, v, vmax, i, c, flags)
 
-    return device.grid_stride_launcher(adam)
+    return device.launcher(adam)
 
 
 adam_kernel = Kernel(cpu=_adam_cpu, cuda=_adam_cuda)

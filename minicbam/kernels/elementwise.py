@@ -34,7 +34,7 @@ def unary_kernel(body):
             for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
                 out[i] = body(x[i], a, b)
 
-        return device.grid_stride_launcher(unary)
+        return device.launcher(unary)
 
     return Kernel(cpu=unary_cpu, cuda=unary_cuda, name=f"unary[{body.__name__}]")
 
@@ -53,7 +53,7 @@ def binary_kernel(body):
             for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
                 out[i] = body(x[i], y[i], a, b)
 
-        return device.grid_stride_launcher(binary)
+        return device.launcher(binary)
 
     return Kernel(cpu=binary_cpu, cuda=binary_cuda, name=f"binary[{body.__name__}]")
 

@@ -82,7 +82,7 @@ def _gather_cuda():
         for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
             out[i] = src[strided_offset(i, offset, shape, strides)]
 
-    return device.grid_stride_launcher(gather)
+    return device.launcher(gather)
 
 
 @device.cuda_factory

@@ -5,7 +5,7 @@ has its own file (the attention modules in ``attention.py``); the functional ops
 ``functional.py`` (``nn.functional``).
 """
 
-from minicbam.nn import functional, init
+from minicbam.nn import functional, init, parallel
 from minicbam.nn.activation import LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from minicbam.nn.attention import CBAM, ChannelAttention, SpatialAttention, SqueezeExcitation
 from minicbam.nn.batchnorm import BatchNorm1d, BatchNorm2d
@@ -18,6 +18,7 @@ from minicbam.nn.loss import CrossEntropyLoss, MSELoss, NLLLoss
 from minicbam.nn.module import Module
 from minicbam.nn.parameter import Parameter
 from minicbam.nn.pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
+from minicbam.nn.sync_batchnorm import SyncBatchNorm
 
 __all__ = [
     "CBAM",
@@ -46,7 +47,9 @@ __all__ = [
     "Softmax",
     "SpatialAttention",
     "SqueezeExcitation",
+    "SyncBatchNorm",
     "Tanh",
     "functional",
     "init",
+    "parallel",
 ]

@@ -26,7 +26,7 @@ Spatial attention (Eq. 3) pools over channels (mean first, then max, as the pape
 The BatchNorm is the official code's (its ``BasicConv`` is conv + BN; timm does the same);
 the paper's equation has none, so ``CBAM.paper`` leaves it out.
 
-Hot path (fusion where it pays, docs/design.md): ``F.global_pool`` computes all global pools in one pass,
+Hot path (docs/design.md, "Fusion"): ``F.global_pool`` computes all global pools in one pass,
 ``F.channel_pool`` the (mean, max) channel maps in one pass, and ``F.gate`` is the fused
 ``x * sigmoid(logits)`` with its backward. The shared MLP runs once on the stacked pools
 ``(P * N, C)``; since it acts row by row, that equals running it once per pool.
@@ -55,6 +55,7 @@ from minicbam.nn.container import Sequential
 from minicbam.nn.conv import Conv2d
 from minicbam.nn.linear import Linear
 from minicbam.nn.module import Module
+from minicbam.ops.global_pool import POOL_TYPES
 
 __all__ = [
     "CBAM",
@@ -66,7 +67,6 @@ __all__ = [
     "timm_hidden",
 ]
 
-POOL_TYPES = ("avg", "max")
 KERNEL_SIZES = (3, 7)
 
 

@@ -19,17 +19,6 @@ from minicbam.nn._utils import (
 from minicbam.nn.module import Module
 
 
-def _same_padding(kernel_size, dilation):
-    """Symmetric padding that keeps H and W at stride 1 (PyTorch's padding='same')."""
-    total = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
-    if any(t % 2 for t in total):
-        raise ValueError(
-            f"Conv2d: padding='same' needs an even dilation * (kernel_size - 1), got {total}"
-            " (asymmetric padding is not supported)"
-        )
-    return tuple(t // 2 for t in total)
-
-
 class Conv2d(Module):
     def __init__(
         self,
@@ -62,14 +51,6 @@ class Conv2d(Module):
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
-
-    def _pixels(self):
-        """The padding in pixels, (PH, PW)."""
-        if self.padding == "valid":
-            return (0, 0)
-        if self.padding == "same":
-            return _same_padding(self.kernel_size, self.dilation)
-        return self.padding
 
     def _check(self):
         name = "Conv2d"
@@ -108,7 +89,8 @@ class Conv2d(Module):
                 raise ValueError(
                     f"{name}: padding='same' is not supported for strided convolutions"
                 )
-        check_non_negative(name, padding=self._pixels())
+            return  # F.conv2d turns the string into pixels (uneven for even kernels)
+        check_non_negative(name, padding=self.padding)
 
     def reset_parameters(self):
         init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -119,7 +101,7 @@ class Conv2d(Module):
 
     def forward(self, input):
         return F.conv2d(
-            input, self.weight, self.bias, self.stride, self._pixels(), self.dilation, self.groups
+            input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
         )
 
     def extra_repr(self):

@@ -121,7 +121,7 @@ def _adaptive_cuda():
             r = i // OW
             adaptive_window(y, argmax, x, i, r // OH, r % OH, i % OW, g, is_max)
 
-    return device.grid_stride_launcher(adaptive)
+    return device.launcher(adaptive)
 
 
 @device.cuda_factory
@@ -134,7 +134,7 @@ def _adaptive_grad_cuda():
             r = j // W
             adaptive_grad_at(gx, gy, argmax, r // H, r % H, j % W, g, is_max)
 
-    return device.grid_stride_launcher(adaptive_grad)
+    return device.launcher(adaptive_grad)
 
 
 adaptive_kernel = Kernel(cpu=_adaptive_cpu, cuda=_adaptive_cuda)

@@ -106,7 +106,7 @@ def _avg_pool_cuda():
             r = i // OW
             avg_window(y, x, i, r // OH, r % OH, i % OW, g)
 
-    return device.grid_stride_launcher(avg_pool)
+    return device.launcher(avg_pool)
 
 
 @device.cuda_factory
@@ -119,7 +119,7 @@ def _avg_pool_grad_cuda():
             r = j // W
             avg_pool_grad_at(gx, gy, r // H, r % H, j % W, g)
 
-    return device.grid_stride_launcher(avg_pool_grad)
+    return device.launcher(avg_pool_grad)
 
 
 avg_pool_kernel = Kernel(cpu=_avg_pool_cpu, cuda=_avg_pool_cuda)

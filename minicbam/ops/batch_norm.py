@@ -43,18 +43,21 @@ cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 
 # ----------------------------------------------------------------------------- bodies
+# Plane bodies take a 1-D view of one (n, c) plane (the CPU passes a row of a 2-D view, CUDA a
+# slice): an index from 0 lets the CPU loop vectorise, where flat ``p * M + m`` indices keep a
+# wraparound check per element. Element bodies are scalar: the kernels do the indexing.
 @register_jitable
-def plane_stats_at(pstats, x, p, M):
-    """pstats[0, p] = mean of plane p, pstats[1, p] = sum of squared deviations."""
-    NC = pstats.size // 2
+def plane_stats_at(pstats, plane, p, NC):
+    """pstats[p] = mean of plane p (of NC), pstats[NC + p] = its sum of squared deviations."""
+    M = plane.size
     acc = 0.0
     for m in range(M):
-        acc += x[p * M + m]
+        acc += plane[m]
     mean = acc / M
     m2 = 0.0
     s = 0.0  # sum of deviations: 0 but for the rounding error of mean
     for m in range(M):
-        d = x[p * M + m] - mean
+        d = plane[m] - mean
         m2 += d * d
         s += d
     # the corrected two-pass algorithm: removes the M * err^2 a rounded mean adds to m2
@@ -104,21 +107,19 @@ def eval_stats_at(stats, affine, w, b, rmean, rvar, c, C, eps):
 
 
 @register_jitable
-def affine_at(y, x, affine, p, c, m, C, M):
-    """y = x scale[c] + shift[c] for element m of plane p = n C + c."""
-    y[p * M + m] = x[p * M + m] * affine[c] + affine[C + c]
+def affine_at(x, scale, shift):
+    """y = x scale[c] + shift[c] for one element x of channel c."""
+    return x * scale + shift
 
 
 @register_jitable
-def plane_grad_at(psums, gy, x, stats, p, C, M):
-    """psums[0, p] = sum gy, psums[1, p] = sum gy (x - mu) over plane p."""
-    NC = psums.size // 2
-    mean = stats[p % C]
+def plane_grad_at(psums, gy, x, mean, p, NC):
+    """psums[p] = sum gy, psums[NC + p] = sum gy (x - mu) over plane p (1-D views gy, x)."""
     sg, sgx = 0.0, 0.0
-    for m in range(M):
-        g = gy[p * M + m]
+    for m in range(gy.size):
+        g = gy[m]
         sg += g
-        sgx += g * (x[p * M + m] - mean)
+        sgx += g * (x[m] - mean)
     psums[p] = sg
     psums[NC + p] = sgx
 
@@ -143,37 +144,30 @@ def channel_grad_at(gwb, coef, psums, stats, w, c, C, M, training):
 
 
 @register_jitable
-def input_grad_at(gx, gy, x, coef, p, c, m, C, M):
-    i = p * M + m
-    gx[i] = coef[c] * (gy[i] - coef[C + c] - (x[i] - coef[3 * C + c]) * coef[2 * C + c])
+def input_grad_at(gy, x, k, gmean, proj, mean):
+    """gx for one element (gy, x) of a channel with coefficients (k, gmean, proj, mean)."""
+    return k * (gy - gmean - (x - mean) * proj)
 
 
 # CPU copies of the bodies, inlined into the prange loops: as plain calls they cost more
-# than the bodies themselves (array arguments on every element). CUDA kernels call the
-# register_jitable originals.
+# than the bodies themselves. CUDA kernels call the register_jitable originals.
+plane_stats_at_cpu = njit(inline="always")(plane_stats_at)
 channel_stats_at_cpu = njit(inline="always")(channel_stats_at)
 eval_stats_at_cpu = njit(inline="always")(eval_stats_at)
+affine_at_cpu = njit(inline="always")(affine_at)
+plane_grad_at_cpu = njit(inline="always")(plane_grad_at)
 channel_grad_at_cpu = njit(inline="always")(channel_grad_at)
+input_grad_at_cpu = njit(inline="always")(input_grad_at)
 
 
 # ----------------------------------------------------------------------------- CPU kernels
+# (plane, element) views: P = N C planes of M elements; plane p has channel p % C.
 @njit(parallel=True, cache=True, fastmath=True)
 def _plane_stats_cpu(pstats, x, M):
-    # plane_stats_at on a 2-D (plane, element) view: flat ``p * M + m`` indices keep a
-    # wraparound check per element, which stops the sums from vectorising.
     NC = pstats.size // 2
     x2 = x.reshape(NC, M)
     for p in prange(NC):
-        acc = 0.0
-        for m in range(M):
-            acc += x2[p, m]
-        mean = acc / M
-        m2 = 0.0
-        for m in range(M):
-            d = x2[p, m] - mean
-            m2 += d * d
-        pstats[p] = mean
-        pstats[NC + p] = m2
+        plane_stats_at_cpu(pstats, x2[p], p, NC)
 
 
 @njit(parallel=True, cache=True)
@@ -192,30 +186,21 @@ def _eval_stats_cpu(stats, affine, w, b, rmean, rvar, C, eps):
 
 @njit(parallel=True, cache=True, fastmath=True)
 def _affine_cpu(y, x, affine, C, M):
-    # affine_at per (n, c) plane on 2-D views, scale and shift hoisted (vectorises).
     P = y.size // M
     y2, x2 = y.reshape(P, M), x.reshape(P, M)
     for p in prange(P):
         c = p % C
-        scale, shift = affine[c], affine[C + c]
+        scale, shift = affine[c], affine[C + c]  # hoisted: the pixel loop vectorises
         for m in range(M):
-            y2[p, m] = x2[p, m] * scale + shift
+            y2[p, m] = affine_at_cpu(x2[p, m], scale, shift)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
 def _plane_grad_cpu(psums, gy, x, stats, C, M):
-    # plane_grad_at on 2-D views (vectorised float64 sums).
     NC = psums.size // 2
     gy2, x2 = gy.reshape(NC, M), x.reshape(NC, M)
     for p in prange(NC):
-        mean = stats[p % C]
-        sg, sgx = 0.0, 0.0
-        for m in range(M):
-            g = gy2[p, m]
-            sg += g
-            sgx += g * (x2[p, m] - mean)
-        psums[p] = sg
-        psums[NC + p] = sgx
+        plane_grad_at_cpu(psums, gy2[p], x2[p], stats[p % C], p, NC)
 
 
 @njit(parallel=True, cache=True)
@@ -226,20 +211,19 @@ def _channel_grad_cpu(gwb, coef, psums, stats, w, C, M, training):
 
 @njit(parallel=True, cache=True, fastmath=True)
 def _input_grad_cpu(gx, gy, x, coef, C, M):
-    # input_grad_at per (n, c) plane on 2-D views, coefficients hoisted (vectorises).
     P = gx.size // M
     gx2, gy2, x2 = gx.reshape(P, M), gy.reshape(P, M), x.reshape(P, M)
     for p in prange(P):
         c = p % C
         k, gmean, proj, mean = coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c]
         for m in range(M):
-            gx2[p, m] = k * (gy2[p, m] - gmean - (x2[p, m] - mean) * proj)
+            gx2[p, m] = input_grad_at_cpu(gy2[p, m], x2[p, m], k, gmean, proj, mean)
 
 
 # ----------------------------------------------------------------------------- CUDA kernels
-def _launcher(kernel, count):
-    """A grid-stride launch over count(*args) items (see device.launcher)."""
-    return device.launcher(kernel, items=count)
+def _planes(psums_or_pstats, *args):
+    """Work items of the plane kernels: one per (n, c) plane."""
+    return psums_or_pstats.size // 2
 
 
 @device.cuda_factory
@@ -247,10 +231,11 @@ def _plane_stats_cuda():
 
     @cuda.jit
     def plane_stats(pstats, x, M):
-        for p in range(cuda.grid(1), pstats.size // 2, cuda.gridsize(1)):
-            plane_stats_at(pstats, x, p, M)
+        NC = pstats.size // 2
+        for p in range(cuda.grid(1), NC, cuda.gridsize(1)):
+            plane_stats_at(pstats, x[p * M : (p + 1) * M], p, NC)
 
-    return _launcher(plane_stats, lambda pstats, *args: pstats.size // 2)
+    return device.launcher(plane_stats, items=_planes)
 
 
 @device.cuda_factory
@@ -263,7 +248,10 @@ def _channel_stats_cuda():
                 stats, affine, pstats, w, b, rmean, rvar, c, C, M, eps, momentum, update
             )
 
-    return _launcher(channel_stats, lambda *args: args[7])
+    def channels(stats, affine, pstats, w, b, rmean, rvar, C, *rest):
+        return C
+
+    return device.launcher(channel_stats, items=channels)
 
 
 @device.cuda_factory
@@ -274,7 +262,10 @@ def _eval_stats_cuda():
         for c in range(cuda.grid(1), C, cuda.gridsize(1)):
             eval_stats_at(stats, affine, w, b, rmean, rvar, c, C, eps)
 
-    return _launcher(eval_stats, lambda *args: args[6])
+    def channels(stats, affine, w, b, rmean, rvar, C, eps):
+        return C
+
+    return device.launcher(eval_stats, items=channels)
 
 
 @device.cuda_factory
@@ -283,10 +274,10 @@ def _affine_cuda():
     @cuda.jit
     def affine(y, x, affine, C, M):
         for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-            p = i // M
-            affine_at(y, x, affine, p, p % C, i % M, C, M)
+            c = (i // M) % C
+            y[i] = affine_at(x[i], affine[c], affine[C + c])
 
-    return device.grid_stride_launcher(affine)
+    return device.launcher(affine)
 
 
 @device.cuda_factory
@@ -294,10 +285,12 @@ def _plane_grad_cuda():
 
     @cuda.jit
     def plane_grad(psums, gy, x, stats, C, M):
-        for p in range(cuda.grid(1), psums.size // 2, cuda.gridsize(1)):
-            plane_grad_at(psums, gy, x, stats, p, C, M)
+        NC = psums.size // 2
+        for p in range(cuda.grid(1), NC, cuda.gridsize(1)):
+            lo, hi = p * M, (p + 1) * M
+            plane_grad_at(psums, gy[lo:hi], x[lo:hi], stats[p % C], p, NC)
 
-    return _launcher(plane_grad, lambda psums, *args: psums.size // 2)
+    return device.launcher(plane_grad, items=_planes)
 
 
 @device.cuda_factory
@@ -308,7 +301,10 @@ def _channel_grad_cuda():
         for c in range(cuda.grid(1), C, cuda.gridsize(1)):
             channel_grad_at(gwb, coef, psums, stats, w, c, C, M, training)
 
-    return _launcher(channel_grad, lambda *args: args[5])
+    def channels(gwb, coef, psums, stats, w, C, M, training):
+        return C
+
+    return device.launcher(channel_grad, items=channels)
 
 
 @device.cuda_factory
@@ -317,10 +313,11 @@ def _input_grad_cuda():
     @cuda.jit
     def input_grad(gx, gy, x, coef, C, M):
         for i in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
-            p = i // M
-            input_grad_at(gx, gy, x, coef, p, p % C, i % M, C, M)
+            c = (i // M) % C
+            k, gmean, proj, mean = coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c]
+            gx[i] = input_grad_at(gy[i], x[i], k, gmean, proj, mean)
 
-    return device.grid_stride_launcher(input_grad)
+    return device.launcher(input_grad)
 
 
 plane_stats_kernel = Kernel(cpu=_plane_stats_cpu, cuda=_plane_stats_cuda)

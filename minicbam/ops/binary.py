@@ -193,22 +193,27 @@ class Div(Function):
 class ScalarOp(Function):
     """y = op(x, c) for a Python number c (see the module docstring for each gradient)."""
 
-    def __init__(self, name, c):
-        self.name, self.c = name, c
-        self.saves_tensors = name == "rdiv"  # the others' gradients need only gy and c
+    graph_fields = Function.graph_fields + ("kind",)
+
+    def __init__(self, kind, c):
+        self.kind, self.c = kind, c
+        self.saves_tensors = kind == "rdiv"  # the others' gradients need only gy and c
+
+    def name(self):
+        return self.kind.capitalize() + "Backward"  # "MulBackward" for x * 2, as for x * y
 
     def forward(self, x):
         self.x = x
-        self.y = apply_unary(SCALAR_KERNELS[self.name], x, self.c)
+        self.y = apply_unary(SCALAR_KERNELS[self.kind], x, self.c)
         return self.y
 
     def backward(self, gy):
-        if self.name == "add":
+        if self.kind == "add":
             return (gy,)
-        if self.name == "rsub":
+        if self.kind == "rsub":
             return (neg_array(gy),)
-        if self.name in ("mul", "div"):
-            return (apply_unary(SCALAR_KERNELS[self.name], gy, self.c),)
+        if self.kind in ("mul", "div"):
+            return (apply_unary(SCALAR_KERNELS[self.kind], gy, self.c),)
         # rdiv: d(c/x)/dx = -c/x^2 = -y/x
         return (apply_binary(div_grad_b_kernel, gy, apply_binary(div_kernel, self.y, self.x)),)
 

@@ -29,15 +29,30 @@ cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 # ----------------------------------------------------------------------------- bodies
 @register_jitable
-def channel_pool_at(y, argmax, x, n, m, C, M):
-    """Pixel (n, m): mean into y[n, 0, m], max into y[n, 1, m], argmax[n, m]."""
+def max_wins(v, best):
+    """Does v replace the running maximum best? Only if larger (so the FIRST maximum is
+    kept) or NaN (a NaN wins, as in max_pool2d)."""
+    return v > best or math.isnan(v)
+
+
+@register_jitable
+def channel_pool_at(y, argmax, column, n, m, M):
+    """Pixel (n, m) from ``column``, a 1-D view of its C values x[n, :, m] (a slice with step
+    M): mean into y[n, 0, m], max into y[n, 1, m], the max's channel into argmax[n, m].
+
+    The CPU kernel does not call this: a gather over channels reads memory M elements apart,
+    so the CPU turns the loop inside out (channels outer, pixels inner, rows of accumulators)
+    and gets contiguous, vectorised reads. It makes the same max_wins comparisons in the
+    same channel order and sums in float64 in the same order, so its results and argmax
+    equal this body's; tests/ops/test_shared_bodies.py runs both and compares them."""
+    C = column.size
     acc = 0.0
     best = y.dtype.type(-math.inf)
     best_c = 0
     for c in range(C):
-        v = x[(n * C + c) * M + m]
+        v = column[c]
         acc += v
-        if v > best or math.isnan(v):
+        if max_wins(v, best):
             best, best_c = v, c
     y[2 * n * M + m] = acc / C
     y[(2 * n + 1) * M + m] = best
@@ -45,21 +60,25 @@ def channel_pool_at(y, argmax, x, n, m, C, M):
 
 
 @register_jitable
-def channel_pool_grad_at(gx, gy, argmax, n, c, m, C, M):
-    """gx[n, c, m]."""
-    g = gy[2 * n * M + m] * (gx.dtype.type(1) / gx.dtype.type(C))  # 1 / C: hoisted
-    if argmax[n * M + m] == c:
-        g += gy[(2 * n + 1) * M + m]
-    gx[(n * C + c) * M + m] = g
+def channel_pool_grad_at(g_mean, g_max, is_argmax, inv_c):
+    """gx[n, c, m] from g_mean = gy[n, 0, m], g_max = gy[n, 1, m] and whether c is the
+    argmax of pixel (n, m); inv_c = 1 / C, hoisted by the caller."""
+    g = g_mean * inv_c
+    if is_argmax:
+        g += g_max
+    return g
+
+
+max_wins_cpu = njit(inline="always")(max_wins)
+channel_pool_grad_at_cpu = njit(inline="always")(channel_pool_grad_at)
 
 
 # ----------------------------------------------------------------------------- kernels
 @njit(parallel=True, cache=True)
 def _channel_pool_cpu(y, argmax, x, C, M):
-    # channel_pool_at's loop turned inside out: one sample per task, channels outer and
-    # pixels inner, so every read is contiguous and the pixel loop vectorises. Same
-    # comparisons in the same channel order, so the same results and argmax. 2-D views:
-    # flat ``base + m`` indices keep a wraparound check per element and do not vectorise.
+    # channel_pool_at's loop turned inside out (see its docstring): one sample per task,
+    # channels outer and pixels inner. 2-D views: flat ``base + m`` indices keep a
+    # wraparound check per element and do not vectorise.
     N = argmax.size // M
     x2, y2, a2 = x.reshape(N * C, M), y.reshape(2 * N, M), argmax.reshape(N, M)
     for n in prange(N):
@@ -71,7 +90,7 @@ def _channel_pool_cpu(y, argmax, x, C, M):
             for m in range(M):
                 v = x2[p, m]
                 acc[m] += v
-                if v > best[m] or math.isnan(v):
+                if max_wins_cpu(v, best[m]):
                     best[m] = v
                     best_c[m] = c
         for m in range(M):
@@ -89,10 +108,8 @@ def _channel_pool_grad_cpu(gx, gy, argmax, C, M):
     for p in prange(P):
         n, c = p // C, p % C
         for m in range(M):
-            g = gy2[2 * n, m] * inv_c
-            if a2[n, m] == c:
-                g += gy2[2 * n + 1, m]
-            gx2[p, m] = g
+            is_argmax = a2[n, m] == c
+            gx2[p, m] = channel_pool_grad_at_cpu(gy2[2 * n, m], gy2[2 * n + 1, m], is_argmax, inv_c)
 
 
 @device.cuda_factory
@@ -101,9 +118,14 @@ def _channel_pool_cuda():
     @cuda.jit
     def channel_pool(y, argmax, x, C, M):
         for q in range(cuda.grid(1), argmax.size, cuda.gridsize(1)):
-            channel_pool_at(y, argmax, x, q // M, q % M, C, M)
+            n, m = q // M, q % M
+            lo = n * C * M + m
+            channel_pool_at(y, argmax, x[lo : lo + C * M : M], n, m, M)
 
-    return device.launcher(channel_pool, items=lambda y, argmax, *rest: argmax.size)
+    def pixels(y, argmax, x, C, M):
+        return argmax.size
+
+    return device.launcher(channel_pool, items=pixels)
 
 
 @device.cuda_factory
@@ -111,11 +133,16 @@ def _channel_pool_grad_cuda():
 
     @cuda.jit
     def channel_pool_grad(gx, gy, argmax, C, M):
+        inv_c = gx.dtype.type(1) / gx.dtype.type(C)
         for i in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
-            p = i // M
-            channel_pool_grad_at(gx, gy, argmax, p // C, p % C, i % M, C, M)
+            p, m = i // M, i % M
+            n, c = p // C, p % C
+            q = n * M + m
+            gx[i] = channel_pool_grad_at(
+                gy[2 * n * M + m], gy[(2 * n + 1) * M + m], argmax[q] == c, inv_c
+            )
 
-    return device.grid_stride_launcher(channel_pool_grad)
+    return device.launcher(channel_pool_grad)
 
 
 # float64_math: the channel mean accumulates in float64.

@@ -122,7 +122,7 @@ def _loss_cuda():
         for r in range(cuda.grid(1), loss.size, cuda.gridsize(1)):
             loss_row(loss, wt, p, x, target, weight, r, C, ignore, keep, spread, fused)
 
-    return device.grid_stride_launcher(loss_rows)
+    return device.launcher(loss_rows)
 
 
 @device.cuda_factory

@@ -40,33 +40,39 @@ def sigmoid_at(s, logits, j):
 
 
 @register_jitable
-def scale_at(y, x, s, n, c, m, C, M, spatial):
-    """y[n, c, m] = x[n, c, m] s[j]; also gx = gy s with (gx, gy) for (y, x)."""
-    j = n * M + m if spatial else n * C + c
-    i = (n * C + c) * M + m
-    y[i] = x[i] * s[j]
+def scale_at(y, x, s, k, j):
+    """y[k] = x[k] s[j]: element k times the sigmoid of its logit j (also gx = gy s)."""
+    y[k] = x[k] * s[j]
 
 
 @register_jitable
-def logit_grad_at(gl, gy, x, s, j, C, M, spatial):
-    """gl[j] = s (1 - s) sum over the elements that broadcast from logit j."""
+def logit_grad_at(gl, gy, x, s, j):
+    """gl[j] = s[j] (1 - s[j]) sum_k gy[k] x[k], with gy, x 1-D views of the elements that
+    broadcast from logit j: a plane (n, c) for the channel gate, the C values of pixel (n, m)
+    for the spatial gate (a slice with step M). The sum is in float64.
+
+    The CPU kernel calls this for the channel gate only. For the spatial gate it computes the
+    same sums with channels outer and pixels inner (contiguous reads, a row of float64
+    accumulators per sample), because a per-pixel gather reads memory M elements apart; it
+    adds in the same channel order, and tests/ops/test_shared_bodies.py compares the two."""
     acc = 0.0
-    if spatial:  # j = n M + m: the C elements (n, c, m)
-        n, m = j // M, j % M
-        for c in range(C):
-            i = (n * C + c) * M + m
-            acc += gy[i] * x[i]
-    else:  # j = n C + c: the contiguous plane (n, c)
-        for m in range(M):
-            acc += gy[j * M + m] * x[j * M + m]
-    one = gl.dtype.type(1)
-    gl[j] = s[j] * (one - s[j]) * acc
+    for k in range(gy.size):
+        acc += gy[k] * x[k]
+    store_logit_grad(gl, j, s[j], acc)
+
+
+@register_jitable
+def store_logit_grad(gl, j, s, acc):
+    """gl[j] = s (1 - s) acc: the sigmoid's derivative times the gathered sum."""
+    gl[j] = s * (gl.dtype.type(1) - s) * acc
 
 
 # CPU copies of the bodies, inlined into the prange loops: as plain calls they cost more
-# than the bodies themselves (array arguments on every element). CUDA kernels call the
-# register_jitable originals.
+# than the bodies themselves. CUDA kernels call the register_jitable originals.
 sigmoid_at_cpu = njit(inline="always")(sigmoid_at)
+scale_at_cpu = njit(inline="always")(scale_at)
+logit_grad_at_cpu = njit(inline="always")(logit_grad_at)
+store_logit_grad_cpu = njit(inline="always")(store_logit_grad)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -78,38 +84,34 @@ def _sigmoid_cpu(s, logits):
 
 @njit(parallel=True, cache=True)
 def _scale_cpu(y, x, s, C, M, spatial):
-    # scale_at with the logit index hoisted out of the pixel loop, on 2-D (plane, pixel)
-    # views: a row index LLVM can prove non-negative lets the pixel loop vectorise (flat
-    # ``base + m`` indexing keeps a wraparound check per element and runs ~4x slower).
+    # scale_at on 2-D (plane, pixel) views, one row per task; the logit row (spatial gate)
+    # or logit (channel gate) is fixed for the whole row. A row index from 0 lets the pixel
+    # loop vectorise (flat ``base + m`` indexing keeps a wraparound check and ran ~4x slower).
     P = y.size // M
     y2, x2 = y.reshape(P, M), x.reshape(P, M)
     if spatial:
         s2 = s.reshape(P // C, M)
         for p in prange(P):
-            n = p // C
+            yp, xp, sn = y2[p], x2[p], s2[p // C]
             for m in range(M):
-                y2[p, m] = x2[p, m] * s2[n, m]
+                scale_at_cpu(yp, xp, sn, m, m)
     else:
         for p in prange(P):
-            sp = s[p]
+            yp, xp = y2[p], x2[p]
             for m in range(M):
-                y2[p, m] = x2[p, m] * sp
+                scale_at_cpu(yp, xp, s, m, p)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
 def _logit_grad_cpu(gl, gy, x, s, C, M, spatial):
     P = gy.size // M
     gy2, x2 = gy.reshape(P, M), x.reshape(P, M)
-    one = gl.dtype.type(1)
     if not spatial:
-        for j in prange(P):  # logit_grad_at: the plane's float64 sum of gy x
-            acc = 0.0
-            for m in range(M):
-                acc += gy2[j, m] * x2[j, m]
-            gl[j] = s[j] * (one - s[j]) * acc
+        for j in prange(P):
+            logit_grad_at_cpu(gl, gy2[j], x2[j], s, j)
         return
-    # Spatial gate: logit_grad_at's sum over c for a pixel, with channels outer and pixels
-    # inner so that reads are contiguous (one sample per task).
+    # Spatial gate: logit_grad_at's per-pixel sums over c, turned inside out (see its
+    # docstring): channels outer, pixels inner, one sample per task.
     N = gl.size // M
     gl2, s2 = gl.reshape(N, M), s.reshape(N, M)
     for n in prange(N):
@@ -118,8 +120,9 @@ def _logit_grad_cpu(gl, gy, x, s, C, M, spatial):
             p = n * C + c
             for m in range(M):
                 acc[m] += gy2[p, m] * x2[p, m]
+        gln = gl2[n]
         for m in range(M):
-            gl2[n, m] = s2[n, m] * (one - s2[n, m]) * acc[m]
+            store_logit_grad_cpu(gln, m, s2[n, m], acc[m])
 
 
 @device.cuda_factory
@@ -130,7 +133,7 @@ def _sigmoid_cuda():
         for j in range(cuda.grid(1), s.size, cuda.gridsize(1)):
             sigmoid_at(s, logits, j)
 
-    return device.grid_stride_launcher(sigmoid)
+    return device.launcher(sigmoid)
 
 
 @device.cuda_factory
@@ -139,10 +142,11 @@ def _scale_cuda():
     @cuda.jit
     def scale(y, x, s, C, M, spatial):
         for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-            p = i // M
-            scale_at(y, x, s, p // C, p % C, i % M, C, M, spatial)
+            p = i // M  # plane n C + c
+            j = (p // C) * M + i % M if spatial else p
+            scale_at(y, x, s, i, j)
 
-    return device.grid_stride_launcher(scale)
+    return device.launcher(scale)
 
 
 @device.cuda_factory
@@ -151,9 +155,14 @@ def _logit_grad_cuda():
     @cuda.jit
     def logit_grad(gl, gy, x, s, C, M, spatial):
         for j in range(cuda.grid(1), gl.size, cuda.gridsize(1)):
-            logit_grad_at(gl, gy, x, s, j, C, M, spatial)
+            if spatial:  # j = n M + m: elements (n, c, m) for c < C, M apart
+                lo = (j // M) * C * M + j % M
+                hi = lo + C * M
+                logit_grad_at(gl, gy[lo:hi:M], x[lo:hi:M], s, j)
+            else:  # j = n C + c: the plane's M contiguous elements
+                logit_grad_at(gl, gy[j * M : (j + 1) * M], x[j * M : (j + 1) * M], s, j)
 
-    return device.grid_stride_launcher(logit_grad)
+    return device.launcher(logit_grad)
 
 
 sigmoid_kernel = Kernel(cpu=_sigmoid_cpu, cuda=_sigmoid_cuda)

@@ -112,7 +112,7 @@ def _global_grad_cuda():
         for j in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
             global_grad_at(gx, gy, argmax, j // M, j % M, M, NC, avg_slot, max_slot)
 
-    return device.grid_stride_launcher(global_grad)
+    return device.launcher(global_grad)
 
 
 # float64_math: the plane mean accumulates in float64.

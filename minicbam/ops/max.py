@@ -93,7 +93,7 @@ def _max_rows_cuda():
             indices[r] = best
             values[r] = x[r * K + best]
 
-    return device.grid_stride_launcher(max_rows)
+    return device.launcher(max_rows)
 
 
 @device.cuda_factory

@@ -256,7 +256,7 @@ def _max_pool_cuda():
             r = i // OW
             max_window(y, argmax, x, i, r // OH, r % OH, i % OW, g)
 
-    return device.grid_stride_launcher(max_pool)
+    return device.launcher(max_pool)
 
 
 @device.cuda_factory
@@ -269,7 +269,7 @@ def _max_pool_grad_cuda():
             r = j // W
             max_pool_grad_at(gx, gy, argmax, r // H, r % H, j % W, g)
 
-    return device.grid_stride_launcher(max_pool_grad)
+    return device.launcher(max_pool_grad)
 
 
 max_pool_kernel = Kernel(cpu=_max_pool_cpu, cuda=_max_pool_cuda)

@@ -44,7 +44,7 @@ def _sum_rows_cuda():
                 acc += x[r * K + k]
             out[r] = acc
 
-    return device.grid_stride_launcher(sum_rows)
+    return device.launcher(sum_rows)
 
 
 sum_rows_kernel = Kernel(cpu=_sum_rows_cpu, cuda=_sum_rows_cuda, float64_math=True)
@@ -78,7 +78,7 @@ def _sum_columns_cuda():
                 acc += x[r * J + j]
             out[j] = acc
 
-    return device.grid_stride_launcher(sum_columns)
+    return device.launcher(sum_columns)
 
 
 sum_columns_kernel = Kernel(cpu=_sum_columns_cpu, cuda=_sum_columns_cuda, float64_math=True)

@@ -130,7 +130,8 @@ def test_device_cuda_without_a_gpu_is_a_clear_error():
         env=env,
     )
     assert result.returncode == 2
-    assert "no usable GPU; use --device cpu" in result.stderr
+    assert "no usable GPU (numba.cuda finds no CUDA driver" in result.stderr
+    assert "use --device cpu" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -27,6 +27,25 @@ LAYERS = [
         lambda: tnn.Conv2d(2, 3, 5, padding="same", bias=False),
         (1, 2, 6, 6),
     ),
+    (
+        # an even kernel: 'same' pads one more pixel after than before, as F.conv2d does
+        "conv_same_even_kernel",
+        lambda: nn.Conv2d(2, 3, 4, padding="same"),
+        lambda: tnn.Conv2d(2, 3, 4, padding="same"),
+        (1, 2, 6, 7),
+    ),
+    (
+        "conv_same_dilated_even",
+        lambda: nn.Conv2d(2, 2, (2, 3), padding="same", dilation=(3, 2)),
+        lambda: tnn.Conv2d(2, 2, (2, 3), padding="same", dilation=(3, 2)),
+        (2, 2, 7, 6),
+    ),
+    (
+        "conv_valid",
+        lambda: nn.Conv2d(2, 3, 3, padding="valid"),
+        lambda: tnn.Conv2d(2, 3, 3, padding="valid"),
+        (1, 2, 5, 5),
+    ),
     ("linear", lambda: nn.Linear(5, 3), lambda: tnn.Linear(5, 3), (4, 5)),
     ("linear_3d", lambda: nn.Linear(5, 3, bias=False), lambda: tnn.Linear(5, 3, False), (2, 4, 5)),
     ("bn2d", lambda: nn.BatchNorm2d(3), lambda: tnn.BatchNorm2d(3), (4, 3, 5, 5)),
