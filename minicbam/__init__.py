@@ -33,6 +33,8 @@ from minicbam.tensor import (
     float32,
     float64,
     full,
+    int8,
+    int16,
     int32,
     int64,
     manual_seed,
@@ -41,6 +43,7 @@ from minicbam.tensor import (
     rand,
     randn,
     tensor,
+    uint8,
     zeros,
     zeros_like,
 )
@@ -60,6 +63,8 @@ __all__ = [
     "float64",
     "full",
     "gradcheck",
+    "int8",
+    "int16",
     "int32",
     "int64",
     "is_grad_enabled",
@@ -75,6 +80,7 @@ __all__ = [
     "set_grad_enabled",
     "stack",
     "tensor",
+    "uint8",
     "zeros",
     "zeros_like",
 ]

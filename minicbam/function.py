@@ -25,6 +25,21 @@ from minicbam import device
 
 _grad_enabled = True
 _detect_anomaly = False
+# The stamp of the latest in-place modification of any tensor (0: none yet). Each recorded
+# op keeps the stamp current when it ran; a tensor keeps the stamp of its own last in-place
+# change. ``t._stamp > fn.stamp`` therefore says "t changed after fn saw it", at the cost
+# of one attribute store per recorded op.
+_inplace_stamp = 0
+
+
+def bump_version(t):
+    """Record an in-place change of ``t`` (every in-place op and optimizer step calls this)."""
+    global _inplace_stamp
+    _inplace_stamp += 1
+    while t is not None:  # a view (detach, reshape) shares its base's array
+        t._version += 1
+        t._stamp = _inplace_stamp
+        t = t._base
 _final_callbacks = []  # queue_callback: run once at the end of the current backward sweep
 
 
@@ -109,6 +124,11 @@ class Function:
     needs_input_grad = ()
     output_shape = ()
     freed = False
+    stamp = 0
+    output_stamp = 0  # set when the op's output is changed in place (inplace.py)
+    # False for ops whose backward reads neither their inputs nor their output (add, sum,
+    # reshape, ...): changing those in place between forward and backward is harmless.
+    saves_tensors = True
     # attributes that outlive release(): the graph edges and what name() and repr() show
     graph_fields = ("inputs", "needs_input_grad", "output_shape")
 
@@ -154,6 +174,7 @@ class Function:
         out = Tensor(y, requires_grad=requires_grad)
         if requires_grad:
             self.inputs = inputs
+            self.stamp = _inplace_stamp
             self.output_shape = tuple(y.shape)
             out.creator = self
         return out
@@ -276,6 +297,8 @@ def _sweep(order, grads, hooked, retain_graph):
         if g is None:  # this node's output did not reach the root
             _edges_done(fn, hooked)
             continue
+        if fn.stamp < _inplace_stamp:  # something changed in place since fn ran
+            check_versions(fn)
         input_grads = fn.backward(g)
         if _detect_anomaly:
             for k, gx in enumerate(input_grads):
@@ -296,6 +319,27 @@ def _sweep(order, grads, hooked, retain_graph):
             else:
                 grads[t.creator] = gx
         _edges_done(fn, hooked)
+
+
+def check_versions(fn):
+    """PyTorch's error for a tensor changed in place after ``fn`` saved it (its gradient
+    would silently use the new values). A non-leaf input that changed is an error even for
+    ops that saved nothing: the in-place op re-routed its gradient (inplace.py)."""
+    for k, t in enumerate(fn.inputs):
+        if t._stamp > fn.stamp and (fn.saves_tensors or t.creator is not None):
+            _raise_modified(fn, t, f"input {k}")
+    if fn.saves_tensors and fn.output_stamp > fn.stamp:
+        _raise_modified(fn, None, "its output")
+
+
+def _raise_modified(fn, t, which):
+    what = "" if t is None else f" (shape {tuple(t.shape)}, now at version {t._version})"
+    raise RuntimeError(
+        f"backward: one of the variables needed for gradient computation has been modified "
+        f"by an inplace operation: {which} of {type(fn).__name__}{what} changed after the "
+        f"forward pass saved it; run the in-place op (e.g. optimizer.step()) after backward, "
+        f"or use its out-of-place form"
+    )
 
 
 def check_grad_shape(fn, t, gx):

@@ -10,13 +10,18 @@ the user is a *leaf* and receives ``.grad`` from ``backward`` when ``requires_gr
 import numpy as np
 
 from minicbam import device
+from minicbam.dtypes import (  # noqa: F401  (re-exported: mc.float32, ...)
+    bool_,
+    check_dtype,
+    float32,
+    float64,
+    int8,
+    int16,
+    int32,
+    int64,
+    uint8,
+)
 from minicbam.function import run_backward, run_final_callbacks
-
-float32 = np.dtype(np.float32)
-float64 = np.dtype(np.float64)
-int64 = np.dtype(np.int64)
-int32 = np.dtype(np.int32)
-bool_ = np.dtype(np.bool_)
 
 _rng = np.random.default_rng()
 
@@ -33,6 +38,11 @@ def generator():
 
 class Tensor:
     __array_priority__ = 1000  # make ``ndarray op Tensor`` defer to Tensor's reflected op
+    # In-place modifications (inplace.py): how many (``_version``, as PyTorch's) and the
+    # global stamp of the last one, which backward compares with each op's own stamp.
+    _version = 0
+    _stamp = 0
+    _base = None  # the tensor whose array this one's views (detach, reshape), if any
     _post_accumulate_hooks = ()  # a list once a hook is registered (see function.py)
 
     def __init__(self, data, requires_grad=False):
@@ -83,6 +93,51 @@ class Tensor:
             raise TypeError("len() of a 0-d tensor")
         return self.shape[0]
 
+    def __iter__(self):
+        if not self.shape:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.shape[0]))
+
+    # ------------------------------------------------------------------ Python protocols
+    def __bool__(self):
+        n = self.numel()
+        if n != 1:
+            what = "no values" if n == 0 else "more than one value"
+            raise RuntimeError(f"Boolean value of Tensor with {what} is ambiguous")
+        return bool(self.item())
+
+    def __float__(self):
+        return float(self._scalar("float"))
+
+    def __int__(self):
+        return int(self._scalar("int"))
+
+    def __index__(self):
+        if self.numel() != 1 or self.dtype.kind not in "iu":
+            raise TypeError(
+                f"only integer tensors of a single element can be converted to an index, "
+                f"got dtype {self.dtype} and shape {self.shape}"
+            )
+        return int(self.item())
+
+    def _scalar(self, what):
+        if self.numel() != 1:
+            raise ValueError(
+                f"{what}(): only one element tensors can be converted to Python scalars, "
+                f"got shape {self.shape}"
+            )
+        return self.item()
+
+    def __format__(self, spec):
+        if self.ndim == 0:
+            return format(self.item(), spec)  # f"{loss:.4f}", as PyTorch formats 0-d tensors
+        return object.__format__(self, spec)
+
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(t)``: a host copy of the values (never the autograd state)."""
+        host = self.numpy()
+        return host if dtype is None else host.astype(dtype, copy=False)
+
     def __repr__(self):
         grad = ", requires_grad=True" if self.requires_grad else ""
         dev = "" if self.device == "cpu" else ", device='cuda'"
@@ -101,7 +156,9 @@ class Tensor:
         return self
 
     def detach(self):
-        return Tensor(self.data)
+        d = Tensor(self.data)
+        d._base = self  # one array: in-place changes of d are changes of self
+        return d
 
     def backward(self, gradient=None, retain_graph=False):
         if not self.requires_grad:
@@ -170,7 +227,7 @@ class Tensor:
 
         if isinstance(target, str):
             return move(self, device.normalize_device(target))
-        return cast(self, target)
+        return cast(self, check_dtype("to", target))
 
     def cpu(self):
         return self.to("cpu")
@@ -218,6 +275,9 @@ class Tensor:
     def __neg__(self):
         return _ops().neg(self)
 
+    def __abs__(self):
+        return _ops().abs(self)
+
     def __pow__(self, exponent):
         return _ops().pow(self, exponent)
 
@@ -241,6 +301,43 @@ class Tensor:
 
     def __ge__(self, other):
         return _ops().compare("ge", self, other)
+
+    # In-place ops (minicbam/inplace.py); augmented assignment returns the same tensor.
+    def add_(self, other, alpha=1):
+        return _inplace().add_(self, other, alpha)
+
+    def sub_(self, other, alpha=1):
+        return _inplace().sub_(self, other, alpha)
+
+    def mul_(self, other):
+        return _inplace().mul_(self, other)
+
+    def div_(self, other):
+        return _inplace().div_(self, other)
+
+    def clamp_(self, min=None, max=None):
+        return _inplace().clamp_(self, min, max)
+
+    def fill_(self, value):
+        return _inplace().fill_(self, value)
+
+    def zero_(self):
+        return _inplace().zero_(self)
+
+    def copy_(self, src):
+        return _inplace().copy_(self, src)
+
+    def __iadd__(self, other):
+        return _inplace().add_(self, other)
+
+    def __isub__(self, other):
+        return _inplace().sub_(self, other)
+
+    def __imul__(self, other):
+        return _inplace().mul_(self, other)
+
+    def __itruediv__(self, other):
+        return _inplace().div_(self, other)
 
     __hash__ = object.__hash__  # tensors are used as dict keys by identity, as in PyTorch
 
@@ -335,6 +432,12 @@ def _ops():
     return ops
 
 
+def _inplace():
+    from minicbam import inplace
+
+    return inplace
+
+
 def _gradient_array(gradient, like):
     g = gradient.data if isinstance(gradient, Tensor) else np.asarray(gradient, dtype=like.dtype)
     if tuple(g.shape) != like.shape:
@@ -349,13 +452,13 @@ def _gradient_array(gradient, like):
 # ----------------------------------------------------------------------------- creation
 def _resolve_dtype(data, dtype):
     if dtype is not None:
-        return np.dtype(dtype)
-    if isinstance(data, np.ndarray):
-        return data.dtype
+        return check_dtype("tensor", dtype)
+    if isinstance(data, (np.ndarray, np.generic)):  # NumPy arrays and scalars keep theirs
+        return check_dtype("tensor", data.dtype)
     arr = np.asarray(data)
-    if np.issubdtype(arr.dtype, np.floating):
+    if arr.dtype.kind == "f":
         return float32  # Python floats and lists of them are float32, as in torch.tensor
-    return arr.dtype
+    return check_dtype("tensor", arr.dtype)
 
 
 def tensor(data, dtype=None, device="cpu", requires_grad=False):
@@ -366,8 +469,6 @@ def tensor(data, dtype=None, device="cpu", requires_grad=False):
         data = data.numpy()
     dtype = _resolve_dtype(data, dtype)
     host = np.array(data, dtype=dtype, copy=True, order="C")
-    if host.dtype == np.float16:
-        raise TypeError("tensor: float16 is not supported; use float32 or float64")
     target = device_mod.normalize_device(device)
     return Tensor(device_mod.to_device(host, target), requires_grad=requires_grad)
 
@@ -378,18 +479,19 @@ def _shape_arg(shape):
     return tuple(shape)
 
 
-def _full(shape, value, dtype, device_name, requires_grad):
+def _full(shape, value, dtype, device_name, requires_grad, op="full"):
+    dtype = float32 if dtype is None else check_dtype(op, dtype)
     dev = device.normalize_device(device_name)
-    arr = device.full(_shape_arg(shape), value, np.dtype(dtype or float32), dev)
+    arr = device.full(_shape_arg(shape), value, dtype, dev)
     return Tensor(arr, requires_grad=requires_grad)
 
 
 def zeros(*shape, dtype=None, device="cpu", requires_grad=False):
-    return _full(shape, 0, dtype, device, requires_grad)
+    return _full(shape, 0, dtype, device, requires_grad, "zeros")
 
 
 def ones(*shape, dtype=None, device="cpu", requires_grad=False):
-    return _full(shape, 1, dtype, device, requires_grad)
+    return _full(shape, 1, dtype, device, requires_grad, "ones")
 
 
 def full(shape, fill_value, dtype=None, device="cpu", requires_grad=False):
@@ -409,15 +511,19 @@ def ones_like(t, dtype=None, device=None, requires_grad=False):
 
 
 def randn(*shape, dtype=None, device="cpu", requires_grad=False):
-    host = _rng.standard_normal(_shape_arg(shape)).astype(dtype or float32)
+    dtype = float32 if dtype is None else check_dtype("randn", dtype, floating=True)
+    host = _rng.standard_normal(_shape_arg(shape)).astype(dtype)
     return tensor(host, device=device, requires_grad=requires_grad)
 
 
 def rand(*shape, dtype=None, device="cpu", requires_grad=False):
-    host = _rng.random(_shape_arg(shape)).astype(dtype or float32)
+    dtype = float32 if dtype is None else check_dtype("rand", dtype, floating=True)
+    host = _rng.random(_shape_arg(shape)).astype(dtype)
     return tensor(host, device=device, requires_grad=requires_grad)
 
 
 def arange(*args, dtype=None, device="cpu"):
     host = np.arange(*args)
+    if dtype is None and host.dtype.kind == "f":
+        dtype = float32  # float bounds give the default float, as torch.arange
     return tensor(host, dtype=dtype, device=device)

@@ -112,6 +112,30 @@ def optimizer_step_with_empty_group():
     optim.SGD([], lr=0.1)
 
 
+def step_then_backward(make_optimizer):
+    w = r(3, requires_grad=True)
+    y = (w * w).sum()
+    w.grad = mc.ones(3)
+    make_optimizer([w]).step()
+    y.backward()
+
+
+def inplace_then_backward():
+    w = r(3, requires_grad=True)
+    y = w.sigmoid().sum()
+    with mc.no_grad():
+        w.clamp_(-0.5, 0.5)
+    y.backward()
+
+
+def torch_step_then_backward(t):
+    w = t.randn(3, requires_grad=True)
+    y = (w * w).sum()
+    w.grad = t.ones(3)
+    t.optim.Adam([w]).step()
+    y.backward()
+
+
 def loader(batch_size):
     dataset = TensorDataset(mc.zeros(4, 2), mc.zeros(4, dtype=mc.int64))
     return DataLoader(dataset, batch_size=batch_size)
@@ -483,7 +507,7 @@ case("load_state_dict_not_a_mapping", lambda: nn.Linear(2, 2).load_state_dict([1
      r"load_state_dict", r"dict-like", r"list",
      torch=lambda t: t.nn.Linear(2, 2).load_state_dict([1, 2]), torch_exc=TypeError)
 case("float16_tensor", lambda: mc.tensor(np.zeros(2, np.float16)), TypeError,
-     r"tensor", r"float16", r"float32 or float64")
+     r"tensor", r"float16", r"float32, float64")
 case("save_unsupported_suffix", lambda: save({"a": np.ones(1)}, "model.pth"), ValueError,
      r"cannot save 'model\.pth'", r"\.safetensors, \.npz")
 case("load_missing_file", lambda: mc.load("/nonexistent/minicbam/ckpt.npz"), FileNotFoundError,
@@ -499,6 +523,94 @@ case("dropout_p_above_one", lambda: F.dropout(r(3), p=1.5), ValueError,
      torch=lambda t: t.nn.functional.dropout(t.randn(3), p=1.5), torch_exc=ValueError)
 case("unknown_device", lambda: r(3).to("tpu"), ValueError, r"device", r"'tpu'",
      torch=lambda t: t.randn(3).to("tpu"), torch_exc=RuntimeError)
+
+# ------------------------------------------------------------------ Python protocols
+case("bool_of_two_elements", lambda: bool(r(2) > 0), RuntimeError,
+     r"Boolean value of Tensor", r"more than one value", r"ambiguous",
+     torch=lambda t: bool(t.randn(2) > 0), torch_exc=RuntimeError)
+case("bool_of_empty_tensor", lambda: bool(mc.zeros(0)), RuntimeError,
+     r"Boolean value of Tensor", r"no values",
+     torch=lambda t: bool(t.zeros(0)), torch_exc=RuntimeError)
+case("float_of_two_elements", lambda: float(r(2)), ValueError,
+     r"float\(\)", r"one element", r"\(2,\)",
+     torch=lambda t: float(t.randn(2)), torch_exc=ValueError)
+case("int_of_matrix", lambda: int(r(2, 2)), ValueError, r"int\(\)", r"one element", r"\(2, 2\)",
+     torch=lambda t: int(t.randn(2, 2)), torch_exc=ValueError)
+case("iterate_0d_tensor", lambda: list(mc.tensor(1.0)), TypeError, r"iteration over a 0-d tensor",
+     torch=lambda t: list(t.tensor(1.0)), torch_exc=TypeError)
+case("index_with_float_tensor", lambda: [1, 2][mc.tensor(1.0)], TypeError,
+     r"only integer tensors of a single element", r"float32",
+     torch=lambda t: [1, 2][t.tensor(1.0)], torch_exc=TypeError)
+case("format_spec_on_vector", lambda: f"{r(2):.3f}", TypeError, r"format",
+     torch=lambda t: f"{t.randn(2):.3f}", torch_exc=TypeError)
+
+# ------------------------------------------------------------------ in-place and versions
+case("inplace_on_leaf_requiring_grad", lambda: r(3, requires_grad=True).add_(1.0), RuntimeError,
+     r"add_", r"leaf Variable that requires grad", r"in-place", r"no_grad",
+     torch=lambda t: t.randn(3, requires_grad=True).add_(1.0), torch_exc=RuntimeError)
+case("augmented_assignment_on_leaf", lambda: r(3, requires_grad=True).__isub__(1.0), RuntimeError,
+     r"sub_", r"leaf Variable that requires grad",
+     torch=lambda t: t.randn(3, requires_grad=True).__isub__(1.0), torch_exc=RuntimeError)
+case("inplace_would_broadcast_self", lambda: r(3).mul_(r(2, 3)), RuntimeError,
+     r"mul_", r"output with shape \(3,\)", r"broadcast shape \(2, 3\)",
+     torch=lambda t: t.randn(3).mul_(t.randn(2, 3)), torch_exc=RuntimeError)
+case("inplace_float_into_int", lambda: mc.tensor([1, 2]).add_(0.5), RuntimeError,
+     r"add_", r"result type float32", r"output type int64",
+     torch=lambda t: t.tensor([1, 2]).add_(0.5), torch_exc=RuntimeError)
+case("inplace_true_division_of_int", lambda: mc.tensor([1, 2]).div_(2), RuntimeError,
+     r"div_", r"float32", r"int64",
+     torch=lambda t: t.tensor([1, 2]).div_(2), torch_exc=RuntimeError)
+case("fill_with_vector", lambda: r(3).fill_(r(2)), RuntimeError,
+     r"fill_", r"0-dimensional", r"\(2,\)",
+     torch=lambda t: t.randn(3).fill_(t.randn(2)), torch_exc=RuntimeError)
+case("backward_after_adam_step", lambda: step_then_backward(optim.Adam), RuntimeError,
+     r"backward", r"modified by an inplace operation", r"Mul", r"version 1",
+     torch=torch_step_then_backward, torch_exc=RuntimeError)
+case("backward_after_sgd_step", lambda: step_then_backward(lambda p: optim.SGD(p, lr=0.1)),
+     RuntimeError, r"modified by an inplace operation", r"Mul")
+case("backward_after_clamp_", inplace_then_backward, RuntimeError,
+     r"modified by an inplace operation", r"Sigmoid")
+
+# ------------------------------------------------------------------ unsupported dtypes
+case("float16_zeros", lambda: mc.zeros(2, dtype=np.float16), TypeError,
+     r"zeros", r"float16", r"supported dtypes are bool, .*float32, float64")
+case("float16_ones", lambda: mc.ones(2, dtype=np.float16), TypeError, r"ones", r"float16")
+case("float16_full", lambda: mc.full((2,), 1.0, dtype=np.float16), TypeError, r"full", r"float16")
+case("float16_linear", lambda: nn.Linear(2, 2, dtype=np.float16), TypeError,
+     r"Linear", r"float16", r"floating-point dtypes are float32, float64")
+case("float16_conv2d", lambda: nn.Conv2d(1, 1, 3, dtype=np.float16), TypeError,
+     r"Conv2d", r"float16", r"float32, float64")
+case("float16_batchnorm", lambda: nn.BatchNorm2d(3, dtype=np.float16), TypeError,
+     r"BatchNorm2d", r"float16", r"float32, float64")
+case("float16_tensor_to", lambda: r(2).to(np.float16), TypeError,
+     r"to", r"float16", r"float32, float64")
+case("float16_module_to", lambda: nn.Linear(2, 2).to(np.float16), TypeError,
+     r"nn\.Module\.to", r"float16", r"float32, float64")
+case("longdouble_tensor", lambda: mc.tensor(np.zeros(2, np.longdouble)), TypeError,
+     r"tensor", r"float128", r"float32, float64")
+case("complex_tensor", lambda: mc.tensor([1j]), TypeError, r"tensor", r"complex128",
+     r"supported dtypes")
+case("string_tensor", lambda: mc.tensor(["a", "b"]), TypeError, r"tensor", r"<U1",
+     r"supported dtypes", torch=lambda t: t.tensor(["a", "b"]), torch_exc=ValueError)
+case("object_tensor", lambda: mc.tensor(np.array([1, "a"], dtype=object)), TypeError,
+     r"tensor", r"object", r"supported dtypes")
+case("uint64_tensor", lambda: mc.tensor(np.zeros(2, np.uint64)), TypeError,
+     r"tensor", r"uint64", r"supported dtypes")
+case("python_int_beyond_int64", lambda: mc.tensor([2**70]), TypeError, r"tensor", r"object")
+case("randn_integer_dtype", lambda: mc.randn(2, dtype=mc.int64), TypeError,
+     r"randn", r"int64", r"float32, float64")
+case("not_a_dtype", lambda: mc.zeros(2, dtype="floaty"), TypeError, r"zeros", r"'floaty'")
+
+# ------------------------------------------------------------------ extreme parameters
+case("batch_norm_eps_zero_training",
+     lambda: F.batch_norm(r(4, 3), None, None, training=True, eps=0.0), ValueError,
+     r"batch_norm", r"eps must be positive during training", r"\b0\.0\b",
+     torch=lambda t: t.nn.functional.batch_norm(t.randn(4, 3), None, None, training=True, eps=0),
+     torch_exc=ValueError)
+case("batchnorm2d_negative_eps", lambda: run_training(nn.BatchNorm2d(3, eps=-1e-5), r(2, 3, 2, 2)),
+     ValueError, r"batch_norm", r"eps must be positive", r"-1e-05",
+     torch=lambda t: t.nn.BatchNorm2d(3, eps=-1e-5).train()(t.randn(2, 3, 2, 2)),
+     torch_exc=ValueError)
 
 # fmt: on
 

@@ -37,7 +37,8 @@ def adam_at(p, g, m, v, vmax, i, c, flags):
     v[i] = c[3] * v[i] + c[4] * (gi * gi)
     vi = v[i]
     if flags[2]:
-        vmax[i] = max(vmax[i], vi)
+        if vi > vmax[i] or vi != vi:  # noqa: PLR0124  (not max(): NaN propagates, as torch)
+            vmax[i] = vi
         vi = vmax[i]
     denom = math.sqrt(vi) / c[5] + c[6]
     pi = p[i]

@@ -1,7 +1,7 @@
 """Helpers shared by the layers: PyTorch's ``_pair``, size checks, parameter creation."""
 
 from minicbam.nn.parameter import Parameter
-from minicbam.tensor import float32, zeros
+from minicbam.tensor import check_dtype, float32, zeros
 
 
 def pair(value, name="argument"):
@@ -26,6 +26,12 @@ def check_non_negative(layer, **values):
         items = value if isinstance(value, tuple) else (value,)
         if any(int(v) < 0 for v in items):
             raise ValueError(f"{layer}: {name} must be non-negative, got {value!r}")
+
+
+def layer_dtype(layer, dtype):
+    """A layer's ``dtype=`` argument: float32 by default, else float32 or float64 (a float16
+    layer would build, then fail in its first op)."""
+    return float32 if dtype is None else check_dtype(layer, dtype, floating=True)
 
 
 def new_parameter(shape, device=None, dtype=None):

@@ -15,7 +15,7 @@ import numpy as np
 from minicbam.function import no_grad
 from minicbam.nn import functional as F
 from minicbam.nn import init
-from minicbam.nn._utils import check_positive, new_parameter
+from minicbam.nn._utils import check_positive, layer_dtype, new_parameter
 from minicbam.nn.module import Module
 from minicbam.tensor import float32, int64, ones, tensor, zeros
 
@@ -35,6 +35,7 @@ class _BatchNorm(Module):
     ):
         super().__init__()
         check_positive(type(self).__name__, num_features=num_features)
+        dtype = layer_dtype(type(self).__name__, dtype)
         if momentum is not None and not 0.0 <= momentum <= 1.0:
             raise ValueError(
                 f"{type(self).__name__}: momentum must be in [0, 1] or None, got {momentum}"

@@ -9,7 +9,13 @@ import math
 
 from minicbam.nn import functional as F
 from minicbam.nn import init
-from minicbam.nn._utils import check_non_negative, check_positive, new_parameter, pair
+from minicbam.nn._utils import (
+    check_non_negative,
+    check_positive,
+    layer_dtype,
+    new_parameter,
+    pair,
+)
 from minicbam.nn.module import Module
 
 
@@ -29,6 +35,7 @@ class Conv2d(Module):
         dtype=None,
     ):
         super().__init__()
+        dtype = layer_dtype(type(self).__name__, dtype)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride")

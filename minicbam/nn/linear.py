@@ -8,7 +8,7 @@ import math
 
 from minicbam.nn import functional as F
 from minicbam.nn import init
-from minicbam.nn._utils import check_non_negative, new_parameter
+from minicbam.nn._utils import check_non_negative, layer_dtype, new_parameter
 from minicbam.nn.module import Module
 
 
@@ -26,6 +26,7 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
         super().__init__()
         check_non_negative("Linear", in_features=in_features, out_features=out_features)
+        dtype = layer_dtype("Linear", dtype)
         self.in_features, self.out_features = in_features, out_features
         self.weight = new_parameter((out_features, in_features), device, dtype)
         if bias:

@@ -23,7 +23,7 @@ from minicbam.kernels.strided import cast_array
 from minicbam.nn._state_dict import converted, key_errors
 from minicbam.nn.init import copy_into_
 from minicbam.nn.parameter import Parameter
-from minicbam.tensor import Tensor
+from minicbam.tensor import Tensor, check_dtype
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
@@ -320,7 +320,7 @@ class Module:
             else:
                 dtype = arg
         target = None if device is None else _normalize_device(device)
-        dtype = None if dtype is None else np.dtype(dtype)
+        dtype = None if dtype is None else check_dtype("nn.Module.to", dtype, floating=True)
         if dtype is not None and not np.issubdtype(dtype, np.floating):
             raise TypeError(f"nn.Module.to only accepts floating point dtypes, got {dtype}")
         with no_grad():

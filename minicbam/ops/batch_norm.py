@@ -4,6 +4,8 @@ its N planes of M = prod(spatial) elements each.
 Training (batch statistics, biased variance for normalising):
 
     mu = sum x / K,   var = sum (x - mu)^2 / K,   invstd = 1 / sqrt(var + eps)
+    (var by the corrected two-pass algorithm, sum (x - mu)^2 - (sum (x - mu))^2 / K, which
+    cancels the rounding error of mu; eps must be > 0 in training, as in PyTorch)
     x_hat = (x - mu) invstd,   y = w x_hat + b = x scale + shift
     running_mean <- (1 - momentum) running_mean + momentum mu
     running_var  <- (1 - momentum) running_var  + momentum var K / (K - 1)   (unbiased)
@@ -53,11 +55,15 @@ def plane_stats_at(pstats, plane, p, NC):
         acc += plane[m]
     mean = acc / M
     m2 = 0.0
+    s = 0.0  # sum of deviations: 0 but for the rounding error of mean
     for m in range(M):
         d = plane[m] - mean
         m2 += d * d
-    pstats[p] = mean
-    pstats[NC + p] = m2
+        s += d
+    # the corrected two-pass algorithm: removes the M * err^2 a rounded mean adds to m2
+    # (x ~ 1e15 + N(0, 1) in float64 lost 1% of the variance without it)
+    pstats[p] = mean + s / M
+    pstats[NC + p] = m2 - s * s / M
 
 
 @register_jitable
@@ -71,9 +77,13 @@ def channel_stats_at(stats, affine, pstats, w, b, rmean, rvar, c, C, M, eps, mom
         mean += pstats[n * C + c]
     mean /= N
     m2 = 0.0
+    s = 0.0
     for n in range(N):
         d = pstats[n * C + c] - mean
         m2 += pstats[NC + n * C + c] + M * d * d
+        s += d
+    mean += s / N  # the same correction as plane_stats_at, for the per-sample means
+    m2 -= M * s * s / N
     K = N * M
     invstd = 1.0 / math.sqrt(m2 / K + eps)
     if update:
@@ -450,6 +460,8 @@ def batch_norm(
     """
     x = input
     _check_args(x, running_mean, running_var, weight, bias, training)
+    if training and not float(eps) > 0:  # 1 / sqrt(var + 0) is inf for a constant channel
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     if momentum is None:
         raise ValueError(
             "batch_norm: momentum must be a float; for a cumulative average pass "

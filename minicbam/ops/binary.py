@@ -6,6 +6,9 @@
     div: y = a / b    ga = gy / b,    gb = -gy * a / b^2 = -gy * y / b
     comparisons (==, !=, <, <=, >, >=) give bool tensors and no gradient.
 
+Operands are first promoted to one dtype by PyTorch's rules (minicbam/dtypes.py); ``/`` of
+integers or bools computes in float32.
+
 With a Python number c on one side, a scalar op skips broadcasting c to a full array:
     x + c, x * c (gx = gy * c), x / c (gx = gy / c), c - x (gx = -gy), c / x (gx = -gy * y / x)
 """
@@ -15,6 +18,7 @@ import numbers
 import numpy as np
 from numba.extending import register_jitable
 
+from minicbam.dtypes import result_type, true_divide_type
 from minicbam.function import Function
 from minicbam.kernels.elementwise import apply_binary, apply_unary, binary_kernel, unary_kernel
 from minicbam.ops.expand import broadcast_pair
@@ -142,6 +146,8 @@ def neg_array(a):
 
 
 class Add(Function):
+    saves_tensors = False
+
     def forward(self, a, b):
         return apply_binary(add_kernel, a, b)
 
@@ -150,6 +156,8 @@ class Add(Function):
 
 
 class Sub(Function):
+    saves_tensors = False
+
     def forward(self, a, b):
         return apply_binary(sub_kernel, a, b)
 
@@ -189,6 +197,7 @@ class ScalarOp(Function):
 
     def __init__(self, kind, c):
         self.kind, self.c = kind, c
+        self.saves_tensors = kind == "rdiv"  # the others' gradients need only gy and c
 
     def name(self):
         return self.kind.capitalize() + "Backward"  # "MulBackward" for x * 2, as for x * y
@@ -247,7 +256,8 @@ def div(a, b):
         return ScalarOp("div", b)(a)
     if _float_tensor_and_number(b, a):
         return ScalarOp("rdiv", a)(b)
-    return Div()(*broadcast_pair("div", a, b))
+    # true division: integers and bools divide as the default float (1 / 2 = 0.5)
+    return Div()(*broadcast_pair("div", a, b, true_divide_type(result_type(a, b))))
 
 
 def compare(name, a, b):

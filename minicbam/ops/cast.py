@@ -10,6 +10,8 @@ from minicbam.kernels.strided import cast_array
 
 
 class Cast(Function):
+    saves_tensors = False
+
     def __init__(self, dtype):
         self.dtype = np.dtype(dtype)
 

@@ -23,6 +23,9 @@ gy / sum_i w_{t_i} for "mean"; 0 for ignored rows):
 
 The forward row kernel computes the max-subtracted log-sum-exp, the loss and the row's
 weight w_t in one pass per row and saves p for backward; a backward row kernel writes gx.
+With m = max_c x_c and S = sum_c e^(x_c - m), it uses -log p_c = (m - x_c) + log S and
+p_c = e^(x_c - m) / S: forming lse = m + log S first would cancel catastrophically at
+|x| ~ 1e30 (float32) / 1e15 (float64), giving loss 0 instead of log 2.
 No gradient flows to ``weight`` (PyTorch does not provide one either).
 """
 
@@ -56,7 +59,10 @@ def loss_row(loss, wt, p, x, target, weight, r, C, ignore, keep, spread, fused):
         loss[r] = 0
         wt[r] = 0
         return
-    lse = 0.0
+    # -log p_c = (m - x_c) + log(total): lse = m + log(total) is never formed, since at
+    # |x| ~ 1e30 (float32) m + log 2 rounds to m and lse - x_t would cancel to 0.
+    m = x[base] - x[base]
+    log_total = 0.0
     if fused:
         m = x[base]
         for c in range(1, C):
@@ -64,14 +70,14 @@ def loss_row(loss, wt, p, x, target, weight, r, C, ignore, keep, spread, fused):
         total = 0.0
         for c in range(C):
             total += math.exp(x[base + c] - m)
-        lse = m + math.log(total)
+        log_total = math.log(total)
         for c in range(C):
-            p[base + c] = math.exp(x[base + c] - lse)
+            p[base + c] = math.exp(x[base + c] - m) / total
     smooth = 0.0  # -sum_c w_c log p_c
     if spread != 0:
         for c in range(C):
-            smooth += weight[c] * (lse - x[base + c])
-    loss[r] = keep * weight[t] * (lse - x[base + t]) + spread * smooth
+            smooth += weight[c] * ((m - x[base + c]) + log_total)
+    loss[r] = keep * weight[t] * ((m - x[base + t]) + log_total) + spread * smooth
     wt[r] = weight[t]
 
 

@@ -3,13 +3,14 @@
     expand:   y[i] = x[i with every broadcast index set to 0]      (NumPy broadcasting)
     backward: gx = sum_to(gy, x.shape), summing over every broadcast dimension
 
-Binary ops never broadcast inside their kernels: ``broadcast_pair`` first lifts Python
-scalars to 0-d tensors, promotes dtypes (the wider float wins; ints become float when
-paired with a float) and expands both operands to one shape.
+Binary ops never broadcast inside their kernels: ``broadcast_pair`` first promotes dtypes
+(PyTorch's rules, minicbam/dtypes.py), lifts Python scalars to 0-d tensors of that dtype and
+expands both operands to one shape.
 """
 
 import numpy as np
 
+from minicbam.dtypes import result_type
 from minicbam.function import Function
 from minicbam.ops.cast import cast
 from minicbam.ops.reduce import sum_to_array
@@ -18,6 +19,8 @@ from minicbam.tensor import Tensor, tensor
 
 
 class Expand(Function):
+    saves_tensors = False
+
     def __init__(self, shape):
         self.shape = tuple(shape)
 
@@ -58,38 +61,35 @@ def broadcast_to(x, shape):
     return expand(x, tuple(shape))
 
 
-def promoted_dtype(a, b):
-    """float64 if either is float64; else float32 if either is a float; else a's dtype."""
-    floats = [t.dtype for t in (a, b) if np.issubdtype(t.dtype, np.floating)]
-    if floats:
-        return np.dtype(np.float64) if np.float64 in floats else np.dtype(np.float32)
-    return np.result_type(a.dtype, b.dtype)
-
-
-def lift(value, like):
-    """A Python/NumPy scalar as a 0-d tensor on ``like``'s device, in ``like``'s dtype (or
-    float32 when ``like`` holds integers and the value is a float)."""
+def lift(value, dtype, like):
+    """A Python/NumPy number as a 0-d tensor of ``dtype`` on ``like``'s device."""
     if isinstance(value, Tensor):
         return value
-    dtype = like.dtype
-    if isinstance(value, float) and not np.issubdtype(dtype, np.floating):
-        dtype = np.float32
     return tensor(np.asarray(value, dtype=dtype), device=like.device)
 
 
-def broadcast_pair(op, a, b):
-    """(a, b) as tensors of one dtype, device and shape."""
+def broadcast_pair(op, a, b, dtype=None):
+    """(a, b) as tensors of one dtype (PyTorch's promotion, minicbam/dtypes.py, unless
+    ``dtype`` is given), device and shape."""
     if (
-        isinstance(a, Tensor)
+        dtype is None
+        and isinstance(a, Tensor)
         and isinstance(b, Tensor)
         and a.data.shape == b.data.shape
         and a.data.dtype == b.data.dtype
     ):
         return a, b  # the common case, checked first: nothing to lift, cast or expand
+    if dtype is None:
+        dtype = a.dtype if _same_dtype(a, b) else result_type(a, b)
     if not isinstance(a, Tensor):
-        a = lift(a, b)
-    b = lift(b, a)
-    dtype = promoted_dtype(a, b)
+        a = lift(a, dtype, b)
+    if not isinstance(b, Tensor):
+        b = lift(b, dtype, a)
     a, b = cast(a, dtype), cast(b, dtype)
     shape = broadcast_shape(op, a.shape, b.shape)
     return expand(a, shape), expand(b, shape)
+
+
+def _same_dtype(a, b):
+    # the common case, decided without the promotion rules
+    return isinstance(a, Tensor) and isinstance(b, Tensor) and a.dtype == b.dtype

@@ -8,7 +8,8 @@
            gx[r, k] = gy[r] * [k == index[r]]
     argmax: the indices alone (no gradient).
 
-NaN propagates: a row holding NaN has maximum NaN (its index points at the NaN).
+NaN propagates: a row holding NaN has maximum NaN (its index points at the NaN), and amax's
+gradient of such a row is NaN (no element equals NaN; PyTorch's 0/0).
 """
 
 import collections
@@ -45,7 +46,9 @@ def amax_grad_row(gx, x, m, gy, r, K):
         if x[r * K + k] == m[r]:
             ties += 1
     for k in range(K):
-        if x[r * K + k] == m[r]:
+        if ties == 0:  # the maximum is NaN (no element equals it): NaN everywhere, as PyTorch
+            gx[r * K + k] = gy[r] * (m[r] - m[r])
+        elif x[r * K + k] == m[r]:
             gx[r * K + k] = gy[r] / ties
         else:
             gx[r * K + k] = 0

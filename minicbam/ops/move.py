@@ -5,6 +5,8 @@ from minicbam.function import Function
 
 
 class Move(Function):
+    saves_tensors = False
+
     def __init__(self, target):
         self.target = target
 

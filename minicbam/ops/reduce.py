@@ -17,6 +17,7 @@ from numba import njit, prange
 
 from minicbam import device
 from minicbam.device import Kernel
+from minicbam.dtypes import sum_type
 from minicbam.function import Function
 from minicbam.kernels.strided import broadcast_array, permute_array
 
@@ -24,9 +25,9 @@ cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 
 @njit(parallel=True, cache=True)
-def _sum_rows_cpu(out, x, K):
+def _sum_rows_cpu(out, x, K, zero):
     for r in prange(out.size):
-        acc = 0.0
+        acc = zero
         for k in range(K):
             acc += x[r * K + k]
         out[r] = acc
@@ -36,9 +37,9 @@ def _sum_rows_cpu(out, x, K):
 def _sum_rows_cuda():
 
     @cuda.jit
-    def sum_rows(out, x, K):
+    def sum_rows(out, x, K, zero):
         for r in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-            acc = 0.0
+            acc = zero
             for k in range(K):
                 acc += x[r * K + k]
             out[r] = acc
@@ -52,12 +53,12 @@ COLUMN_BLOCK = 256  # columns per CPU task: the inner loop runs along contiguous
 
 
 @njit(parallel=True, cache=True)
-def _sum_columns_cpu(out, x, R):
+def _sum_columns_cpu(out, x, R, zero):
     J = out.size
     for block in prange((J + COLUMN_BLOCK - 1) // COLUMN_BLOCK):
         j0 = block * COLUMN_BLOCK
         j1 = min(J, j0 + COLUMN_BLOCK)
-        acc = np.zeros(j1 - j0, dtype=np.float64)
+        acc = np.full(j1 - j0, zero)
         for r in range(R):
             for j in range(j0, j1):
                 acc[j - j0] += x[r * J + j]
@@ -69,10 +70,10 @@ def _sum_columns_cpu(out, x, R):
 def _sum_columns_cuda():
 
     @cuda.jit
-    def sum_columns(out, x, R):
+    def sum_columns(out, x, R, zero):
         J = out.size
         for j in range(cuda.grid(1), J, cuda.gridsize(1)):  # neighbouring threads, neighbouring j
-            acc = 0.0
+            acc = zero
             for r in range(R):
                 acc += x[r * J + j]
             out[j] = acc
@@ -129,14 +130,18 @@ def keepdim_shape(shape, dims):
 
 
 def sum_array(x, dims, keepdim=False):
+    """Floats sum (accumulating in float64) to their dtype; integers and bools sum exactly,
+    in int64, to int64 (PyTorch's rule)."""
     keep_shape = tuple(s for d, s in enumerate(x.shape) if d not in dims)
-    out = device.empty(keep_shape, x.dtype, device.device_of(x))
+    out_dtype = sum_type(x.dtype)
+    zero = np.float64(0) if out_dtype.kind == "f" else np.int64(0)
+    out = device.empty(keep_shape, out_dtype, device.device_of(x))
     if out.size and dims == tuple(range(len(dims))) and keep_shape:
         R = int(np.prod(x.shape[: len(dims)], dtype=np.int64))
-        sum_columns_kernel(device.flat(out), device.flat(x), R)
+        sum_columns_kernel(device.flat(out), device.flat(x), R, zero)
     elif out.size:
         rows, _, K = rows_layout(x, dims)
-        sum_rows_kernel(device.flat(out), device.flat(rows), K)
+        sum_rows_kernel(device.flat(out), device.flat(rows), K, zero)
     return out.reshape(keepdim_shape(x.shape, dims)) if keepdim else out
 
 
@@ -153,6 +158,8 @@ def sum_to_array(g, shape):
 
 
 class Sum(Function):
+    saves_tensors = False
+
     def __init__(self, dims, keepdim):
         self.dims, self.keepdim = dims, keepdim
 

@@ -40,7 +40,11 @@ def reshape(x, *shape):
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
     shape = resolve_shape("reshape", x.shape, shape)
-    return x if shape == x.shape else Reshape(shape)(x)
+    if shape == x.shape:
+        return x
+    y = Reshape(shape)(x)
+    y._base = x  # y's array is a view of x's: an in-place change of y changes x (inplace.py)
+    return y
 
 
 def _dim(op, d, ndim):

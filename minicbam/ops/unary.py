@@ -5,11 +5,14 @@
     log      y = ln x               gx = gy / x
     sqrt     y = x^(1/2)            gx = gy / (2 y)
     abs      y = |x|                gx = gy * sign(x)
-    relu     y = max(x, 0)          gx = gy * [x > 0]
+    relu     y = max(x, 0)          gx = gy * [not x <= 0]   (NaN stays NaN, passes gy)
     sigmoid  y = 1 / (1 + e^-x)     gx = gy * y * (1 - y)
     tanh     y = tanh x             gx = gy * (1 - y^2)
-    clamp    y = min(max(x, lo), hi)  gx = gy * [lo <= x <= hi]
-    pow      y = x^p (p a scalar)   gx = gy * p * x^(p-1)
+    clamp    y = min(max(x, lo), hi)  gx = gy * [lo <= x <= hi]   (NaN stays NaN, gx = 0)
+    pow      y = x^p (p a scalar)   gx = gy * p * x^(p-1)   (gx = 0 for p = 0, also at x = 0)
+
+At the boundaries the gradients are PyTorch's: relu'(0) = 0, |x|'(0) = 0, clamp's gradient is
+1 at lo and hi, sqrt'(0) = inf.
 
 The bodies' ``a, b`` parameters carry clamp's bounds and pow's exponent (p, p - 1); the
 other ops pass ``(0, 1)`` there, so bodies get zero and one in the array's dtype (a Python
@@ -48,7 +51,9 @@ def _abs(x, a, b):
 
 @register_jitable
 def _relu(x, zero, one):
-    return max(zero, x)
+    # a comparison, not max(): max/fmax may return the non-NaN operand, and relu(NaN) must
+    # be NaN (a corrupt input must not become finite logits)
+    return zero if x <= zero else x  # noqa: FURB136
 
 
 @register_jitable
@@ -66,7 +71,11 @@ def _tanh(x, a, b):
 
 @register_jitable
 def _clamp(x, lo, hi):
-    return min(max(x, lo), hi)
+    if x < lo:  # NaN fails both comparisons and is returned unchanged, as in PyTorch
+        return lo
+    if x > hi:
+        return hi
+    return x
 
 
 @register_jitable
@@ -91,7 +100,7 @@ def _abs_grad(gy, x, zero, one):
 
 @register_jitable
 def _relu_grad(gy, x, zero, one):
-    return gy if x > zero else zero
+    return zero if x <= zero else gy  # PyTorch's threshold_backward: NaN passes gy
 
 
 @register_jitable
@@ -111,6 +120,8 @@ def _clamp_grad(gy, x, lo, hi):
 
 @register_jitable
 def _pow_grad(gy, x, p, p_minus_1):
+    if p == p - p:  # p == 0: d(x^0)/dx = 0 everywhere, also at x = 0 (not 0 * 0^-1 = NaN)
+        return p
     return gy * p * x**p_minus_1
 
 
@@ -137,6 +148,8 @@ def _require_float(op, x):
 
 
 class Neg(Function):
+    saves_tensors = False
+
     def forward(self, x):
         return neg_array(x)
 

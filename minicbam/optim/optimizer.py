@@ -5,9 +5,12 @@ own copy of every hyper-parameter (``lr``, ...); a group's missing keys are fill
 optimizer's ``defaults``. ``state[p]`` holds what the update rule carries between steps for
 parameter ``p`` (momentum buffers, moment estimates, step counts).
 
-Updates never touch arrays in place: a subclass computes the new value with minicbam ops
-under ``no_grad`` and rebinds ``p.data = new.data``, so parameters keep their identity and
-the same code runs on CPU and CUDA arrays.
+A subclass computes the new value with minicbam ops under ``no_grad`` and rebinds
+``p.data = new.data`` (or, Adam, runs one fused kernel writing ``p.data`` in place), so
+parameters keep their identity and the same code runs on CPU and CUDA arrays. Either way
+``step`` bumps the version counter of every parameter it updated, as PyTorch's in-place
+steps do: backward through a graph built before the step raises instead of mixing old and
+new weights.
 
 ``state_dict()`` is a plain nested dict, as PyTorch's::
 
@@ -22,7 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from minicbam.function import enable_grad, no_grad
+from minicbam.function import bump_version, enable_grad, no_grad
 from minicbam.kernels.strided import copy_array
 from minicbam.tensor import Tensor, tensor, zeros_like
 
@@ -89,6 +92,9 @@ class Optimizer:
         with no_grad():
             for group in self.param_groups:
                 self._update_group(group)
+                for p in group["params"]:
+                    if p.grad is not None:  # updated: a graph that saved p must not backward
+                        bump_version(p)
         return loss
 
     def _update_group(self, group):
