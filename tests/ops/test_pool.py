@@ -68,12 +68,15 @@ def test_max_pool_matches_torch(case, seed):
     y, idx = max_pool2d(t, k, s, p, d, ceil_mode, return_indices=True)
     gy = np.random.default_rng(gy_seed).standard_normal(y.shape)
     y.backward(mc.tensor(gy, dtype=np.float64))
+    # A window entirely in the padding gets a garbage index from PyTorch, and its backward
+    # then writes outside the input (seen: "free(): invalid size", the process aborts).
+    # minicbam's answer there (-inf, index -1, no gradient) is checked against the oracle.
+    assume(bool(np.all(idx.numpy() >= 0)))
     tx = torch.tensor(x, requires_grad=True)
     ty, tidx = torch.nn.functional.max_pool2d(tx, k, s, p, d, ceil_mode, return_indices=True)
     ty.backward(torch.tensor(gy))
     np.testing.assert_array_equal(y.numpy(), ty.detach().numpy())
-    inside = idx.numpy() >= 0  # PyTorch's index is garbage for an all-padding window
-    np.testing.assert_array_equal(idx.numpy()[inside], tidx.numpy()[inside])
+    np.testing.assert_array_equal(idx.numpy(), tidx.numpy())
     np.testing.assert_allclose(t.grad.numpy(), tx.grad.numpy(), rtol=1e-12)
 
 
