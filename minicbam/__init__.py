@@ -14,6 +14,10 @@ import os
 # precede the first parallel call; libgomp reads it when it loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from minicbam import kernel_cache
+
+kernel_cache.configure()  # before any kernel is decorated (minicbam/kernel_cache.py says why)
+
 from minicbam.device import cuda_is_available
 from minicbam.function import (
     detect_anomaly,
