@@ -59,7 +59,7 @@ def hidden_at(h, z, w1, b1, n, k):
     acc = 0.0 + b1[k]
     for c in range(z.shape[1]):
         acc += w1[k, c] * z[n, c]
-    h[n, k] = max(acc, 0.0)
+    h[n, k] = 0.0 if acc <= 0.0 else acc  # a comparison, not max(): NaN stays NaN, as in relu
 
 
 @register_jitable

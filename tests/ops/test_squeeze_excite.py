@@ -120,3 +120,12 @@ def test_errors():
         squeeze_excite(mc.tensor(np.zeros((2, 4, 0, 3))), w1, b1, w2, b2)
     with pytest.raises(TypeError, match="squeeze_excite: expected x and weights of one floating"):
         squeeze_excite(x, mc.tensor(np.zeros((2, 4), np.float32)), b1, w2, b2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_in_the_hidden_layer_propagates(dtype):
+    """relu(NaN) is NaN (as in PyTorch): a NaN hidden unit makes every excitation NaN."""
+    arrays = [a.astype(dtype) for a in se_arrays((2, 4, 3, 3), 2, 0)]
+    arrays[2][0] = np.nan  # b1[0]: hidden unit 0 is NaN for every sample
+    y = squeeze_excite(*tensors(arrays))
+    assert np.isnan(y.numpy()).all()
