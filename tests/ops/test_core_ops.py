@@ -656,6 +656,8 @@ CUDA_CASES = {
     ),
     "max": (lambda t: t.max(1)[0], [(3, 4)]),
     "views": (lambda t: t.permute(2, 0, 1)[1:, ::-1, None, 0].expand(3, 2, 2) * 1.0, [(2, 3, 4)]),
+    # six dimensions, the most a strided view has: every padded dimension is a real one
+    "views_6d": (lambda t: t.permute(5, 3, 1, 4, 0, 2) * 1.0, [(2, 3, 1, 2, 2, 3)]),
     "cat": (lambda a, b: mc.cat([a, b], 1) + mc.stack([a, a], 1).reshape(2, 4), [(2, 2), (2, 2)]),
     "cast": (lambda t: t.float().double() * 2, [(3,)]),
 }
