@@ -95,15 +95,20 @@ def run_tests(scratch, tests, mode, timeout, select=None):
     """pytest on ``tests`` (files or node ids) in ``scratch``, ``-k select`` if given; returns
     (outcome, seconds, last lines, node id of the first failure or None)."""
     shutil.rmtree(os.path.join(scratch, ".hypothesis"), ignore_errors=True)
+    failures = os.path.join(scratch, ".mutation-failures.jsonl")
+    if os.path.exists(failures):
+        os.remove(failures)
     env = dict(os.environ)
     env.update(
-        PYTHONPATH=scratch,
+        PYTHONPATH=os.pathsep.join([scratch, os.path.join(scratch, "tests", "mutation")]),
+        MUTATION_FAILURES=failures,
         HYPOTHESIS_PROFILE="ci",
         NUMBA_ENABLE_CUDASIM=MODES[mode],
         NUMBA_CACHE_DIR=os.path.join(scratch, ".numba-cache"),
         OMP_WAIT_POLICY="PASSIVE",
     )
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+    cmd += ["-p", "failure_report", *tests]
     if select:
         cmd += ["-k", select]
     start = time.monotonic()
@@ -116,7 +121,10 @@ def run_tests(scratch, tests, mode, timeout, select=None):
     seconds = time.monotonic() - start
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     tail = "\n".join(lines[-3:])
-    failed = [ln.split()[1] for ln in lines if ln.startswith(("FAILED ", "ERROR ")) and " " in ln]
+    failed = []
+    if os.path.exists(failures):
+        with open(failures, encoding="utf-8") as f:
+            failed = [json.loads(line) for line in f if line.strip()]
     if proc.returncode == 0:
         outcome = "survived"
     elif proc.returncode == 1:
@@ -125,7 +133,7 @@ def run_tests(scratch, tests, mode, timeout, select=None):
         outcome = "no tests"
     else:
         outcome = "error"
-    return outcome, seconds, tail, (failed[0] if failed else None)
+    return outcome, seconds, tail, (failed[0] if failed else None)  # {"nodeid", "cuda"}
 
 
 def check_scratch(scratch):
@@ -147,19 +155,30 @@ def cuda_only(mutant):
     return mutant["description"].startswith("[cuda]")
 
 
-def run_mode(scratch, mutant, mode, timeout, first_failure):
-    """One mode's record. A node id that failed in the other mode is run first (a cheap
+def run_mode(scratch, mutant, mode, timeout, first_failure, infer):
+    """One mode's record. A test that failed in the other mode is run first (a cheap
     confirmation: the CI profile is derandomized, so it draws the same examples); when it
-    passes here, the mutant's whole selection runs."""
+    passes here, the mutant's whole selection runs. With ``infer`` (CPU-only mode), a
+    failure of a test not marked ``cuda`` is not re-run but recorded as inferred: that test
+    runs no CUDA code, so the simulator setting cannot change its outcome."""
+    if first_failure and infer and mode == "cpu" and not first_failure["cuda"]:
+        return {
+            "outcome": "killed",
+            "seconds": 0.0,
+            "tail": "",
+            "failed": first_failure,
+            "inferred_from": first_failure["nodeid"],
+        }
     if first_failure:
-        outcome, seconds, tail, failed = run_tests(scratch, [first_failure], mode, timeout)
+        node = first_failure["nodeid"]
+        outcome, seconds, tail, failed = run_tests(scratch, [node], mode, timeout)
         if outcome in KILLED:
             return {
                 "outcome": outcome,
                 "seconds": round(seconds, 1),
                 "tail": tail,
                 "failed": failed,
-                "rerun_of": first_failure,
+                "rerun_of": node,
             }
     outcome, seconds, tail, failed = run_tests(
         scratch, mutant["tests"], mode, timeout, mutant.get("select")
@@ -167,7 +186,7 @@ def run_mode(scratch, mutant, mode, timeout, first_failure):
     return {"outcome": outcome, "seconds": round(seconds, 1), "tail": tail, "failed": failed}
 
 
-def run_mutant(scratch, mutant, serial, modes, timeout):
+def run_mutant(scratch, mutant, serial, modes, timeout, infer):
     record = {key: mutant[key] for key in ("id", "file", "description", "tests")}
     record["select"] = mutant.get("select")
     saved, reason = apply(scratch, mutant, serial)
@@ -181,7 +200,7 @@ def run_mutant(scratch, mutant, serial, modes, timeout):
                 # Without a GPU and without the simulator no CUDA kernel runs: out of reach.
                 record[mode] = {"outcome": "cuda only", "seconds": 0.0, "tail": "", "failed": None}
                 continue
-            record[mode] = run_mode(scratch, mutant, mode, timeout, first_failure)
+            record[mode] = run_mode(scratch, mutant, mode, timeout, first_failure, infer)
             first_failure = record[mode]["failed"]
     finally:
         restore(saved)
@@ -189,14 +208,14 @@ def run_mutant(scratch, mutant, serial, modes, timeout):
     return record
 
 
-def worker(scratches, jobs, results, modes, timeout, lock, progress):
+def worker(scratches, jobs, results, modes, timeout, lock, progress, infer):
     scratch = scratches.get()
     while True:
         try:
             serial, mutant = jobs.get_nowait()
         except queue.Empty:
             return
-        record = run_mutant(scratch, mutant, serial, modes, timeout)
+        record = run_mutant(scratch, mutant, serial, modes, timeout, infer)
         with lock:
             results.append(record)
             progress(results)
@@ -269,7 +288,9 @@ def markdown(results, modes, command, started, wall):
     for r in results:
         cells = []
         for mode in modes:
-            if mode in r:
+            if mode in r and r[mode].get("inferred_from"):
+                cells.append("killed (inferred)")
+            elif mode in r:
                 cells.append(f"{r[mode]['outcome']} ({r[mode]['seconds']:.0f}s)")
             else:
                 cells.append(r.get("status", "-"))
@@ -294,6 +315,7 @@ def markdown(results, modes, command, started, wall):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", metavar="ID", help="run only these mutants")
+    parser.add_argument("--skip", nargs="+", metavar="ID", default=[], help="leave these out")
     parser.add_argument("--cpu-only", action="store_true", help="only NUMBA_ENABLE_CUDASIM=0")
     parser.add_argument("--sim-only", action="store_true", help="only the simulator-on mode")
     parser.add_argument("--jobs", type=int, default=1, help="scratch copies run side by side")
@@ -305,6 +327,12 @@ def main(argv=None):
         "(default: a temporary folder, removed at the end)",
     )
     parser.add_argument("--list", action="store_true", help="print the catalogue and exit")
+    parser.add_argument(
+        "--infer-cpu",
+        action="store_true",
+        help="CPU-only mode: take a simulator-mode failure of a test not marked cuda as a kill "
+        "without re-running it (recorded as inferred)",
+    )
     parser.add_argument(
         "--merge", action="store_true", help="keep the other mutants' records of results.json"
     )
@@ -323,6 +351,7 @@ def main(argv=None):
         if unknown:
             raise SystemExit(f"unknown mutant ids: {sorted(unknown)}")
         chosen = [m for m in MUTANTS if m["id"] in args.only]
+    chosen = [m for m in chosen if m["id"] not in args.skip]
     modes = ["cpu"] if args.cpu_only else ["sim"] if args.sim_only else ["sim", "cpu"]
 
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
@@ -352,7 +381,16 @@ def main(argv=None):
         threads = [
             threading.Thread(
                 target=worker,
-                args=(scratches, jobs, results, modes, args.timeout, lock, progress),
+                args=(
+                    scratches,
+                    jobs,
+                    results,
+                    modes,
+                    args.timeout,
+                    lock,
+                    progress,
+                    args.infer_cpu,
+                ),
             )
             for _ in range(max(1, args.jobs))
         ]
