@@ -91,7 +91,7 @@ def restore(saved):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
-def run_tests(scratch, tests, mode, timeout, select=None):
+def run_tests(scratch, tests, mode, timeout, select=None, marker=None):
     """pytest on ``tests`` (files or node ids) in ``scratch``, ``-k select`` if given; returns
     (outcome, seconds, last lines, node id of the first failure or None)."""
     shutil.rmtree(os.path.join(scratch, ".hypothesis"), ignore_errors=True)
@@ -111,6 +111,8 @@ def run_tests(scratch, tests, mode, timeout, select=None):
     cmd += ["-p", "failure_report", *tests]
     if select:
         cmd += ["-k", select]
+    if marker:
+        cmd += ["-m", marker]
     start = time.monotonic()
     try:
         proc = subprocess.run(
@@ -180,8 +182,10 @@ def run_mode(scratch, mutant, mode, timeout, first_failure, infer):
                 "failed": failed,
                 "rerun_of": node,
             }
+    # a body that only CUDA kernels run can fail only tests that run CUDA kernels
+    marker = "cuda" if cuda_only(mutant) else None
     outcome, seconds, tail, failed = run_tests(
-        scratch, mutant["tests"], mode, timeout, mutant.get("select")
+        scratch, mutant["tests"], mode, timeout, mutant.get("select"), marker
     )
     return {"outcome": outcome, "seconds": round(seconds, 1), "tail": tail, "failed": failed}
 
@@ -256,13 +260,28 @@ def score(results, mode, reachable_only=False):
     return len(killed), len(applied)
 
 
+def short_command(command):
+    """The command with each long ``--only`` list replaced by its length."""
+    parts, out, k = command.split(" "), [], 0
+    while k < len(parts):
+        out.append(parts[k])
+        if parts[k] == "--only":
+            ids = []
+            while k + 1 < len(parts) and not parts[k + 1].startswith("-") and parts[k + 1] != ";":
+                k += 1
+                ids.append(parts[k])
+            out.append(" ".join(ids) if len(ids) <= 4 else f"<{len(ids)} ids>")
+        k += 1
+    return " ".join(out)
+
+
 def markdown(results, modes, command, started, wall):
     order = {m["id"]: i for i, m in enumerate(MUTANTS)}
     results = sorted(results, key=lambda r: order[r["id"]])
     lines = [
         "# Mutation results",
         "",
-        f"Command: `{command}`  ",
+        f"Command: `{short_command(command)}`  ",
         f"Date: {started} (UTC), wall time {wall / 60:.1f} min.",
         "",
     ]
@@ -350,7 +369,8 @@ def main(argv=None):
         unknown = set(args.only) - set(ids)
         if unknown:
             raise SystemExit(f"unknown mutant ids: {sorted(unknown)}")
-        chosen = [m for m in MUTANTS if m["id"] in args.only]
+        by_id = {m["id"]: m for m in MUTANTS}
+        chosen = [by_id[i] for i in dict.fromkeys(args.only)]  # in the order given
     chosen = [m for m in chosen if m["id"] not in args.skip]
     modes = ["cpu"] if args.cpu_only else ["sim"] if args.sim_only else ["sim", "cpu"]
 
