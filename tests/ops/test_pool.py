@@ -46,9 +46,13 @@ def pool_cases(draw, dilation=True, max_n=2, max_c=3, max_side=7, kinds=("genera
     The structure is drawn first, so that rare paths are not left to chance: ``fast2x2`` is
     the CPU max-pool's unrolled path (2x2 window, no padding, no dilation, no overhang);
     ``edge`` (avg-pool) is ceil mode with padding and a last window past the padded edge;
-    ``general`` is anything. Planes go up to 3 x 3 rows of windows with remainders."""
+    ``padded`` has padding on both sides; ``general`` is anything. Planes go up to 3 x 3 rows of windows with remainders."""
     kind = draw(st.sampled_from(kinds))
-    if kind == "fast2x2":
+    if kind == "padded":  # windows of 2 or 3 with padding 1 on both sides
+        k = (draw(st.integers(2, 3)), draw(st.integers(2, 3)))
+        s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        p, d, ceil_mode = (1, 1), (1, 1), draw(st.booleans())
+    elif kind == "fast2x2":
         k, p, d, ceil_mode = (2, 2), (0, 0), (1, 1), False
         s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     else:
@@ -149,10 +153,12 @@ def test_max_pool_defaults_and_3d_input():
 
 
 # ----------------------------------------------------------------------------- avg_pool2d
-avg_options = st.tuples(st.booleans(), st.sampled_from([None, 1, 3]))
+# (count_include_pad, divisor_override): no override half of the time, so that the divisor
+# rules (with and without the padding) are what the draw mostly checks
+avg_options = st.tuples(st.booleans(), st.sampled_from([None, None, None, 1, 3]))
 
 
-avg_cases = pool_cases(dilation=False, kinds=("general", "edge"))
+avg_cases = pool_cases(dilation=False, kinds=("general", "edge", "padded"))
 
 
 def avg_pool_oracle(k, s, p, ceil_mode, include_pad, override):
@@ -198,7 +204,7 @@ def test_avg_pool_matches_torch(case, options, seed):
 
 
 @given(
-    case=pool_cases(dilation=False, max_side=5, kinds=("general", "edge")),
+    case=pool_cases(dilation=False, max_side=5, kinds=("general", "edge", "padded")),
     options=avg_options,
     seed=seeds,
 )
