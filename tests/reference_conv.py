@@ -68,6 +68,25 @@ def conv2d(x, w, b=None, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), grou
     return y
 
 
+def conv2d_grad(x, w, gy, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1):
+    """(gx, gw, gb) for output gradient gy: conv2d's loops, each product's two factors
+    receiving the other times gy."""
+    _N, _C, H, W = x.shape
+    CO, Cg, KH, KW = w.shape
+    (sh, sw), (pt, _pb, pl, _pr), (dh, dw) = stride, pads, dilation
+    COg = CO // groups
+    gx, gw = np.zeros(x.shape), np.zeros(w.shape)
+    for n, co, oh, ow in np.ndindex(*gy.shape):
+        g = co // COg
+        for ci, kh, kw in np.ndindex(Cg, KH, KW):
+            h = oh * sh - pt + kh * dh
+            v = ow * sw - pl + kw * dw
+            if 0 <= h < H and 0 <= v < W:
+                gx[n, g * Cg + ci, h, v] += w[co, ci, kh, kw] * gy[n, co, oh, ow]
+                gw[co, ci, kh, kw] += x[n, g * Cg + ci, h, v] * gy[n, co, oh, ow]
+    return gx, gw, gy.sum(axis=(0, 2, 3))
+
+
 def conv2d_scipy(x, w, b=None, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1):
     """An independent second oracle: scipy.signal.correlate on the zero-padded input with a
     zero-dilated kernel, subsampled by the stride."""

@@ -36,6 +36,45 @@ def max_pool2d(x, k, s, p, d, ceil_mode):
     return y, idx
 
 
+def max_pool2d_grad(x_shape, idx, gy):
+    """gx: each window's gy added to the element its index names (the first maximum)."""
+    N, C, H, W = x_shape
+    gx = np.zeros((N, C, H * W))
+    for n, c, oh, ow in np.ndindex(*idx.shape):
+        if idx[n, c, oh, ow] >= 0:
+            gx[n, c, idx[n, c, oh, ow]] += gy[n, c, oh, ow]
+    return gx.reshape(x_shape)
+
+
+def _avg_windows(shape, k, s, p, ceil_mode, count_include_pad, divisor_override):
+    """(n, c, oh, ow, rows, cols, divisor) for every avg-pool window, as in avg_pool2d."""
+    (KH, KW), (SH, SW), (PH, PW) = k, s, p
+    N, C, H, W = shape
+    OH, OW = _out_size(H, KH, SH, PH, 1, ceil_mode), _out_size(W, KW, SW, PW, 1, ceil_mode)
+    for n, c, oh, ow in np.ndindex(N, C, OH, OW):
+        h0, w0 = oh * SH - PH, ow * SW - PW
+        h1, w1 = min(h0 + KH, H + PH), min(w0 + KW, W + PW)
+        rows, cols = range(max(h0, 0), min(h1, H)), range(max(w0, 0), min(w1, W))
+        if divisor_override:
+            divisor = divisor_override
+        elif count_include_pad:
+            divisor = (h1 - h0) * (w1 - w0)
+        else:
+            divisor = len(rows) * len(cols)
+        yield n, c, oh, ow, rows, cols, divisor
+
+
+def avg_pool2d_grad(x_shape, gy, k, s, p, ceil_mode, count_include_pad, divisor_override):
+    """gx: each window's gy / divisor added to every input element of the window."""
+    gx = np.zeros(x_shape)
+    options = (ceil_mode, count_include_pad, divisor_override)
+    for n, c, oh, ow, rows, cols, divisor in _avg_windows(x_shape, k, s, p, *options):
+        for ih in rows:
+            for iw in cols:
+                gx[n, c, ih, iw] += gy[n, c, oh, ow] / divisor
+    return gx
+
+
 def avg_pool2d(x, k, s, p, ceil_mode, count_include_pad, divisor_override):
     (KH, KW), (SH, SW), (PH, PW) = k, s, p
     N, C, H, W = x.shape
@@ -90,6 +129,30 @@ def channel_pool(x):
     """(y (N, 2, H, W) = [mean over C, max over C], argmax over C (N, H, W))."""
     mean = x.astype(np.float64).mean(axis=1)
     return np.stack([mean.astype(x.dtype), x.max(axis=1)], axis=1), x.argmax(axis=1)
+
+
+def channel_pool_grad(x, gy):
+    """gx for gy (N, 2, H, W): gy_mean / C to every channel, gy_max to the first argmax."""
+    N, C, H, W = x.shape
+    gx = np.zeros(x.shape)
+    for n, h, w in np.ndindex(N, H, W):
+        gx[n, :, h, w] = gy[n, 0, h, w] / C
+        gx[n, int(np.argmax(x[n, :, h, w])), h, w] += gy[n, 1, h, w]
+    return gx
+
+
+def global_pool_grad(x, gy, pool_types):
+    """gx for gy (P, N, C): the avg slot's gy / (H W) everywhere, the max slot's gy to the
+    first maximum of the plane (row-major scan)."""
+    N, C, H, W = x.shape
+    gx = np.zeros((N, C, H * W))
+    for slot, kind in enumerate(pool_types):
+        for n, c in np.ndindex(N, C):
+            if kind == "avg":
+                gx[n, c] += gy[slot, n, c] / (H * W)
+            else:
+                gx[n, c, int(np.argmax(x[n, c].ravel()))] += gy[slot, n, c]
+    return gx.reshape(x.shape)
 
 
 def global_pool(x, pool_types):

@@ -4,7 +4,13 @@ float64 gradient checks, CUDA parity, errors."""
 import numpy as np
 import pytest
 import reference_pool as ref
-from helpers import assert_cuda_parity, assert_gradcheck, leaf
+from helpers import (
+    assert_cuda_parity,
+    assert_gradcheck,
+    assert_matches_oracle,
+    distinct_or_tied,
+    leaf,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,9 +28,18 @@ pool_types = st.sampled_from([("avg", "max"), ("max", "avg"), ("avg",), ("max",)
 
 def distinct(shape, seed, dtype=np.float64):
     """Values in [-2, 2) with no ties, so every max has one winner."""
-    size = int(np.prod(shape))
-    perm = np.random.default_rng(seed).permutation(size).reshape(shape)
-    return (perm * (4.0 / size) - 2.0).astype(dtype)
+    return distinct_or_tied(shape, seed, False, dtype)
+
+
+def channel_pool_oracle(x, gy):
+    return ref.channel_pool(x)[0], [ref.channel_pool_grad(x, gy)]
+
+
+def global_pool_oracle(types):
+    def oracle(x, gy):
+        return ref.global_pool(x, types), [ref.global_pool_grad(x, gy, types)]
+
+    return oracle
 
 
 def logits_shape(x_shape, spatial):
@@ -34,13 +49,15 @@ def logits_shape(x_shape, spatial):
 
 # ----------------------------------------------------------------------------- channel_pool
 @pytest.mark.parametrize("dtype", DTYPES)
-@given(shape=shapes4, seed=seeds)
-def test_channel_pool_matches_oracle(dtype, shape, seed):
-    x = distinct(shape, seed, dtype)
+@given(shape=shapes4, ties=st.booleans(), seed=seeds)
+def test_channel_pool_matches_oracle(dtype, shape, ties, seed):
+    # with ties the max gradient goes to the first maximal channel (oracle backward)
+    x = distinct_or_tied(shape, seed, ties, dtype)
     fn_y = channel_pool(mc.tensor(x))
     y_ref, _ = ref.channel_pool(x)
     assert fn_y.shape == (shape[0], 2, shape[2], shape[3]) and fn_y.dtype == dtype
     np.testing.assert_allclose(fn_y.numpy(), y_ref, **TOL[dtype])
+    assert_matches_oracle(channel_pool, [x], channel_pool_oracle, "cpu", **TOL[dtype])
 
 
 @given(shape=shapes4, seed=seeds)
@@ -73,12 +90,14 @@ def test_channel_pool_ties_go_to_first_channel():
 
 # ----------------------------------------------------------------------------- global_pool
 @pytest.mark.parametrize("dtype", DTYPES)
-@given(shape=shapes4, types=pool_types, seed=seeds)
-def test_global_pool_matches_oracle(dtype, shape, types, seed):
-    x = distinct(shape, seed, dtype)
+@given(shape=shapes4, types=pool_types, ties=st.booleans(), seed=seeds)
+def test_global_pool_matches_oracle(dtype, shape, types, ties, seed):
+    x = distinct_or_tied(shape, seed, ties, dtype)
     y = global_pool(mc.tensor(x), types)
     assert y.shape == (len(types),) + shape[:2]
     np.testing.assert_allclose(y.numpy(), ref.global_pool(x, types), **TOL[dtype])
+    fn = lambda t: global_pool(t, types)
+    assert_matches_oracle(fn, [x], global_pool_oracle(types), "cpu", **TOL[dtype])
 
 
 @given(shape=shapes4, types=pool_types, seed=seeds)
@@ -164,6 +183,31 @@ def test_attention_ops_cuda_parity(dtype):
     for spatial in (False, True):
         logits = rng.standard_normal(logits_shape(x.shape, spatial)).astype(dtype)
         assert_cuda_parity(gate, x, logits)
+
+
+@pytest.mark.cuda
+@settings(max_examples=6)
+@given(
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 4), st.integers(1, 3), st.integers(1, 3)),
+    types=pool_types,
+    spatial=st.booleans(),
+    ties=st.booleans(),
+    seed=seeds,
+)
+def test_attention_ops_cuda_match_oracle(shape, types, spatial, ties, seed):
+    # the CUDA kernels against the oracles: parity misses a bug in a body both devices share
+    x = distinct_or_tied(shape, seed, ties)
+    assert_matches_oracle(channel_pool, [x], channel_pool_oracle, "cuda")
+    fn = lambda t: global_pool(t, types)
+    assert_matches_oracle(fn, [x], global_pool_oracle(types), "cuda")
+    logits = np.random.default_rng(seed + 1).standard_normal(logits_shape(shape, spatial)) * 3
+
+    def gate_oracle(x, logits, gy):
+        s = 1.0 / (1.0 + np.exp(-logits))
+        axes = (1,) if spatial else (2, 3)
+        return x * s, [gy * s, s * (1 - s) * (gy * x).sum(axis=axes, keepdims=True)]
+
+    assert_matches_oracle(gate, [x, logits], gate_oracle, "cuda", rtol=1e-10)
 
 
 # ----------------------------------------------------------------------------- errors

@@ -4,7 +4,13 @@ update, float64 gradient checks for x, weight and bias, CUDA parity, errors."""
 import numpy as np
 import pytest
 import reference_pool as ref
-from helpers import assert_cuda_parity, assert_gradcheck, leaf
+from helpers import (
+    assert_cuda_parity,
+    assert_gradcheck,
+    assert_matches_oracle,
+    leaf,
+    numerical_gradient,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -158,6 +164,35 @@ def test_batch_norm_cuda_parity(dtype, shape):
         mc.tensor(b, device="cuda"),
     )
     np.testing.assert_allclose(y_gpu.numpy(), y_cpu.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@settings(max_examples=4)
+@given(shape=bn_shapes(), training=st.booleans(), seed=seeds)
+def test_batch_norm_cuda_matches_oracle(shape, training, seed):
+    # the CUDA kernels against the loop oracle (its gradients by central differences):
+    # parity cannot see a bug in a body both devices share
+    x, w, b, rm, rv = bn_arrays(shape, seed)
+    trm, trv = mc.tensor(rm, device="cuda"), mc.tensor(rv, device="cuda")
+
+    def fn(t, tw, tb):
+        return batch_norm(t, trm, trv, tw, tb, training, 0.3, 1e-5)
+
+    def oracle(x, w, b, gy):
+        def y_of(x_=x, w_=w, b_=b):
+            return ref.batch_norm(x_, rm, rv, w_, b_, training, 0.3, 1e-5)[0]
+
+        grads = [
+            numerical_gradient(lambda v: y_of(x_=v), x, gy),
+            numerical_gradient(lambda v: y_of(w_=v), w, gy),
+            numerical_gradient(lambda v: y_of(b_=v), b, gy),
+        ]
+        return y_of(), grads
+
+    assert_matches_oracle(fn, [x, w, b], oracle, "cuda", rtol=1e-6, atol=1e-7)
+    _, rm_ref, rv_ref = ref.batch_norm(x, rm, rv, w, b, training, 0.3, 1e-5)
+    np.testing.assert_allclose(trm.numpy(), rm_ref, rtol=1e-10)
+    np.testing.assert_allclose(trv.numpy(), rv_ref, rtol=1e-10)
 
 
 # ----------------------------------------------------------------------------- errors

@@ -13,7 +13,7 @@ import importlib
 import numpy as np
 import pytest
 import reference_conv as ref
-from helpers import arrays, assert_cuda_parity, assert_gradcheck, leaf
+from helpers import arrays, assert_cuda_parity, assert_gradcheck, assert_matches_oracle, leaf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,19 +42,25 @@ def conv_path(path):
 
 
 @st.composite
-def conv_cases(draw, max_n=2, max_c=4, max_side=7):
-    """(x shape, w shape, has bias, stride, padding, dilation, groups) with a valid geometry;
-    channels 1..max_c, groups dividing both."""
-    groups = draw(st.integers(1, max_c))
-    per_group = st.integers(1, max_c // groups)
-    cin, cout = groups * draw(per_group), groups * draw(per_group)
-    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+def conv_cases(draw, max_n=2, max_c=4, max_side=7, max_co=6):
+    """(x shape, w shape, has bias, stride, padding, dilation, groups) with a valid geometry.
+
+    The channel structure is drawn, not left to chance: groups 1..3, input channels per group
+    up to max_c / groups and output channels per group up to max_co / groups (so grouped
+    convolutions with several output channels per group come up, as do depthwise ones).
+    Padding is a pair, or ``'same'`` (stride 1) with kernels up to 4, even ones included."""
+    groups = draw(st.integers(1, min(3, max_c)))
+    cin = groups * draw(st.integers(1, max(1, max_c // groups)))
+    cout = groups * draw(st.integers(1, max(1, max_co // groups)))
+    same = draw(st.booleans()) and draw(st.booleans())
+    kh, kw = draw(st.integers(1, 4 if same else 3)), draw(st.integers(1, 4 if same else 3))
+    stride = (1, 1) if same else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = "same" if same else (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
     dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     # the input must cover the dilated kernel once padded
-    h_min = max(1, dilation[0] * (kh - 1) + 1 - 2 * padding[0])
-    w_min = max(1, dilation[1] * (kw - 1) + 1 - 2 * padding[1])
+    pads = _pads(padding, dilation, (kh, kw))
+    h_min = max(1, dilation[0] * (kh - 1) + 1 - pads[0] - pads[1])
+    w_min = max(1, dilation[1] * (kw - 1) + 1 - pads[2] - pads[3])
     h = draw(st.integers(h_min, max(h_min, max_side)))
     w = draw(st.integers(w_min, max(w_min, max_side)))
     x_shape = (draw(st.integers(1, max_n)), cin, h, w)
@@ -74,8 +80,31 @@ def winograd_cases(draw, max_n=2, max_c=5, max_side=11):
     return x_shape, (cout, cin, 3, 3), draw(st.booleans()), (1, 1), padding, (1, 1), 1
 
 
-def _pads(padding):
+def _pads(padding, dilation, kernel):
+    """(top, bottom, left, right) for the oracles; 'same' as PyTorch defines it: total
+    d (k - 1), the odd one at the bottom/right."""
+    if padding == "same":
+        th, tw = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
+        return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
     return (padding[0], padding[0], padding[1], padding[1])
+
+
+def _oracle_kwargs(case):
+    _, w_shape, _, stride, padding, dilation, groups = case
+    pads = _pads(padding, dilation, w_shape[2:])
+    return {"stride": stride, "pads": pads, "dilation": dilation, "groups": groups}
+
+
+def conv_oracle(case):
+    """(y, [gx, gw(, gb)]) from the loop oracle, for assert_matches_oracle."""
+    kwargs = _oracle_kwargs(case)
+
+    def oracle(x, w, *rest):
+        *b, gy = rest
+        gx, gw, gb = ref.conv2d_grad(x, w, gy, **kwargs)
+        return ref.conv2d(x, w, *b, **kwargs), [gx, gw] + ([gb] if b else [])
+
+    return oracle
 
 
 def _inputs(case, seed, dtype):
@@ -93,16 +122,18 @@ def _fn(case):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @given(case=conv_cases(), seed=st.integers(0, 2**31))
 def test_forward_matches_oracles(dtype, path, case, seed):
-    _, _, _, stride, padding, dilation, groups = case
     arrays_in = _inputs(case, seed, dtype)
     with conv_path(path):
         y = _fn(case)(*(leaf(a, requires_grad=False) for a in arrays_in))
-    kwargs = {"stride": stride, "pads": _pads(padding), "dilation": dilation, "groups": groups}
+    kwargs = _oracle_kwargs(case)
     expected = ref.conv2d(*arrays_in, **kwargs)
     assert y.dtype == dtype and y.shape == expected.shape
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
     np.testing.assert_allclose(y.numpy(), expected, **tol)
     np.testing.assert_allclose(y.numpy(), ref.conv2d_scipy(*arrays_in, **kwargs), **tol)
+    if dtype == np.float64:  # all three gradients against the loop oracle's backward
+        with conv_path(path):
+            assert_matches_oracle(_fn(case), arrays_in, conv_oracle(case), "cpu", **tol)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -243,12 +274,16 @@ def test_winograd_forward_matches_oracle(dtype, case, seed):
     with conv_path("winograd"):
         y = _fn(case)(*(leaf(a) for a in arrays_in))
     assert y.creator.algorithm == "winograd" and y.dtype == dtype
-    expected = ref.conv2d(*(a.astype(np.float64) for a in arrays_in), pads=_pads(padding))
+    expected = ref.conv2d(
+        *(a.astype(np.float64) for a in arrays_in), pads=_pads(padding, (1, 1), (3, 3))
+    )
     assert y.shape == expected.shape
     if dtype == np.float64:
         np.testing.assert_allclose(y.numpy(), expected, rtol=1e-11, atol=1e-11)
     else:
-        atol = WINOGRAD_F32_RTOL * _scale(arrays_in[0], arrays_in[1], _pads(padding))
+        atol = WINOGRAD_F32_RTOL * _scale(
+            arrays_in[0], arrays_in[1], _pads(padding, (1, 1), (3, 3))
+        )
         np.testing.assert_allclose(y.numpy(), expected, rtol=0, atol=atol)
 
 
@@ -276,7 +311,7 @@ def test_winograd_float32_by_default_matches_float64(x_shape, co, padding):
         y.backward(mc.tensor(arrays(y.shape, 4).astype(dtype)))
         results[dtype] = algorithm, [t.numpy() for t in (y, mx.grad, mw.grad, mb.grad)]
     assert results[np.float32][0] == "winograd" and results[np.float64][0] == "im2col"
-    pads = _pads((padding, padding))
+    pads = _pads((padding, padding), (1, 1), (3, 3))
     gy64 = arrays(results[np.float64][1][0].shape, 4)
     scales = [
         _scale(x, w, pads),
@@ -353,8 +388,10 @@ def test_winograd_blocks_of_tiles(monkeypatch):
 @settings(max_examples=3)
 @given(case=conv_cases(max_n=2, max_c=4, max_side=6), seed=st.integers(0, 2**31))
 def test_cuda_parity(path, case, seed):
+    arrays_in = _inputs(case, seed, np.float64)
     with conv_path(path):
-        assert_cuda_parity(_fn(case), *_inputs(case, seed, np.float64), rtol=1e-10, atol=1e-12)
+        assert_cuda_parity(_fn(case), *arrays_in, rtol=1e-10, atol=1e-12)
+        assert_matches_oracle(_fn(case), arrays_in, conv_oracle(case), "cuda", rtol=1e-10)
 
 
 @pytest.mark.cuda

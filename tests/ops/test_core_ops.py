@@ -5,7 +5,14 @@ hypothesis-drawn shapes, CUDA parity, and the engine's graph rules."""
 import numpy as np
 import pytest
 import reference as ref
-from helpers import arrays, assert_cuda_parity, assert_gradcheck, leaf, shapes
+from helpers import (
+    arrays,
+    assert_cuda_parity,
+    assert_gradcheck,
+    distinct_or_tied,
+    leaf,
+    shapes,
+)
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import basic_indices, mutually_broadcastable_shapes
@@ -232,6 +239,43 @@ def test_reduction_gradcheck(name, sd, keepdim, seed):
     assert_gradcheck(lambda t: _reduce(name, t, dim, keepdim), x)
 
 
+@st.composite
+def column_block_cases(draw):
+    """(shape, dims) for a sum over leading dims whose kept size J is drawn by its structure:
+    whole blocks of 256 columns (the CPU column-sum task) plus a remainder, so that partial
+    last blocks (J > 256, J % 256 != 0) come up, as do J < 256 and exact multiples."""
+    blocks = draw(st.integers(0, 2))
+    remainder = draw(st.sampled_from([0, 1, 7, 129, 255])) if blocks else draw(st.integers(1, 40))
+    J = 256 * blocks + remainder
+    kept = (J,) if J % 2 or draw(st.booleans()) else (2, J // 2)
+    lead = tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=2)))
+    return lead + kept, tuple(range(len(lead)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(case=column_block_cases(), keepdim=st.booleans(), seed=SEED)
+def test_sum_over_leading_dims_column_blocks(dtype, case, keepdim, seed):
+    shape, dims = case
+    x = arrays(shape, seed, dtype=dtype)
+    want = x.astype(np.float64).sum(axis=dims, keepdims=keepdim)
+    np.testing.assert_allclose(
+        leaf(x, False).sum(dims, keepdim=keepdim).numpy(), want, **TOL[dtype]
+    )
+    # sum_to (broadcast backward) reduces leading dims with the same kernel
+    t = leaf(x[(0,) * len(dims)].astype(np.float64))
+    (t.expand(*shape) * mc.tensor(x.astype(np.float64))).sum().backward()
+    np.testing.assert_allclose(t.grad.numpy(), x.astype(np.float64).sum(axis=dims), rtol=1e-12)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [(2, 300), (3, 1, 7), (1, 2, 2, 9)])
+def test_sum_over_leading_dims_cuda_matches_numpy(shape):
+    x = arrays(shape, 5)
+    for dims in [(0,), tuple(range(len(shape) - 1))]:
+        y = leaf(x, device="cuda").sum(dims)
+        np.testing.assert_allclose(y.numpy(), x.sum(axis=dims), rtol=1e-12)
+
+
 def test_amax_ties_share_the_gradient():
     x = leaf(np.array([[1.0, 3.0, 3.0], [2.0, 0.0, 1.0]]))
     x.amax(1).sum().backward()
@@ -251,10 +295,11 @@ def test_var_correction():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@given(sd=shape_dims(single=True), keepdim=st.booleans(), seed=SEED)
-def test_max_with_indices(dtype, sd, keepdim, seed):
+@given(sd=shape_dims(single=True), keepdim=st.booleans(), ties=st.booleans(), seed=SEED)
+def test_max_with_indices(dtype, sd, keepdim, ties, seed):
+    # with ties: the index, and so the gradient, of the FIRST maximum (as PyTorch)
     shape, dim = sd
-    x = distinct(shape, seed, dtype)
+    x = distinct_or_tied(shape, seed, ties, dtype)
     t = leaf(x.astype(np.float64))
     values, indices = t.max(dim, keepdim)
     want_v, want_i = ref.max_with_index(x, dim, keepdim)
@@ -262,7 +307,35 @@ def test_max_with_indices(dtype, sd, keepdim, seed):
     np.testing.assert_array_equal(indices.numpy(), want_i)
     assert indices.dtype == mc.int64 and not indices.requires_grad
     np.testing.assert_array_equal(t.argmax(dim, keepdim).numpy(), want_i)
-    assert_gradcheck(lambda u: u.max(dim, keepdim)[0], x.astype(np.float64))
+    gy = np.random.default_rng(seed).standard_normal(values.shape)
+    values.backward(mc.tensor(gy))
+    expected = np.zeros(shape)
+    idx = want_i if keepdim else np.expand_dims(want_i, dim)
+    np.put_along_axis(expected, idx, gy if keepdim else np.expand_dims(gy, dim), axis=dim)
+    np.testing.assert_allclose(t.grad.numpy(), expected, rtol=1e-12)
+    if not ties:
+        assert_gradcheck(lambda u: u.max(dim, keepdim)[0], x.astype(np.float64))
+
+
+def amax_oracle_grad(x, dim, keepdim, gy):
+    """amax's backward: gy shared equally among the tied maxima of each reduced group."""
+    dims = tuple(range(x.ndim)) if dim is None else tuple(np.atleast_1d(dim) % max(x.ndim, 1))
+    m = x.max(axis=dims, keepdims=True)
+    hits = x == m
+    g = gy if keepdim else np.expand_dims(gy, dims) if dims else gy
+    return np.where(hits, g / hits.sum(axis=dims, keepdims=True), 0.0)
+
+
+@given(sd=shape_dims(max_dims=3), keepdim=st.booleans(), seed=SEED)
+def test_amax_ties_match_oracle_backward(sd, keepdim, seed):
+    shape, dim = sd
+    x = distinct_or_tied(shape, seed, True)
+    t = leaf(x)
+    y = t.amax(dim, keepdim=keepdim)
+    np.testing.assert_array_equal(y.numpy(), ref.reduce_amax(x, dim, keepdim))
+    gy = np.random.default_rng(seed).standard_normal(y.shape)
+    y.backward(mc.tensor(gy))
+    np.testing.assert_allclose(t.grad.numpy(), amax_oracle_grad(x, dim, keepdim, gy), rtol=1e-12)
 
 
 def test_max_picks_the_first_of_ties_and_whole_tensor_max():
@@ -303,7 +376,10 @@ def test_reduction_errors():
 # ----------------------------------------------------------------------------- views
 @st.composite
 def shape_and_permutation(draw):
-    shape = draw(shapes(1, 4, 1, 4))
+    # up to six dimensions (a strided view's most): 5-D and 6-D views use every outer index
+    # of the strided gather, so they are drawn as often as the small ones
+    ndim = draw(st.integers(1, 6))
+    shape = tuple(draw(st.integers(1, 4 if ndim <= 3 else 2)) for _ in range(ndim))
     return shape, tuple(draw(st.permutations(range(len(shape)))))
 
 
@@ -583,6 +659,8 @@ CUDA_CASES = {
     ),
     "max": (lambda t: t.max(1)[0], [(3, 4)]),
     "views": (lambda t: t.permute(2, 0, 1)[1:, ::-1, None, 0].expand(3, 2, 2) * 1.0, [(2, 3, 4)]),
+    # six dimensions, the most a strided view has: every padded dimension is a real one
+    "views_6d": (lambda t: t.permute(5, 3, 1, 4, 0, 2) * 1.0, [(2, 3, 1, 2, 2, 3)]),
     "cat": (lambda a, b: mc.cat([a, b], 1) + mc.stack([a, a], 1).reshape(2, 4), [(2, 2), (2, 2)]),
     "cast": (lambda t: t.float().double() * 2, [(3,)]),
 }

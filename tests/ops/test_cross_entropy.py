@@ -4,8 +4,15 @@ and PyTorch, gradients, CUDA parity, error messages."""
 import numpy as np
 import pytest
 import reference as ref
-from helpers import arrays, assert_cuda_parity, assert_gradcheck, leaf
-from hypothesis import given
+from helpers import (
+    arrays,
+    assert_cuda_parity,
+    assert_gradcheck,
+    assert_matches_oracle,
+    leaf,
+    numerical_gradient,
+)
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import minicbam as mc
@@ -16,17 +23,22 @@ IGNORE = -100
 
 @st.composite
 def problems(draw, max_spatial=2):
-    """Logits (N, C, d...), int64 targets with some rows ignored, kwargs for the loss."""
+    """Logits (N, C, d...), int64 targets with some rows ignored, kwargs for the loss.
+
+    The ignore index is drawn too: the default -100, another negative one, or a real class
+    (whose rows are then skipped, as in PyTorch)."""
     N, C = draw(st.integers(1, 4)), draw(st.integers(1, 5))
     spatial = tuple(draw(st.lists(st.integers(1, 3), max_size=max_spatial)))
     seed = draw(st.integers(0, 2**32 - 1))
+    ignore = draw(st.sampled_from([IGNORE, -1, C - 1]))
     rng = np.random.default_rng(seed)
     target = rng.integers(0, C, (N,) + spatial)
     if draw(st.booleans()):  # ignore some rows (maybe all of them)
-        target[rng.random(target.shape) < 0.3] = IGNORE
+        target[rng.random(target.shape) < 0.3] = ignore
     weight = rng.uniform(0.2, 2.0, C) if draw(st.booleans()) else None
     kwargs = {
         "weight": weight,
+        "ignore_index": ignore,
         "reduction": draw(st.sampled_from(["mean", "sum", "none"])),
         "label_smoothing": draw(st.floats(0.0, 0.5)),
     }
@@ -73,16 +85,19 @@ def test_nll_loss_matches_oracle(dtype, problem):
 @given(problem=problems(max_spatial=1))
 def test_cross_entropy_gradcheck(problem):
     x, target, kwargs = problem
-    if kwargs["reduction"] == "mean" and np.all(target == IGNORE):
-        target.flat[0] = 0  # an all-ignored mean is NaN, whose gradient is meaningless
+    if kwargs["reduction"] == "mean" and np.all(target == kwargs["ignore_index"]):
+        # an all-ignored mean is NaN, whose gradient is meaningless
+        assume(x.shape[1] > 1)
+        target.flat[0] = (kwargs["ignore_index"] + 1) % x.shape[1]
     assert_gradcheck(lambda t: _call(cross_entropy, t, target, kwargs), x)
 
 
 @given(problem=problems(max_spatial=1))
 def test_nll_loss_gradcheck(problem):
     x, target, kwargs = problem
-    if kwargs["reduction"] == "mean" and np.all(target == IGNORE):
-        target.flat[0] = 0
+    if kwargs["reduction"] == "mean" and np.all(target == kwargs["ignore_index"]):
+        assume(x.shape[1] > 1)
+        target.flat[0] = (kwargs["ignore_index"] + 1) % x.shape[1]
     assert_gradcheck(lambda t: _call(nll_loss, t, target, _nll_kwargs(kwargs)), x)
 
 
@@ -192,6 +207,22 @@ def test_cuda_parity(dtype, reduction):
     tol = {"rtol": 1e-5, "atol": 1e-6}
     assert_cuda_parity(lambda t: _call(cross_entropy, t, target, kwargs, dtype), x, **tol)
     assert_cuda_parity(lambda t: _call(nll_loss, t, target, _nll_kwargs(kwargs), dtype), x, **tol)
+
+
+@pytest.mark.cuda
+@settings(max_examples=4)
+@given(problem=problems(max_spatial=1))
+def test_cuda_matches_oracle(problem):
+    # CUDA against the NumPy oracle, its gradient by central differences of the oracle
+    x, target, kwargs = problem
+    assume(not (kwargs["reduction"] == "mean" and np.all(target == kwargs["ignore_index"])))
+
+    def oracle(x, gy):
+        loss = lambda z: ref.cross_entropy(z, target, **kwargs)
+        return loss(x), [numerical_gradient(loss, x, gy)]
+
+    fn = lambda t: _call(cross_entropy, t, target, kwargs)
+    assert_matches_oracle(fn, [x], oracle, "cuda", rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.cuda

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import reference_conv as ref
-from helpers import arrays, assert_cuda_parity, assert_gradcheck, leaf
+from helpers import arrays, assert_cuda_parity, assert_gradcheck, assert_matches_oracle, leaf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,9 +13,16 @@ from minicbam.ops.matmul import matmul
 
 @st.composite
 def matmul_shapes(draw, max_side=5, max_batch_dims=2):
-    """Operand shapes torch.matmul accepts: 1-D vectors, 2-D, and broadcast batch dims."""
+    """Operand shapes torch.matmul accepts: 1-D vectors, 2-D, and broadcast batch dims.
+
+    The broadcast structure is drawn first: ``stretch_b`` / ``stretch_a`` give that operand
+    the full batch rank with at least one size-1 dimension that the other operand stretches
+    (its gradient must be summed over it); ``free`` draws each operand's rank and size-1
+    dimensions independently (vectors included)."""
     m, k, n = (draw(st.integers(1, max_side)) for _ in range(3))
-    batch = tuple(draw(st.lists(st.integers(1, 3), max_size=max_batch_dims)))
+    kind = draw(st.sampled_from(["free", "stretch_b", "stretch_a"]))
+    min_batch = 0 if kind == "free" else 1
+    batch = tuple(draw(st.lists(st.integers(2, 3), min_size=min_batch, max_size=max_batch_dims)))
 
     def operand(rows, cols, vector_ok):
         if vector_ok and draw(st.booleans()) and draw(st.booleans()):
@@ -24,7 +31,34 @@ def matmul_shapes(draw, max_side=5, max_batch_dims=2):
         lead = tuple(1 if draw(st.booleans()) else s for s in lead)  # broadcast some dims
         return lead + (rows, cols)
 
+    def stretched(rows, cols):
+        ones = draw(st.lists(st.booleans(), min_size=len(batch), max_size=len(batch)))
+        ones[draw(st.integers(0, len(batch) - 1))] = True  # at least one stretched dim
+        return tuple(1 if one else s for one, s in zip(ones, batch)) + (rows, cols)
+
+    if kind == "stretch_b":
+        return batch[draw(st.integers(0, len(batch) - 1)) :] + (m, k), stretched(k, n)
+    if kind == "stretch_a":
+        return stretched(m, k), batch[draw(st.integers(0, len(batch) - 1)) :] + (k, n)
     return operand(m, k, True), operand(k, n, True)
+
+
+def _sum_to(g, shape):
+    """NumPy: sum g over the dimensions broadcasting added or stretched to reach shape."""
+    g = g.sum(axis=tuple(range(g.ndim - len(shape))))
+    return g.sum(axis=tuple(d for d, s in enumerate(shape) if s == 1), keepdims=True)
+
+
+def matmul_oracle(a, b, gy):
+    """(y, [ga, gb]) from the loop oracle for y and NumPy for ga = gy b^T, gb = a^T gy."""
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    g2 = np.reshape(
+        gy, np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]) + (a2.shape[-2], b2.shape[-1])
+    )
+    ga = _sum_to(np.matmul(g2, np.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape)
+    gb = _sum_to(np.matmul(np.swapaxes(a2, -1, -2), g2), b2.shape).reshape(b.shape)
+    return ref.matmul(a, b), [ga, gb]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -41,6 +75,12 @@ def test_forward_matches_oracle(dtype, shapes, seed):
 @given(shapes=matmul_shapes(max_side=4), seed=st.integers(0, 2**31))
 def test_gradcheck(shapes, seed):
     assert_gradcheck(matmul, arrays(shapes[0], seed), arrays(shapes[1], seed + 1))
+
+
+@given(shapes=matmul_shapes(), seed=st.integers(0, 2**31))
+def test_gradients_match_oracle(shapes, seed):
+    a, b = arrays(shapes[0], seed), arrays(shapes[1], seed + 1)
+    assert_matches_oracle(matmul, [a, b], matmul_oracle, "cpu")
 
 
 @pytest.mark.parametrize(
@@ -86,6 +126,19 @@ def test_operator_and_empty_inner_dimension():
 def test_cuda_parity(shapes, seed):
     a, b = arrays(shapes[0], seed), arrays(shapes[1], seed + 1)
     assert_cuda_parity(matmul, a, b, rtol=1e-10, atol=1e-12)
+    assert_matches_oracle(matmul, [a, b], matmul_oracle, "cuda", rtol=1e-10)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "a_shape, b_shape",
+    [((2, 3, 5, 9), (2, 1, 9, 4)), ((3, 9, 5), (1, 5, 10)), ((1, 2, 4, 3), (3, 1, 3, 2))],
+)
+def test_cuda_broadcast_batches_match_oracle(a_shape, b_shape):
+    # a stretched size-1 batch dim of b (trailing: b's batch index has a divisor > 1) and of a;
+    # k = 9 and n = 10 leave partial tiles of 8 (the simulator's tile)
+    a, b = arrays(a_shape, 1), arrays(b_shape, 2)
+    assert_matches_oracle(matmul, [a, b], matmul_oracle, "cuda", rtol=1e-10)
 
 
 @pytest.mark.cuda

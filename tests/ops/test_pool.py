@@ -4,7 +4,13 @@ float64 gradient checks on hypothesis-drawn geometries, CUDA parity, errors."""
 import numpy as np
 import pytest
 import reference_pool as ref
-from helpers import assert_cuda_parity, assert_gradcheck, leaf
+from helpers import (
+    assert_cuda_parity,
+    assert_gradcheck,
+    assert_matches_oracle,
+    distinct_or_tied,
+    leaf,
+)
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -19,43 +25,84 @@ TOL = {np.float32: {"rtol": 1e-5, "atol": 1e-6}, np.float64: {"rtol": 1e-12, "at
 
 def distinct(shape, seed, dtype=np.float64):
     """Values in [-2, 2) with no ties (a scaled permutation): max windows have one winner."""
-    size = int(np.prod(shape))
-    perm = np.random.default_rng(seed).permutation(size).reshape(shape)
-    return (perm * (4.0 / max(size, 1)) - 2.0).astype(dtype)
+    return distinct_or_tied(shape, seed, False, dtype)
+
+
+def _sizes_with_overhang(k, s, p, lo, hi):
+    """Input sizes in [lo, hi] whose ceil-mode output has a last window past the padded edge
+    (it starts inside the input or left padding but ends beyond the right padding)."""
+    sizes = []
+    for size in range(lo, hi + 1):
+        span = size + 2 * p - k
+        if span >= 0 and span % s and (span // s + 1) * s < size + p:
+            sizes.append(size)
+    return sizes
 
 
 @st.composite
-def pool_cases(draw, dilation=True, max_n=2, max_c=3, max_side=7):
-    """(x shape, kernel, stride, padding, dilation, ceil_mode) with at least one output."""
-    k = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    p = (draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2)))
-    d = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) if dilation else (1, 1)
+def pool_cases(draw, dilation=True, max_n=2, max_c=3, max_side=7, kinds=("general", "fast2x2")):
+    """(x shape, kernel, stride, padding, dilation, ceil_mode) with at least one output.
+
+    The structure is drawn first, so that rare paths are not left to chance: ``fast2x2`` is
+    the CPU max-pool's unrolled path (2x2 window, no padding, no dilation, no overhang);
+    ``edge`` (avg-pool) is ceil mode with padding and a last window past the padded edge;
+    ``padded`` has padding on both sides; ``general`` is anything. Planes go up to 3 x 3 rows of windows with remainders."""
+    kind = draw(st.sampled_from(kinds))
+    if kind == "padded":  # windows of 2 or 3 with padding 1 on both sides
+        k = (draw(st.integers(2, 3)), draw(st.integers(2, 3)))
+        s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        p, d, ceil_mode = (1, 1), (1, 1), draw(st.booleans())
+    elif kind == "fast2x2":
+        k, p, d, ceil_mode = (2, 2), (0, 0), (1, 1), False
+        s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    else:
+        k = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        p = (draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2)))
+        d = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) if dilation else (1, 1)
+        ceil_mode = draw(st.booleans())
+    if kind == "edge":  # rows: kernel 3, stride 2 or 3, padding 1 (columns as drawn)
+        k, s, p, d = (3, k[1]), (draw(st.integers(2, 3)), s[1]), (1, p[1]), (1, 1)
+        ceil_mode = True
     h_min = max(1, d[0] * (k[0] - 1) + 1 - 2 * p[0])
     w_min = max(1, d[1] * (k[1] - 1) + 1 - 2 * p[1])
+    h_max, w_max = max(h_min, max_side), max(w_min, max_side)
+    overhang = _sizes_with_overhang(k[0], s[0], p[0], h_min, h_max) if kind == "edge" else []
     shape = (
         draw(st.integers(1, max_n)),
         draw(st.integers(1, max_c)),
-        draw(st.integers(h_min, max(h_min, max_side))),
-        draw(st.integers(w_min, max(w_min, max_side))),
+        draw(st.sampled_from(overhang)) if overhang else draw(st.integers(h_min, h_max)),
+        draw(st.integers(w_min, w_max)),
     )
-    return shape, k, s, p, d, draw(st.booleans())
+    return shape, k, s, p, d, ceil_mode
 
 
 seeds = st.integers(0, 2**16)
 
 
 # ----------------------------------------------------------------------------- max_pool2d
+def max_pool_oracle(k, s, p, d, ceil_mode):
+    def oracle(x, gy):
+        y, idx = ref.max_pool2d(x, k, s, p, d, ceil_mode)
+        return y, [ref.max_pool2d_grad(x.shape, idx, gy)]
+
+    return oracle
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@given(case=pool_cases(), seed=seeds)
-def test_max_pool_matches_oracle(dtype, case, seed):
+@given(case=pool_cases(), ties=st.booleans(), seed=seeds)
+def test_max_pool_matches_oracle(dtype, case, ties, seed):
+    # with ties the winner (index and gradient) must be the first maximum in scan order
     shape, k, s, p, d, ceil_mode = case
-    x = distinct(shape, seed, dtype)
+    x = distinct_or_tied(shape, seed, ties, dtype)
     y, idx = max_pool2d(mc.tensor(x), k, s, p, d, ceil_mode, return_indices=True)
     y_ref, idx_ref = ref.max_pool2d(x, k, s, p, d, ceil_mode)
     assert y.dtype == dtype and idx.dtype == np.int64
     np.testing.assert_array_equal(y.numpy(), y_ref)
     np.testing.assert_array_equal(idx.numpy(), idx_ref)
+    if np.all(idx_ref >= 0):  # an all-padding window's -inf has no gradient to compare
+        fn = lambda t: max_pool2d(t, k, s, p, d, ceil_mode)
+        assert_matches_oracle(fn, [x], max_pool_oracle(k, s, p, d, ceil_mode), "cpu", **TOL[dtype])
 
 
 @settings(max_examples=5)
@@ -109,11 +156,25 @@ def test_max_pool_defaults_and_3d_input():
 
 
 # ----------------------------------------------------------------------------- avg_pool2d
-avg_options = st.tuples(st.booleans(), st.sampled_from([None, 1, 3]))
+# (count_include_pad, divisor_override): no override half of the time, so that the divisor
+# rules (with and without the padding) are what the draw mostly checks
+avg_options = st.tuples(st.booleans(), st.sampled_from([None, None, None, 1, 3]))
+
+
+avg_cases = pool_cases(dilation=False, kinds=("general", "edge", "padded"))
+
+
+def avg_pool_oracle(k, s, p, ceil_mode, include_pad, override):
+    def oracle(x, gy):
+        options = (ceil_mode, include_pad, override)
+        y = ref.avg_pool2d(x, k, s, p, *options)
+        return y, [ref.avg_pool2d_grad(x.shape, gy, k, s, p, *options)]
+
+    return oracle
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@given(case=pool_cases(dilation=False), options=avg_options, seed=seeds)
+@given(case=avg_cases, options=avg_options, seed=seeds)
 def test_avg_pool_matches_oracle(dtype, case, options, seed):
     shape, k, s, p, _, ceil_mode = case
     include_pad, override = options
@@ -122,10 +183,13 @@ def test_avg_pool_matches_oracle(dtype, case, options, seed):
     y_ref = ref.avg_pool2d(x, k, s, p, ceil_mode, include_pad, override)
     assert y.dtype == dtype
     np.testing.assert_allclose(y.numpy(), y_ref, **TOL[dtype])
+    fn = lambda t: avg_pool2d(t, k, s, p, ceil_mode, include_pad, override)
+    oracle = avg_pool_oracle(k, s, p, ceil_mode, include_pad, override)
+    assert_matches_oracle(fn, [x.astype(np.float64)], oracle, "cpu")
 
 
 @settings(max_examples=5)
-@given(case=pool_cases(dilation=False), options=avg_options, seed=seeds)
+@given(case=avg_cases, options=avg_options, seed=seeds)
 def test_avg_pool_matches_torch(case, options, seed):
     torch = pytest.importorskip("torch")
     shape, k, s, p, _, ceil_mode = case
@@ -142,7 +206,11 @@ def test_avg_pool_matches_torch(case, options, seed):
     np.testing.assert_allclose(t.grad.numpy(), tx.grad.numpy(), rtol=1e-12, atol=1e-15)
 
 
-@given(case=pool_cases(dilation=False, max_side=5), options=avg_options, seed=seeds)
+@given(
+    case=pool_cases(dilation=False, max_side=5, kinds=("general", "edge", "padded")),
+    options=avg_options,
+    seed=seeds,
+)
 def test_avg_pool_gradcheck(case, options, seed):
     shape, k, s, p, _, ceil_mode = case
     include_pad, override = options
@@ -163,17 +231,27 @@ def adaptive_cases(draw):
     return shape, out
 
 
+def adaptive_max_oracle(out):
+    def oracle(x, gy):
+        y, idx = ref.adaptive_max_pool2d(x, out)
+        return y, [ref.max_pool2d_grad(x.shape, idx, gy)]
+
+    return oracle
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@given(case=adaptive_cases(), seed=seeds)
-def test_adaptive_matches_oracle(dtype, case, seed):
+@given(case=adaptive_cases(), ties=st.booleans(), seed=seeds)
+def test_adaptive_matches_oracle(dtype, case, ties, seed):
     shape, out = case
-    x = distinct(shape, seed, dtype)
+    x = distinct_or_tied(shape, seed, ties, dtype)
     y_avg = adaptive_avg_pool2d(mc.tensor(x), out)
     y_max, idx = adaptive_max_pool2d(mc.tensor(x), out, return_indices=True)
     np.testing.assert_allclose(y_avg.numpy(), ref.adaptive_avg_pool2d(x, out), **TOL[dtype])
     y_ref, idx_ref = ref.adaptive_max_pool2d(x, out)
     np.testing.assert_array_equal(y_max.numpy(), y_ref)
     np.testing.assert_array_equal(idx.numpy(), idx_ref)
+    fn = lambda t: adaptive_max_pool2d(t, out)
+    assert_matches_oracle(fn, [x.astype(np.float64)], adaptive_max_oracle(out), "cpu")
 
 
 @settings(max_examples=5)
@@ -231,6 +309,30 @@ def test_max_and_avg_pool_cuda_parity(dtype, case):
     _, idx_cpu = max_pool2d(mc.tensor(x), k, s, p, d, ceil_mode, return_indices=True)
     assert y.device == "cuda"
     np.testing.assert_array_equal(idx.numpy(), idx_cpu.numpy())
+
+
+@pytest.mark.cuda
+@settings(max_examples=6)
+@given(
+    case=pool_cases(max_n=1, max_c=2, max_side=5, kinds=("general", "fast2x2", "edge")),
+    ties=st.booleans(),
+    options=avg_options,
+    seed=seeds,
+)
+def test_pools_cuda_match_oracle(case, ties, options, seed):
+    # the CUDA kernels against the oracles (parity alone misses a bug in a shared body)
+    shape, k, s, p, d, ceil_mode = case
+    x = distinct_or_tied(shape, seed, ties)
+    if np.all(ref.max_pool2d(x, k, s, p, d, ceil_mode)[1] >= 0):
+        fn = lambda t: max_pool2d(t, k, s, p, d, ceil_mode)
+        assert_matches_oracle(fn, [x], max_pool_oracle(k, s, p, d, ceil_mode), "cuda")
+    if d == (1, 1):
+        fn = lambda t: avg_pool2d(t, k, s, p, ceil_mode, *options)
+        assert_matches_oracle(fn, [x], avg_pool_oracle(k, s, p, ceil_mode, *options), "cuda")
+    out = (shape[2] + 1) // 2, max(1, shape[3] - 1)
+    assert_matches_oracle(
+        lambda t: adaptive_max_pool2d(t, out), [x], adaptive_max_oracle(out), "cuda"
+    )
 
 
 @pytest.mark.cuda
