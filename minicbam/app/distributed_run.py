@@ -129,7 +129,7 @@ class _DistributedRun:
         self.test_loader = DataLoader(shard, batch_size=256) if len(shard) else None
 
     def epoch(self, out, progress, log):
-        from minicbam.app.train import _epoch_line, _save_outputs, run_epoch
+        from minicbam.app.train import _epoch_line, _save_outputs, record_epoch, run_epoch
 
         run, config = self.run, self.run.config
         start = time.perf_counter()
@@ -152,21 +152,7 @@ class _DistributedRun:
             test = run_epoch(
                 run.model, self.test_loader, config.device, progress=progress, desc=f"{tag} test"
             )
-        train_loss, train_acc = _global_means(train)
-        test_loss, test_acc = _global_means(test)
-        run.epoch += 1
-        row = {
-            "epoch": run.epoch,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "lr": lr,
-            "seconds": time.perf_counter() - start,
-        }
-        run.history.append(row)
-        best = test_acc > run.best_acc
-        run.best_acc = max(run.best_acc, test_acc)
+        row, best = record_epoch(run, _global_means(train), _global_means(test), lr, start)
         if log is not None:  # rank 0
             _save_outputs(run, out, best)
             log(_epoch_line(row, config.epochs, best))

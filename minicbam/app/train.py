@@ -258,21 +258,28 @@ def _train_epoch(run, out, progress, log):
     test_loss, test_acc, _ = run_epoch(
         run.model, run.test_loader, config.device, progress=progress, desc=f"{tag} test"
     )
-    run.epoch = epoch + 1
+    row, best = record_epoch(run, (train_loss, train_acc), (test_loss, test_acc), lr, start)
+    _save_outputs(run, out, best)
+    log(_epoch_line(row, config.epochs, best))
+
+
+def record_epoch(run, train, test, lr, start):
+    """Count the epoch, append its metrics row to ``run.history`` and track the best test
+    accuracy. ``train``/``test`` are (loss, accuracy); returns (row, best so far?)."""
+    run.epoch += 1
     row = {
         "epoch": run.epoch,
-        "train_loss": train_loss,
-        "train_acc": train_acc,
-        "test_loss": test_loss,
-        "test_acc": test_acc,
+        "train_loss": train[0],
+        "train_acc": train[1],
+        "test_loss": test[0],
+        "test_acc": test[1],
         "lr": lr,
         "seconds": time.perf_counter() - start,
     }
     run.history.append(row)
-    best = test_acc > run.best_acc
-    run.best_acc = max(run.best_acc, test_acc)
-    _save_outputs(run, out, best)
-    log(_epoch_line(row, config.epochs, best))
+    best = test[1] > run.best_acc
+    run.best_acc = max(run.best_acc, test[1])
+    return row, best
 
 
 def _save_outputs(run, out, best):
