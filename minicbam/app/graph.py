@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from minicbam.app.config import ATTENTIONS, MODELS, UserError
-from minicbam.app.plots import public_mode
+from minicbam.app.plots import public_mode, save_figure
 
 __all__ = ["add_graph", "draw_graph", "layered_layout"]
 
@@ -97,25 +97,7 @@ def draw_graph(nodes, edges, path):
     ax.set_xlim(-width / 2 - 0.2, width / 2 + 0.2)
     ax.set_ylim(-height + 0.4, 0.6)
     ax.axis("off")
-    _save(fig, path)
-
-
-def _save(fig, path):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    suffix = os.path.splitext(path)[1].lower()
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
-    try:
-        os.chmod(tmp, public_mode())
-        # svg.fonttype "none": labels stay <text> (searchable, small), not glyph outlines
-        with os.fdopen(fd, "wb") as f, matplotlib.rc_context({"svg.fonttype": "none"}):
-            fig.savefig(f, format=suffix[1:], dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def _write_text(text, path):

@@ -33,14 +33,17 @@ import minicbam as mc
 __all__ = ["attention_maps", "grad_cam", "plot_attention", "plot_curves", "upsample"]
 
 
-def _savefig(fig, path):
+def save_figure(fig, path):
+    """Write ``fig`` atomically to ``path`` (PNG or SVG, from the suffix) and close it."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
+    suffix = os.path.splitext(path)[1].lower() or ".png"
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
     try:
         os.chmod(tmp, public_mode())  # mkstemp makes it 0600; a plot is meant to be shared
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+        # svg.fonttype "none": SVG labels stay <text> (searchable, small), not glyph outlines
+        with os.fdopen(fd, "wb") as f, matplotlib.rc_context({"svg.fonttype": "none"}):
+            fig.savefig(f, format=suffix[1:], dpi=110, bbox_inches="tight")
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -78,7 +81,7 @@ def plot_curves(history, path, train_note=""):
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    _savefig(fig, path)
+    save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------ attention maps
@@ -225,7 +228,7 @@ def plot_attention(model, image, path, label=None, classes=None, device="cpu"):
     fig.suptitle(
         _caption(label, predicted, _softmax(scores[0])[predicted], classes, maps), fontsize=10
     )
-    _savefig(fig, path)
+    save_figure(fig, path)
     return {"maps": [(n, m.shape[1:]) for n, m in maps], "predicted": predicted, "path": path}
 
 
