@@ -293,33 +293,25 @@ def launcher(kernel, items=None, config=None):
     tests/cuda_compile relies on it). ``items(out, *args)`` gives the number of work items
     of a grid-stride loop (default ``out.size``); ``config(out, *args)`` instead returns
     ``(blocks, threads)`` directly, for kernels with 2-D blocks or shared-memory tiles.
-    ``launch.shape(out, *args)`` gives ``(blocks, threads, items)`` without launching.
+    ``launch.gpu_shape(out, *args)`` gives the ``(blocks, threads, items)`` a real GPU would
+    launch, without launching (for reports made on the simulator; ``config`` kernels report
+    their current configuration and items None).
     """
 
-    def shape(out, *args):
+    def shape(args, grid_config):
         if config is not None:
-            blocks, threads = config(out, *args)
-            return blocks, threads, None
-        n = out.size if items is None else items(out, *args)
-        return (*launch_config(n), n)
+            return (*config(*args), None)
+        n = args[0].size if items is None else items(*args)
+        return (*grid_config(n), n)
 
     def launch(out, *args):
-        blocks, threads, n = shape(out, *args)
+        blocks, threads, n = shape((out,) + args, launch_config)
         if events is not None:
             events.launched(kernel, out, args, blocks, threads, n)
         kernel[blocks, threads](out, *args)
 
-    def gpu_shape(out, *args):
-        """What a real GPU would launch (for reports made on the simulator): exact for
-        grid-stride kernels; ``config`` kernels report their current configuration."""
-        if config is not None:
-            return shape(out, *args)
-        n = out.size if items is None else items(out, *args)
-        return (*gpu_launch_config(n), n)
-
     launch.kernel = kernel
-    launch.shape = shape
-    launch.gpu_shape = gpu_shape
+    launch.gpu_shape = lambda *args: shape(args, gpu_launch_config)
     return launch
 
 
