@@ -22,6 +22,7 @@ the simulator, which runs one Python thread per CUDA thread.
 """
 
 import functools
+import math
 
 from minicbam import device
 
@@ -73,9 +74,9 @@ def block_argmax_device():
             return False
         if i < 0:
             return True
-        if w != w:  # NaN
-            return v == v or j < i
-        if v != v:
+        if math.isnan(w):
+            return not math.isnan(v) or j < i
+        if math.isnan(v):
             return False
         return w > v or (w == v and j < i)
 

@@ -1,6 +1,8 @@
 """The CUDA block reductions (minicbam/kernels/block_reduce.py) on the simulator: sums and
 (max, index) pairs against NumPy, with ties, NaN and threads that hold nothing."""
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -41,7 +43,7 @@ def _one_block_argmax(x):
         idxs = cuda.shared.array(T, np.int64)
         v, j = 0.0, -1
         for i in range(cuda.threadIdx.x, x.size, cuda.blockDim.x):
-            if j < 0 or x[i] > v or (x[i] != x[i] and v == v):
+            if j < 0 or x[i] > v or (math.isnan(x[i]) and not math.isnan(v)):
                 v, j = x[i], i
         b, w = block_argmax(vals, idxs, v, j)
         if cuda.threadIdx.x == 0:
