@@ -98,3 +98,33 @@ def block_argmax_device():
         return best, where
 
     return block_argmax
+
+
+# Blocks of a block-per-plane kernel on the simulator: more than one, so that the block
+# stride of the plane loop is exercised, and few, since every simulated thread is a Python
+# thread.
+SIM_PLANE_BLOCKS = 2
+
+
+def plane_blocks(planes):
+    """Blocks a GPU launches for ``planes`` planes: one each, at most device.MAX_BLOCKS (the
+    kernel's plane loop strides by the grid's block count)."""
+    return max(1, min(planes, device.MAX_BLOCKS))
+
+
+def plane_launcher(kernel, planes, items):
+    """``launch(out, *args)`` running ``kernel`` with one block of ``block_threads()`` threads
+    per plane (``planes(out, *args)`` of them). The kernel loops over planes with
+    ``range(cuda.blockIdx.x, P, cuda.gridDim.x)`` and over a plane's elements with
+    ``range(cuda.threadIdx.x, M, cuda.blockDim.x)``: neighbouring threads read neighbouring
+    addresses. ``launch.gpu_shape`` gives what a GPU would launch, with ``items(out, *args)``
+    (the elements reduced) as its work items."""
+
+    def config(*args):
+        if device.cuda_backend() == "sim":
+            return min(plane_blocks(planes(*args)), SIM_PLANE_BLOCKS), SIM_BLOCK
+        return plane_blocks(planes(*args)), GPU_BLOCK
+
+    launch = device.launcher(kernel, config=config)
+    launch.gpu_shape = lambda *args: (plane_blocks(planes(*args)), GPU_BLOCK, items(*args))
+    return launch

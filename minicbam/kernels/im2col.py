@@ -8,11 +8,12 @@ For x (N, C, H, W) and col (N, C*KH*KW, OH*OW), row r = (c*KH + kh)*KW + kw:
     col2im:  gx[n, c, h, w] = sum over (kh, kw, oh, ow) with h = oh*sh - ph + kh*dh and
              w = ow*sw - pw + kw*dw of gcol[n, r, oh*OW + ow]
 
-col2im is written as a gather: one worker owns one plane (n, c) of gx and sums every
-column entry that im2col read from it (rows r = (c, kh, kw) of gcol[n]), so it needs no
-atomics, is deterministic and is the same code on both devices. Bodies work on one col row
-(n, r) or one gx plane (n, c), with the per-tap index maths hoisted out of the pixel loops;
-the CPU launcher runs them in ``prange``, the CUDA kernel in a grid-stride loop.
+col2im is written as a gather, so it needs no atomics and is deterministic. On the CPU one
+task owns one plane (n, c) of gx and adds every column entry that im2col read from it (rows
+r = (c, kh, kw) of gcol[n]), with the per-tap index maths hoisted out of the pixel loops; a
+task fills one plane of col likewise. On CUDA one thread owns one element: im2col_at reads
+the input value of one col entry, col2im_at sums the (at most KH*KW) col entries of one gx
+element, in the order the CPU adds them, so both devices give the same bits.
 """
 
 from numba import int64, njit, prange
@@ -35,31 +36,40 @@ def valid_range(w0, s, W, OW):
 
 
 @register_jitable
-def im2col_row(col, x, n, r, geom, zero):
-    """col[n, r, :] (all OH*OW output positions of kernel tap r = (c, kh, kw))."""
-    KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = geom
+def im2col_at(x, n, r, q, geom, zero):
+    """col[n, r, q]: the input value that kernel tap r = (c, kh, kw) sees at output position
+    q = oh*OW + ow, or zero in the padding (one element, for one CUDA thread each)."""
+    KH, KW, sh, sw, ph, pw, dh, dw, _, OW = geom
     kw = r % KW
     kh = (r // KW) % KH
     c = r // (KH * KW)
-    w0 = kw * dw - pw
-    lo, hi = valid_range(w0, sw, x.shape[3], OW)
-    for oh in range(OH):
-        h = oh * sh - ph + kh * dh
-        base = oh * OW
-        if h < 0 or h >= x.shape[2]:
-            lo_h, hi_h = OW, OW  # the whole output row reads padding
-        else:
-            lo_h, hi_h = lo, hi
-        for ow in range(lo_h):
-            col[n, r, base + ow] = zero
-        if sw == 1:  # unit stride: a plain copy the compiler can vectorise
-            for ow in range(lo_h, hi_h):
-                col[n, r, base + ow] = x[n, c, h, w0 + ow]
-        else:
-            for ow in range(lo_h, hi_h):
-                col[n, r, base + ow] = x[n, c, h, w0 + ow * sw]
-        for ow in range(hi_h, OW):
-            col[n, r, base + ow] = zero
+    oh, ow = q // OW, q % OW
+    h = oh * sh - ph + kh * dh
+    w = ow * sw - pw + kw * dw
+    if h < 0 or h >= x.shape[2] or w < 0 or w >= x.shape[3]:
+        return zero
+    return x[n, c, h, w]
+
+
+@register_jitable
+def col2im_at(gcol, n, c, h, w, geom, zero):
+    """gx[n, c, h, w] gathered: the sum of the col entries im2col read from (h, w), taps in
+    (kh, kw) order, the order in which col2im_plane adds them (so both give the same bits).
+    Tap (kh, kw) read (h, w) at output (oh, ow) iff h + ph - kh*dh = oh*sh with 0 <= oh < OH,
+    and likewise for w."""
+    KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = geom
+    acc = zero
+    for kh in range(KH):
+        th = h + ph - kh * dh
+        if th < 0 or th % sh != 0 or th // sh >= OH:
+            continue
+        base = (th // sh) * OW
+        for kw in range(KW):
+            tw = w + pw - kw * dw
+            if tw < 0 or tw % sw != 0 or tw // sw >= OW:
+                continue
+            acc += gcol[n, (c * KH + kh) * KW + kw, base + tw // sw]
+    return acc
 
 
 @register_jitable
@@ -142,16 +152,21 @@ def _col2im_cpu(gx, gcol, geom, zero):
         col2im_plane_cpu(gx, gcol, t // C, t % C, geom, zero)
 
 
+# CUDA launchers: one thread per output element in a grid-stride loop. im2col's flat index
+# runs along col's last axis (contiguous even in conv2d's joined layout): neighbouring
+# threads write neighbouring addresses. col2im gathers, one thread per element of gx: no
+# two threads write one address, so no atomics and the same bits on every run.
 @device.cuda_factory
 def _im2col_cuda():
 
     @cuda.jit
     def im2col(col, x, geom, zero):
-        R = col.shape[1]
-        for t in range(cuda.grid(1), col.shape[0] * R, cuda.gridsize(1)):
-            im2col_row(col, x, t // R, t % R, geom, zero)
+        R, L = col.shape[1], col.shape[2]
+        for i in range(cuda.grid(1), col.size, cuda.gridsize(1)):
+            t = i // L
+            col[t // R, t % R, i % L] = im2col_at(x, t // R, t % R, i % L, geom, zero)
 
-    return device.launcher(im2col, items=lambda col, *args: col.shape[0] * col.shape[1])
+    return device.launcher(im2col)
 
 
 @device.cuda_factory
@@ -159,11 +174,13 @@ def _col2im_cuda():
 
     @cuda.jit
     def col2im(gx, gcol, geom, zero):
-        C = gx.shape[1]
-        for t in range(cuda.grid(1), gx.shape[0] * C, cuda.gridsize(1)):
-            col2im_plane(gx, gcol, t // C, t % C, geom, zero)
+        C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
+        for i in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
+            w, t = i % W, i // W
+            h, t = t % H, t // H
+            gx[t // C, t % C, h, w] = col2im_at(gcol, t // C, t % C, h, w, geom, zero)
 
-    return device.launcher(col2im, items=lambda gx, *args: gx.shape[0] * gx.shape[1])
+    return device.launcher(col2im)
 
 
 im2col_kernel = Kernel(cpu=_im2col_cpu, cuda=_im2col_cuda)

@@ -18,9 +18,11 @@ Gradients (sums over the K elements of channel c):
     training: gx = w invstd (gy - sum gy / K - x_hat sum (gy x_hat) / K)
     eval:     gx = w invstd gy
 
-Statistics are gathers, never atomics: one thread per (n, c) plane computes the plane's mean
-and M2 = sum (x - mean_plane)^2 (two passes over the plane, in float64), then one thread per
-channel combines its N planes exactly (Chan et al.):
+Statistics are gathers, never atomics: each (n, c) plane's mean and M2 = sum (x - mean_plane)^2
+are computed by two passes over the plane, in float64 (on the CPU one task per plane; on CUDA
+one block per plane, its threads striding over the plane so that neighbouring threads read
+neighbouring addresses, the partials combined by the block's fixed tree, block_reduce), then
+one thread per channel combines its N planes exactly (Chan et al.):
 
     mu = mean of the plane means,   M2 = sum M2_plane + M sum (mean_plane - mu)^2
 
@@ -32,12 +34,13 @@ has the same plane -> channel -> element structure.
 import math
 
 import numpy as np
-from numba import int64, njit, prange
+from numba import float64, int64, njit, prange
 from numba.extending import register_jitable
 
 from minicbam import device
 from minicbam.device import Kernel
 from minicbam.function import Function, check_same_device
+from minicbam.kernels import block_reduce
 
 cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
@@ -60,6 +63,13 @@ def plane_stats_at(pstats, plane, p, NC):
         d = plane[m] - mean
         m2 += d * d
         s += d
+    store_plane_stats(pstats, p, NC, M, mean, m2, s)
+
+
+@register_jitable
+def store_plane_stats(pstats, p, NC, M, mean, m2, s):
+    """pstats[p], pstats[NC + p] from the plane's first-pass mean, its sum of squared
+    deviations m2 and its sum of deviations s (0 but for the rounding error of mean)."""
     # the corrected two-pass algorithm: removes the M * err^2 a rounded mean adds to m2
     # (x ~ 1e15 + N(0, 1) in float64 lost 1% of the variance without it)
     pstats[p] = mean + s / M
@@ -222,20 +232,43 @@ def _input_grad_cpu(gx, gy, x, coef, C, M):
 
 # ----------------------------------------------------------------------------- CUDA kernels
 def _planes(psums_or_pstats, *args):
-    """Work items of the plane kernels: one per (n, c) plane."""
+    """Blocks of the plane kernels: one per (n, c) plane."""
     return psums_or_pstats.size // 2
+
+
+def _elements(psums_or_pstats, gy_or_x, *args):
+    """Work items of the plane kernels: the elements they reduce."""
+    return gy_or_x.size
 
 
 @device.cuda_factory
 def _plane_stats_cuda():
+    block_sum = block_reduce.block_sum_device()
+    T = block_reduce.block_threads()
 
     @cuda.jit
     def plane_stats(pstats, x, M):
+        # one block per plane; float64(...) keeps the simulator's sums in float64 as well
+        buf = cuda.shared.array(T, np.float64)
         NC = pstats.size // 2
-        for p in range(cuda.grid(1), NC, cuda.gridsize(1)):
-            plane_stats_at(pstats, x[p * M : (p + 1) * M], p, NC)
+        t, step = cuda.threadIdx.x, cuda.blockDim.x
+        for p in range(cuda.blockIdx.x, NC, cuda.gridDim.x):
+            lo = p * M
+            acc = 0.0
+            for m in range(t, M, step):
+                acc += float64(x[lo + m])
+            mean = block_sum(buf, acc) / M
+            m2, s = 0.0, 0.0
+            for m in range(t, M, step):
+                d = float64(x[lo + m]) - mean
+                m2 += d * d
+                s += d
+            m2 = block_sum(buf, m2)
+            s = block_sum(buf, s)
+            if t == 0:
+                store_plane_stats(pstats, p, NC, M, mean, m2, s)
 
-    return device.launcher(plane_stats, items=_planes)
+    return block_reduce.plane_launcher(plane_stats, planes=_planes, items=_elements)
 
 
 @device.cuda_factory
@@ -282,15 +315,29 @@ def _affine_cuda():
 
 @device.cuda_factory
 def _plane_grad_cuda():
+    block_sum = block_reduce.block_sum_device()
+    T = block_reduce.block_threads()
 
     @cuda.jit
     def plane_grad(psums, gy, x, stats, C, M):
+        # one block per plane, as plane_stats
+        buf = cuda.shared.array(T, np.float64)
         NC = psums.size // 2
-        for p in range(cuda.grid(1), NC, cuda.gridsize(1)):
-            lo, hi = p * M, (p + 1) * M
-            plane_grad_at(psums, gy[lo:hi], x[lo:hi], stats[p % C], p, NC)
+        t, step = cuda.threadIdx.x, cuda.blockDim.x
+        for p in range(cuda.blockIdx.x, NC, cuda.gridDim.x):
+            lo, mean = p * M, stats[p % C]
+            sg, sgx = 0.0, 0.0
+            for m in range(t, M, step):
+                g = float64(gy[lo + m])
+                sg += g
+                sgx += g * (x[lo + m] - mean)
+            sg = block_sum(buf, sg)
+            sgx = block_sum(buf, sgx)
+            if t == 0:
+                psums[p] = sg
+                psums[NC + p] = sgx
 
-    return device.launcher(plane_grad, items=_planes)
+    return block_reduce.plane_launcher(plane_grad, planes=_planes, items=_elements)
 
 
 @device.cuda_factory

@@ -10,19 +10,22 @@ For x (N, C, H, W) and logits l either (N, C, 1, 1) (channel gate) or (N, 1, H, 
     gl[j] = s[j] (1 - s[j]) sum_{i: j(i) = j} gy[i] x[i]
 
 ``gl`` is a gather per logit over its M = H W (channel gate) or C (spatial gate) elements,
-accumulated in float64: no atomics, the same on both devices. One op instead of PyTorch's
+accumulated in float64: no atomics, the same on both devices (on CUDA the channel gate's
+sum is one block per plane, its threads striding over the plane, combined by the block's
+fixed tree, kernels/block_reduce.py). One op instead of PyTorch's
 sigmoid + broadcast multiply, whose backward also needs a broadcast reduction.
 """
 
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import float64, njit, prange
 from numba.extending import register_jitable
 
 from minicbam import device
 from minicbam.device import Kernel
 from minicbam.function import Function
+from minicbam.kernels import block_reduce
 
 cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
@@ -151,18 +154,38 @@ def _scale_cuda():
 
 @device.cuda_factory
 def _logit_grad_cuda():
+    block_sum = block_reduce.block_sum_device()
+    T = block_reduce.block_threads()
 
     @cuda.jit
     def logit_grad(gl, gy, x, s, C, M, spatial):
-        for j in range(cuda.grid(1), gl.size, cuda.gridsize(1)):
-            if spatial:  # j = n M + m: elements (n, c, m) for c < C, M apart
+        if spatial:  # j = n M + m: elements (n, c, m) for c < C, M apart; one thread per
+            # logit, neighbouring threads on neighbouring pixels (coalesced)
+            for j in range(cuda.grid(1), gl.size, cuda.gridsize(1)):
                 lo = (j // M) * C * M + j % M
                 hi = lo + C * M
                 logit_grad_at(gl, gy[lo:hi:M], x[lo:hi:M], s, j)
-            else:  # j = n C + c: the plane's M contiguous elements
-                logit_grad_at(gl, gy[j * M : (j + 1) * M], x[j * M : (j + 1) * M], s, j)
+            return
+        # channel gate, j = n C + c: one block per plane of M contiguous elements, its
+        # threads striding over the plane; float64(...) keeps the simulator's sums in float64
+        buf = cuda.shared.array(T, np.float64)
+        t, step = cuda.threadIdx.x, cuda.blockDim.x
+        for j in range(cuda.blockIdx.x, gl.size, cuda.gridDim.x):
+            lo = j * M
+            acc = 0.0
+            for k in range(t, M, step):
+                acc += float64(gy[lo + k] * x[lo + k])  # as logit_grad_at: product in x's dtype
+            acc = block_sum(buf, acc)
+            if t == 0:
+                store_logit_grad(gl, j, s[j], acc)
 
-    return device.launcher(logit_grad)
+    def blocks(gl, gy, x, s, C, M, spatial):
+        # a block per plane (channel gate), or enough blocks for one thread per logit
+        return -(-gl.size // block_reduce.GPU_BLOCK) if spatial else gl.size
+
+    return block_reduce.plane_launcher(
+        logit_grad, planes=blocks, items=lambda gl, gy, *rest: gy.size
+    )
 
 
 sigmoid_kernel = Kernel(cpu=_sigmoid_cpu, cuda=_sigmoid_cuda)

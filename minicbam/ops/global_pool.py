@@ -7,7 +7,9 @@ For x (N, C, H, W), M = H W and ``pool_types`` a sequence of "avg" / "max" (P of
 
 The max keeps its argmax (flat h W + w of the FIRST maximum; a NaN wins, as in max_pool2d).
 This is the channel-attention squeeze of CBAM: both pools read x once, and the (P, N, C)
-output feeds one shared MLP. Sums accumulate in float64.
+output feeds one shared MLP. Sums accumulate in float64. The CPU pools one plane per task;
+CUDA one plane per block, its threads striding over the plane (coalesced reads), the
+partial sums and maxima combined by the block's fixed tree (kernels/block_reduce.py).
 
 Gradient (a gather per input element):
 
@@ -17,12 +19,13 @@ Gradient (a gather per input element):
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import float64, njit, prange
 from numba.extending import register_jitable
 
 from minicbam import device
 from minicbam.device import Kernel
 from minicbam.function import Function
+from minicbam.kernels import block_reduce
 
 cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
@@ -93,14 +96,47 @@ def _global_grad_cpu(gx, gy, argmax, M, avg_slot, max_slot):
 
 @device.cuda_factory
 def _global_pool_cuda():
+    block_sum = block_reduce.block_sum_device()
+    block_argmax = block_reduce.block_argmax_device()
+    T = block_reduce.block_threads()
 
     @cuda.jit
     def global_pool(y, argmax, x, M, avg_slot, max_slot):
+        # One block per plane, its threads striding over the plane. Each thread keeps
+        # global_plane's running max over its elements (the first maximum; a later NaN
+        # replaces an earlier one, so the LAST NaN); block_argmax then keeps the smaller
+        # index of a tie and the first NaN, so a NaN's index goes in mirrored (M - 1 - k):
+        # the first mirrored index is the last NaN, as on the CPU.
+        buf = cuda.shared.array(T, np.float64)
+        vals = cuda.shared.array(T, np.float64)  # float32 -> float64 is exact
+        idxs = cuda.shared.array(T, np.int64)
         NC = x.size // M
-        for p in range(cuda.grid(1), NC, cuda.gridsize(1)):
-            global_plane(y, argmax, x[p * M : (p + 1) * M], p, NC, avg_slot, max_slot)
+        t, step = cuda.threadIdx.x, cuda.blockDim.x
+        for p in range(cuda.blockIdx.x, NC, cuda.gridDim.x):
+            lo = p * M
+            acc, best, best_k = 0.0, 0.0, -1
+            for k in range(t, M, step):
+                v = float64(x[lo + k])
+                acc += v
+                if best_k < 0 or v > best or math.isnan(v):
+                    best, best_k = v, k
+            if math.isnan(best):
+                best_k = M - 1 - best_k
+            total = block_sum(buf, acc)
+            best, best_k = block_argmax(vals, idxs, best, best_k)
+            if t == 0:
+                if avg_slot >= 0:
+                    y[avg_slot * NC + p] = total / M
+                if max_slot >= 0:
+                    y[max_slot * NC + p] = best
+                    argmax[p] = M - 1 - best_k if math.isnan(best) else best_k
 
-    return device.launcher(global_pool, items=lambda y, argmax, x, M, *rest: x.size // M)
+    def planes(y, argmax, x, M, *rest):
+        return x.size // M
+
+    return block_reduce.plane_launcher(
+        global_pool, planes=planes, items=lambda y, argmax, x, *rest: x.size
+    )
 
 
 @device.cuda_factory
