@@ -107,3 +107,29 @@ def conv2d_scipy(x, w, b=None, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1)
             maps.append(y[::sh, ::sw] + (0.0 if b is None else b[co]))
         out.append(np.stack(maps))
     return np.stack(out)
+
+
+def im2col(x, geom):
+    """col (N, C*KH*KW, OH*OW) with explicit loops: col[n, (c*KH + kh)*KW + kw, oh*OW + ow]
+    is x[n, c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw], 0 outside x."""
+    KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = geom
+    N, C, H, W = x.shape
+    col = np.zeros((N, C * KH * KW, OH * OW), x.dtype)
+    for n, c, kh, kw, oh, ow in np.ndindex(N, C, KH, KW, OH, OW):
+        h, w = oh * sh - ph + kh * dh, ow * sw - pw + kw * dw
+        if 0 <= h < H and 0 <= w < W:
+            col[n, (c * KH + kh) * KW + kw, oh * OW + ow] = x[n, c, h, w]
+    return col
+
+
+def col2im(gcol, x_shape, geom):
+    """im2col's adjoint in float64: every col entry added back to the input element it
+    was read from (entries read from the padding dropped)."""
+    KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = geom
+    N, C, H, W = x_shape
+    gx = np.zeros(x_shape)
+    for n, c, kh, kw, oh, ow in np.ndindex(N, C, KH, KW, OH, OW):
+        h, w = oh * sh - ph + kh * dh, ow * sw - pw + kw * dw
+        if 0 <= h < H and 0 <= w < W:
+            gx[n, c, h, w] += gcol[n, (c * KH + kh) * KW + kw, oh * OW + ow]
+    return gx
