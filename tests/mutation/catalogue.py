@@ -15,6 +15,8 @@ CONV = ["tests/ops/test_conv2d.py"]
 POOL = ["tests/ops/test_pool.py"]
 ATT_OPS = ["tests/ops/test_attention_ops.py"]
 BN = ["tests/ops/test_batch_norm.py"]
+PLANES = ["tests/ops/test_plane_kernels_cuda.py"]  # the CUDA block-per-plane kernels
+IM2COL_K = ["tests/kernels/test_im2col.py"]
 SOFTMAX = ["tests/ops/test_softmax.py"]
 CE = ["tests/ops/test_cross_entropy.py"]
 OPTIM = ["tests/optim/test_optimizers.py", "tests/optim/test_optim_cuda.py"]
@@ -357,18 +359,42 @@ MUTANTS = [
     m(
         "im2col-cuda-dilation-axis",
         IM2COL,
-        "        h = oh * sh - ph + kh * dh\n        base = oh * OW\n        if h < 0 or h >= x.shape[2]:",
-        "        h = oh * sh - ph + kh * dw\n        base = oh * OW\n        if h < 0 or h >= x.shape[2]:",
-        CONV,
-        "[cuda] im2col_row: row dilation swapped with the column dilation",
+        "    h = oh * sh - ph + kh * dh\n    w = ow * sw - pw + kw * dw\n",
+        "    h = oh * sh - ph + kh * dw\n    w = ow * sw - pw + kw * dw\n",
+        IM2COL_K + CONV,
+        "[cuda] im2col_at: row dilation swapped with the column dilation",
+    ),
+    m(
+        "im2col-cuda-right-edge",
+        IM2COL,
+        "if h < 0 or h >= x.shape[2] or w < 0 or w >= x.shape[3]:",
+        "if h < 0 or h >= x.shape[2] or w < 0 or w > x.shape[3]:",
+        IM2COL_K + CONV,
+        "[cuda] im2col_at: the column one past the right edge read instead of padding",
     ),
     m(
         "col2im-overwrite",
         IM2COL,
         "gx[n, c, h, w0 + ow] += gcol[n, r, base + ow]",
         "gx[n, c, h, w0 + ow] = gcol[n, r, base + ow]",
-        CONV,
-        "[both] col2im: unit-stride taps overwrite instead of accumulate",
+        CONV + IM2COL_K,
+        "[cpu] col2im_plane: unit-stride taps overwrite instead of accumulate",
+    ),
+    m(
+        "col2im-cuda-gather-overwrite",
+        IM2COL,
+        "acc += gcol[n, (c * KH + kh) * KW + kw, base + tw // sw]",
+        "acc = gcol[n, (c * KH + kh) * KW + kw, base + tw // sw]",
+        IM2COL_K + CONV,
+        "[cuda] col2im_at: each tap overwrites the gathered sum instead of adding to it",
+    ),
+    m(
+        "col2im-cuda-stride-remainder",
+        IM2COL,
+        "if th < 0 or th % sh != 0 or th // sh >= OH:",
+        "if th < 0 or th // sh >= OH:",
+        IM2COL_K + CONV,
+        "[cuda] col2im_at: rows between the stride's grid points gather a tap they never fed",
     ),
     m(
         "conv-same-even-kernel-sides",
@@ -474,7 +500,7 @@ MUTANTS = [
         "if v > best or math.isnan(v):\n            best, best_k = v, k",
         "if v >= best or math.isnan(v):\n            best, best_k = v, k",
         ATT_OPS,
-        "[both] global max pool: ties go to the last maximum",
+        "[cpu] global max pool (global_plane): ties go to the last maximum",
     ),
     m(
         "global-pool-avg-normaliser",
@@ -482,7 +508,7 @@ MUTANTS = [
         "y[avg_slot * NC + p] = acc / plane.size",
         "y[avg_slot * NC + p] = acc / NC",
         ATT_OPS,
-        "[both] global avg pool: divides by the number of planes",
+        "[cpu] global avg pool (global_plane): divides by the number of planes",
     ),
     m(
         "global-grad-cpu-avg-scale",
@@ -507,6 +533,30 @@ MUTANTS = [
         "    if max_slot >= 0 and argmax[p] == k:\n        g += gy[p]",
         ATT_OPS,
         "[cuda] global pool backward: the max slot's gradient read from slot 0",
+    ),
+    m(
+        "global-pool-cuda-avg-normaliser",
+        GPOOL,
+        "y[avg_slot * NC + p] = total / M",
+        "y[avg_slot * NC + p] = total / NC",
+        PLANES + ATT_OPS,
+        "[cuda] global pool kernel: the avg divides by the number of planes",
+    ),
+    m(
+        "global-pool-cuda-tie-last",
+        GPOOL,
+        "                if best_k < 0 or v > best or math.isnan(v):",
+        "                if best_k < 0 or v >= best or math.isnan(v):",
+        PLANES + ATT_OPS,
+        "[cuda] global pool kernel: a thread's tie goes to its last element, not its first",
+    ),
+    m(
+        "global-pool-cuda-nan-unmirrored",
+        GPOOL,
+        "argmax[p] = M - 1 - best_k if math.isnan(best) else best_k",
+        "argmax[p] = best_k",
+        PLANES + ATT_OPS,
+        "[cuda] global pool kernel: a NaN's mirrored index stored as it is",
     ),
     m(
         "channel-pool-tie-last",
@@ -564,6 +614,14 @@ MUTANTS = [
         ATT_OPS,
         "[both] gate logit backward body: the factor x dropped",
     ),
+    m(
+        "gate-logit-grad-cuda-plane-stride",
+        GATE,
+        "for j in range(cuda.blockIdx.x, gl.size, cuda.gridDim.x):",
+        "for j in range(cuda.blockIdx.x, gl.size, cuda.blockDim.x):",
+        PLANES + ATT_OPS,
+        "[cuda] channel gate logit backward: planes strided by the block size, not the grid",
+    ),
     # ------------------------------------------------------------------ batch norm (shared bodies)
     m(
         "bn-var-between-planes",
@@ -603,7 +661,31 @@ MUTANTS = [
         "        d = plane[m] - mean\n        m2 += d * d",
         "        d = plane[m]\n        m2 += d * d",
         BN,
-        "[both] batch norm plane_stats_at: raw second moment instead of squared deviations",
+        "[cpu] batch norm plane_stats_at: raw second moment instead of squared deviations",
+    ),
+    m(
+        "bn-plane-stats-cuda-raw-moment",
+        BN_PY,
+        "                d = float64(x[lo + m]) - mean\n",
+        "                d = float64(x[lo + m])\n",
+        PLANES + BN,
+        "[cuda] batch norm plane_stats kernel: raw second moment instead of squared deviations",
+    ),
+    m(
+        "bn-plane-stats-cuda-no-correction",
+        BN_PY,
+        "                store_plane_stats(pstats, p, NC, M, mean, m2, s)",
+        "                store_plane_stats(pstats, p, NC, M, mean, m2, 0.0)",
+        PLANES + BN,
+        "[cuda] batch norm plane_stats kernel: the two-pass correction of the plane mean dropped",
+    ),
+    m(
+        "bn-plane-grad-cuda-channel",
+        BN_PY,
+        "lo, mean = p * M, stats[p % C]",
+        "lo, mean = p * M, stats[p // C]",
+        PLANES + BN,
+        "[cuda] batch norm plane_grad kernel: the sample index taken for the channel's mean",
     ),
     m(
         "bn-eval-no-eps",
