@@ -54,7 +54,21 @@ def _network_ops(rng, dtype):
     optim.AdamW([x, w], lr=1e-3).step()
 
 
+def _long_reductions(rng, dtype):
+    """Reductions long enough that a GPU plan splits them over blocks (two stages): a sum,
+    a maximum and a mean loss to one value, few columns of many rows, a conv bias gradient
+    over a large plane."""
+    x = _leaf(rng, (3, 20000), dtype)
+    loss = x.sum() + x.amax() + mc.ops.l1_loss(x, x.detach() * 0.5) + x.sum(0).sum()
+    _ = (x.argmax(), mc.tensor(np.arange(60000).reshape(20000, 3)).sum(0))
+    y = F.conv2d(
+        _leaf(rng, (2, 4, 64, 64), dtype), _leaf(rng, (4, 4, 1, 1), dtype), _leaf(rng, (4,), dtype)
+    )
+    (loss + y.mean()).backward()
+
+
 def run_all_ops(dtype):
     rng = np.random.default_rng(0)
     _core_ops(rng, dtype)
     _network_ops(rng, dtype)
+    _long_reductions(rng, dtype)
