@@ -14,7 +14,9 @@ On CUDA it is a shared-memory tiled kernel. Each block computes T x T output til
 batch matrix in a block-stride loop, each thread a P x P block of the tile kept in
 registers; per step of D along k it stages a T x D tile of op(a) and a D x T tile of op(b)
 in shared memory, the threads reading each stored operand in its memory order (coalesced,
-transposed or not) and every value a thread loads from a tile serving P products. The batch
+transposed or not) and every value a thread loads from a tile serving P products
+(T, P, D = 64, 4, 16 on a GPU: 256 threads of 16 outputs each; 8, 2, 4 under the
+simulator). The batch
 index of an operand is ``(bi // div) % mod`` of the output's flat batch index ``bi``, which
 covers "same batch", "no batch" and a broadcast over leading or trailing batch dims; any
 other broadcast is materialised first. Both devices receive these 3-D arrays and maps (one
@@ -220,18 +222,29 @@ def make_gemm_cuda(tile, per_thread, depth, max_blocks):
                     if i < M and j < N:
                         out[bi, i, j] = acc[m, n]
 
+    return device.launcher(gemm, config=tile_config(tile, per_thread, max_blocks))
+
+
+def tile_config(tile, per_thread, max_blocks):
+    """``config(out, *args)``: (blocks, threads) of the GEMM for a tiling."""
+    TD = tile // per_thread
+
     def config(out, *args):
         tiles = out.shape[0] * -(-out.shape[1] // tile) * -(-out.shape[2] // tile)
         return min(tiles, max_blocks), (TD, TD)
 
-    return device.launcher(gemm, config=config)
+    return config
 
 
 @device.cuda_factory
 def _gemm_cuda():
-    if device.cuda_backend() == "sim":
-        return make_gemm_cuda(SIM_TILE, SIM_PER_THREAD, SIM_DEPTH, SIM_MAX_TILE_BLOCKS)
-    return make_gemm_cuda(GPU_TILE, GPU_PER_THREAD, GPU_DEPTH, GPU_MAX_TILE_BLOCKS)
+    gpu_config = tile_config(GPU_TILE, GPU_PER_THREAD, GPU_MAX_TILE_BLOCKS)
+    if device.cuda_backend() != "sim":
+        return make_gemm_cuda(GPU_TILE, GPU_PER_THREAD, GPU_DEPTH, GPU_MAX_TILE_BLOCKS)
+    launch = make_gemm_cuda(SIM_TILE, SIM_PER_THREAD, SIM_DEPTH, SIM_MAX_TILE_BLOCKS)
+    # reports made on the simulator ask what a GPU would launch: the GPU tiling
+    launch.gpu_shape = lambda *args: (*gpu_config(*args), None)
+    return launch
 
 
 gemm_kernel = Kernel(cpu=_gemm_cpu, cuda=_gemm_cuda)

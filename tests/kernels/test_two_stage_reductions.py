@@ -1,5 +1,6 @@
 """The two-stage CUDA reductions (kernels/two_stage.py) on the simulator: row sums, column
-sums, row maxima and the conv bias gradient against NumPy AND the CPU kernel, on sizes
+sums, row maxima and the conv bias gradient against NumPy AND the CPU kernel, and the ops
+that reduce to one value (mean losses, var, amax, clip_grad_norm_) on long inputs, on sizes
 drawn across the block (32 threads), the short-row threshold and the split into several
 blocks per row (up to 6 under the simulator), and two launches giving the same bits.
 
@@ -12,7 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minicbam import device
+import minicbam as mc
+from minicbam import device, optim
+from minicbam.device_events import count_device_events
 from minicbam.kernels import two_stage
 from minicbam.kernels.gemm import bias_grad_kernel
 from minicbam.ops.max import max_rows_kernel
@@ -186,3 +189,82 @@ def test_gpu_plans_of_argmax_columns_and_bias_grad_use_two_stages():
     assert len(_plan(sum_columns_kernel, np.empty(3), np.empty(3 * n), n, np.float64(0))) == 2
     stages = _plan(bias_grad_kernel, np.empty(4), np.empty(64 * 4 * 1024), 4, 1024, np.float64(0))
     assert len(stages) == 2 and stages[0][1] >= 4 * 32
+
+
+# ----------------------------------------------------------------------------- ops
+def _reductions_to_one_value(x, t):
+    """(name, function of minicbam tensors) for the ops that reduce to one value."""
+    F = mc.ops
+    return {
+        "sum": x.sum(),
+        "mean": x.mean(),
+        "var": x.var(),
+        "amax": x.amax(),
+        "mse": F.mse_loss(x, t),
+        "l1": F.l1_loss(x, t),
+        "bce_logits": F.binary_cross_entropy_with_logits(x, t.sigmoid()),
+        "bce": F.binary_cross_entropy(x.sigmoid(), t.sigmoid()),
+    }
+
+
+def _oracle(x, t):
+    s = 1 / (1 + np.exp(-x))
+    p = 1 / (1 + np.exp(-t))
+    return {
+        "sum": x.sum(),
+        "mean": x.mean(),
+        "var": x.var(ddof=1),
+        "amax": x.max(),
+        "mse": ((x - t) ** 2).mean(),
+        "l1": np.abs(x - t).mean(),
+        "bce_logits": -(p * np.log(s) + (1 - p) * np.log(1 - s)).mean(),
+        "bce": -(p * np.log(s) + (1 - p) * np.log(1 - s)).mean(),
+    }
+
+
+@given(n=st.integers(33, 200), dtype=st.sampled_from(FLOATS), seed=st.integers(0, 99))
+def test_reductions_to_one_value_on_cuda_match_the_oracle_and_cpu(n, dtype, seed):
+    # n > 32: the simulator's plan splits the one row over 2 to 6 blocks
+    rng = np.random.default_rng(seed)
+    x, t = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    on = {
+        d: _reductions_to_one_value(mc.tensor(x, device=d), mc.tensor(t, device=d))
+        for d in ("cpu", "cuda")
+    }
+    want = _oracle(x.astype(np.float64), t.astype(np.float64))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for name, value in want.items():
+        got = on["cuda"][name].numpy()
+        np.testing.assert_allclose(got, value, rtol=tol, atol=tol, err_msg=name)
+        np.testing.assert_allclose(got, on["cpu"][name].numpy(), rtol=tol, atol=tol, err_msg=name)
+    assert int(mc.tensor(x, device="cuda").argmax().numpy()) == int(np.argmax(x))
+
+
+def test_a_sum_to_one_value_runs_two_stages():
+    x = mc.tensor(np.arange(150, dtype=np.float64), device="cuda")
+    with count_device_events() as events:
+        total = x.sum()
+    (first, blocks1, *_), (second, blocks2, *_) = events.launch_log
+    assert first == second == "sum_segments" and blocks1 > 1 and blocks2 == 1
+    assert float(total.numpy()) == 150 * 149 / 2
+
+
+def test_clip_grad_norm_on_cuda_matches_cpu():
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal(s) for s in [(70,), (3, 40), (5,)]]
+    norms = {}
+    for d in ("cpu", "cuda"):
+        params = [mc.tensor(g * 0, device=d, requires_grad=True) for g in grads]
+        for p, g in zip(params, grads):
+            p.grad = mc.tensor(g, device=d)
+        norms[d] = (
+            optim.clip_grad_norm_(params, 1.0),
+            optim.clip_grad_norm_(params, 10.0, norm_type=np.inf),
+            [p.grad.numpy() for p in params],
+        )
+    want = np.sqrt(sum((g * g).sum() for g in grads))
+    np.testing.assert_allclose(norms["cuda"][0], want, rtol=1e-12)
+    np.testing.assert_allclose(norms["cuda"][0], norms["cpu"][0], rtol=1e-12)
+    np.testing.assert_allclose(norms["cuda"][1], norms["cpu"][1], rtol=1e-12)
+    for a, b in zip(norms["cuda"][2], norms["cpu"][2]):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
