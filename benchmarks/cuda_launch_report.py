@@ -9,7 +9,8 @@ would launch on a real GPU for the same arguments (``launch.gpu_shape``): blocks
 and the work items of its grid-stride loop, against the elements of the call's largest
 array. A kernel whose work items are far fewer than its elements walks planes or rows with
 one thread each. The simulator is needed only to build the launchers (nothing is launched).
-``config`` kernels (GEMM tiles) report their configuration on the simulator, marked ``*``.
+``config`` kernels (GEMM tiles) report blocks x threads of the GPU tiling, marked ``*``:
+they have no grid-stride work items (each thread computes a block of outputs).
 
 ``--counts`` instead runs a few Adam steps of a small digits CNN on "cuda" (the simulator)
 and prints what the last one asked of the device (minicbam.device_events): launches,

@@ -286,7 +286,7 @@ def gpu_launch_config(n):
     return blocks, THREADS_PER_BLOCK
 
 
-def launcher(kernel, items=None, config=None):
+def launcher(kernel, items=None, config=None, stages=None):
     """``launch(out, *args)`` running ``kernel[blocks, threads](out, *args)``.
 
     The kernel receives exactly the Kernel's arguments (the PTX compile check in
@@ -296,6 +296,14 @@ def launcher(kernel, items=None, config=None):
     ``launch.gpu_shape(out, *args)`` gives the ``(blocks, threads, items)`` a real GPU would
     launch, without launching (for reports made on the simulator; ``config`` kernels report
     their current configuration and items None).
+
+    ``stages(gpu, out, *args)`` instead plans a call made of several launches (a two-stage
+    reduction: per-block partials into a scratch buffer, then one block per output). It
+    returns ``[(kernel, blocks, threads, items, kernel_args), ...]``, launched in order, with
+    any scratch buffer made by ``empty`` on ``out``'s device; ``gpu`` asks for a real GPU's
+    plan rather than the current backend's. ``launch.stages(out, *args)`` is the GPU plan,
+    which the PTX check compiles stage by stage, and ``gpu_shape`` is its first stage (the
+    one that reads the input).
     """
 
     def shape(args, grid_config):
@@ -305,13 +313,23 @@ def launcher(kernel, items=None, config=None):
         return (*grid_config(n), n)
 
     def launch(out, *args):
+        if stages is not None:
+            for k, blocks, threads, n, kernel_args in stages(cuda_backend() != "sim", out, *args):
+                if events is not None:
+                    events.launched(k, kernel_args[0], kernel_args[1:], blocks, threads, n)
+                k[blocks, threads](*kernel_args)
+            return
         blocks, threads, n = shape((out,) + args, launch_config)
         if events is not None:
             events.launched(kernel, out, args, blocks, threads, n)
         kernel[blocks, threads](out, *args)
 
     launch.kernel = kernel
-    launch.gpu_shape = lambda *args: shape(args, gpu_launch_config)
+    if stages is None:
+        launch.gpu_shape = lambda *args: shape(args, gpu_launch_config)
+    else:
+        launch.stages = lambda *args: stages(True, *args)
+        launch.gpu_shape = lambda *args: stages(True, *args)[0][1:4]
     return launch
 
 

@@ -11,8 +11,12 @@ a strided view that BLAS reads with its transpose flag, so nothing is copied). B
 called inside ``@njit`` (a second OpenBLAS pool would fight NumPy's; docs/design.md).
 
 On CUDA it is a shared-memory tiled kernel. Each block computes T x T output tiles of one
-batch matrix in a block-stride loop; per step of T along k it stages a T x T tile of op(a)
-and of op(b) in shared memory, reading the stored operand transposed when asked. The batch
+batch matrix in a block-stride loop, each thread a P x P block of the tile kept in
+registers; per step of D along k it stages a T x D tile of op(a) and a D x T tile of op(b)
+in shared memory, the threads reading each stored operand in its memory order (coalesced,
+transposed or not) and every value a thread loads from a tile serving P products
+(T, P, D = 64, 4, 16 on a GPU: 256 threads of 16 outputs each; 8, 2, 4 under the
+simulator). The batch
 index of an operand is ``(bi // div) % mod`` of the output's flat batch index ``bi``, which
 covers "same batch", "no batch" and a broadcast over leading or trailing batch dims; any
 other broadcast is materialised first. Both devices receive these 3-D arrays and maps (one
@@ -20,6 +24,7 @@ argument list, so the PTX check can replay CPU calls); the CPU turns them back i
 broadcasting views for np.matmul.
 """
 
+import functools
 import itertools
 
 import numpy as np
@@ -28,13 +33,17 @@ from numba.extending import register_jitable
 
 from minicbam import device
 from minicbam.device import Kernel
+from minicbam.kernels import block_reduce, two_stage
 from minicbam.kernels.strided import broadcast_array
 from minicbam.kernels.task_pool import cpu_workers, pool_usable, run_tasks, single_threaded_blas
 
 cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
-SIM_TILE = 8  # under the simulator every CUDA thread is a Python thread (docs/design.md)
-GPU_TILE = 16
+# Output tiles of the CUDA GEMM: GPU_TILE^2 outputs per block, GPU_PER_THREAD^2 per thread
+# (16 x 16 = 256 threads, 16 outputs each, k staged 16 at a time). Under the simulator every
+# CUDA thread is a Python thread (docs/design.md): 8 x 8 tiles of 4 x 4 threads.
+SIM_TILE, SIM_PER_THREAD, SIM_DEPTH = 8, 2, 4
+GPU_TILE, GPU_PER_THREAD, GPU_DEPTH = 64, 4, 16
 SIM_MAX_TILE_BLOCKS = 4
 GPU_MAX_TILE_BLOCKS = 65535
 
@@ -142,53 +151,100 @@ def _as_batched(x, batch):
 
 
 @device.cuda_factory
-def _gemm_cuda():
-    sim = device.cuda_backend() == "sim"
-    T = SIM_TILE if sim else GPU_TILE  # a closure constant: fixed at compile time
-    max_blocks = SIM_MAX_TILE_BLOCKS if sim else GPU_MAX_TILE_BLOCKS
+def make_gemm_cuda(tile, per_thread, depth, max_blocks):
+    """The CUDA GEMM launcher for ``tile`` x ``tile`` output tiles, each thread computing a
+    ``per_thread`` x ``per_thread`` register block of them, ``depth`` steps of k per stage.
+
+    A block has (tile / per_thread)^2 threads; thread (ty, tx) owns the outputs at rows
+    ty + m * TD and columns tx + n * TD of the tile (TD = tile / per_thread, m, n <
+    per_thread), so neighbouring threads write neighbouring columns."""
+    TD = tile // per_thread
+    NT = TD * TD
+    R = per_thread
+    BK = depth
+    # shared tiles padded by one column: the transposed stores then spread over the banks
+    SA_SHAPE = (tile, depth + 1)
+    SB_SHAPE = (depth, tile + 1)
 
     @cuda.jit
     def gemm(out, a, b, ta, tb, a_div, a_mod, b_div, b_mod, zero):
-        sa = cuda.shared.array((T, T), a.dtype)
-        sb = cuda.shared.array((T, T), a.dtype)
+        # sa[i, k] = op(a)[i0 + i, k0 + k], sb[k, j] = op(b)[k0 + k, j0 + j]
+        sa = cuda.shared.array(SA_SHAPE, a.dtype)
+        sb = cuda.shared.array(SB_SHAPE, a.dtype)
+        acc = cuda.local.array((R, R), a.dtype)
+        brow = cuda.local.array(R, a.dtype)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
+        lt = ty * TD + tx  # neighbouring tx, neighbouring lt
         M = out.shape[1]
         N = out.shape[2]
         K = a.shape[1] if ta else a.shape[2]
-        tiles_n = (N + T - 1) // T
-        per_batch = ((M + T - 1) // T) * tiles_n
+        tiles_n = (N + tile - 1) // tile
+        per_batch = ((M + tile - 1) // tile) * tiles_n
         # every thread of a block runs the same iterations, so each syncthreads is uniform
         for t in range(cuda.blockIdx.x, out.shape[0] * per_batch, cuda.gridDim.x):
             bi = t // per_batch
-            i = ((t % per_batch) // tiles_n) * T + ty
-            j = (t % tiles_n) * T + tx
+            i0 = ((t % per_batch) // tiles_n) * tile
+            j0 = (t % tiles_n) * tile
             ab = (bi // a_div) % a_mod
             bb = (bi // b_div) % b_mod
-            acc = zero
-            for k0 in range(0, K, T):
-                ka = k0 + tx
-                kb = k0 + ty
-                va = zero
-                if i < M and ka < K:
-                    va = a[ab, ka, i] if ta else a[ab, i, ka]
-                vb = zero
-                if kb < K and j < N:
-                    vb = b[bb, j, kb] if tb else b[bb, kb, j]
-                sa[ty, tx] = va
-                sb[ty, tx] = vb
+            for m in range(R):
+                for n in range(R):
+                    acc[m, n] = zero
+            for k0 in range(0, K, BK):
+                # e walks each tile in its stored operand's memory order: neighbouring
+                # threads read neighbouring addresses whether or not it is transposed
+                for e in range(lt, tile * BK, NT):
+                    ii, kk = (e % tile, e // tile) if ta else (e // BK, e % BK)
+                    v = zero
+                    if i0 + ii < M and k0 + kk < K:
+                        v = a[ab, k0 + kk, i0 + ii] if ta else a[ab, i0 + ii, k0 + kk]
+                    sa[ii, kk] = v
+                for e in range(lt, tile * BK, NT):
+                    jj, kk = (e // BK, e % BK) if tb else (e % tile, e // tile)
+                    v = zero
+                    if k0 + kk < K and j0 + jj < N:
+                        v = b[bb, j0 + jj, k0 + kk] if tb else b[bb, k0 + kk, j0 + jj]
+                    sb[kk, jj] = v
                 cuda.syncthreads()
-                for k in range(T):
-                    acc += sa[ty, k] * sb[k, tx]
+                for k in range(BK):
+                    for n in range(R):
+                        brow[n] = sb[k, tx + n * TD]
+                    for m in range(R):
+                        av = sa[ty + m * TD, k]
+                        for n in range(R):
+                            acc[m, n] += av * brow[n]
                 cuda.syncthreads()  # before the next step overwrites the tiles
-            if i < M and j < N:
-                out[bi, i, j] = acc
+            for m in range(R):
+                for n in range(R):
+                    i = i0 + ty + m * TD
+                    j = j0 + tx + n * TD
+                    if i < M and j < N:
+                        out[bi, i, j] = acc[m, n]
+
+    return device.launcher(gemm, config=tile_config(tile, per_thread, max_blocks))
+
+
+def tile_config(tile, per_thread, max_blocks):
+    """``config(out, *args)``: (blocks, threads) of the GEMM for a tiling."""
+    TD = tile // per_thread
 
     def config(out, *args):
-        tiles = out.shape[0] * -(-out.shape[1] // T) * -(-out.shape[2] // T)
-        return min(tiles, max_blocks), (T, T)
+        tiles = out.shape[0] * -(-out.shape[1] // tile) * -(-out.shape[2] // tile)
+        return min(tiles, max_blocks), (TD, TD)
 
-    return device.launcher(gemm, config=config)
+    return config
+
+
+@device.cuda_factory
+def _gemm_cuda():
+    gpu_config = tile_config(GPU_TILE, GPU_PER_THREAD, GPU_MAX_TILE_BLOCKS)
+    if device.cuda_backend() != "sim":
+        return make_gemm_cuda(GPU_TILE, GPU_PER_THREAD, GPU_DEPTH, GPU_MAX_TILE_BLOCKS)
+    launch = make_gemm_cuda(SIM_TILE, SIM_PER_THREAD, SIM_DEPTH, SIM_MAX_TILE_BLOCKS)
+    # reports made on the simulator ask what a GPU would launch: the GPU tiling
+    launch.gpu_shape = lambda *args: (*gpu_config(*args), None)
+    return launch
 
 
 gemm_kernel = Kernel(cpu=_gemm_cpu, cuda=_gemm_cuda)
@@ -269,15 +325,52 @@ def _add_bias_cuda():
     return device.launcher(add_bias)
 
 
+@functools.cache
+@device.cuda_factory
+def _bias_grad_segments_kernel():
+    """Stage kernel of the bias gradient (kernels/two_stage.py): ``out[c * S + s]`` = the sum
+    of gy[n, c, l] over all l and the samples n of chunk s (ceil(N / S) samples each), in
+    gy's dtype like the CPU kernel; the block's threads read along l (coalesced)."""
+    T = block_reduce.block_threads()
+    block_sum = block_reduce.block_sum_device()
+
+    @cuda.jit
+    def bias_grad_segments(out, gy, C, L, S, zero):
+        buf = cuda.shared.array(T, gy.dtype)
+        N = gy.size // (C * L) if C * L > 0 else 0
+        NS = (N + S - 1) // S
+        for p in range(cuda.blockIdx.x, out.size, cuda.gridDim.x):  # uniform per block
+            c = p // S
+            n0 = (p % S) * NS
+            acc = zero
+            for e in range(cuda.threadIdx.x, (min(N, n0 + NS) - n0) * L, T):
+                acc += gy[((n0 + e // L) * C + c) * L + e % L]
+            total = block_sum(buf, acc)
+            if cuda.threadIdx.x == 0:
+                out[p] = total
+
+    return bias_grad_segments
+
+
 @device.cuda_factory
 def _bias_grad_cuda():
 
-    @cuda.jit
-    def bias_grad(gb, gy, C, L, zero):
-        for c in range(cuda.grid(1), C, cuda.gridsize(1)):
-            gb[c] = bias_grad_at(gy, c, C, L, zero)
+    def stages(gpu, gb, gy, C, L, zero):
+        """S blocks per channel, each over a chunk of samples; then (S > 1) one block per
+        channel adds the channel's S partials, read as a gy of one sample (N=1, C, L=S)."""
+        seg = _bias_grad_segments_kernel()
+        T = two_stage.threads(gpu)
+        N = gy.size // (C * L) if C * L else 0
+        S = max(1, min(N, two_stage.segments(C, N * L, gpu)))
+        if S == 1:
+            return [(seg, two_stage.blocks(C, gpu), T, gy.size, (gb, gy, C, L, 1, zero))]
+        partials = device.empty((C * S,), gy.dtype, device.device_of(gb))
+        return [
+            (seg, two_stage.blocks(C * S, gpu), T, gy.size, (partials, gy, C, L, S, zero)),
+            (seg, two_stage.blocks(C, gpu), T, C * S, (gb, partials, C, S, 1, zero)),
+        ]
 
-    return device.launcher(bias_grad)
+    return device.launcher(_bias_grad_segments_kernel(), stages=stages)
 
 
 add_bias_kernel = Kernel(cpu=_add_bias_cpu, cuda=_add_bias_cuda)

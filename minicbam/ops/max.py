@@ -10,9 +10,16 @@
 
 NaN propagates: a row holding NaN has maximum NaN (its index points at the NaN), and amax's
 gradient of such a row is NaN (no element equals NaN; PyTorch's 0/0).
+
+On CUDA short rows are one thread's and longer ones are split over blocks as the sums are
+(kernels/two_stage.py): each block finds its segment's (maximum, first position) with the
+block tree (a tie keeps the smaller position, NaN wins), then one block per row picks
+among the segments' candidates by the same rule, so the index is the row's first maximum.
 """
 
 import collections
+import functools
+import math
 
 import numpy as np
 from numba import njit, prange
@@ -21,6 +28,7 @@ from numba.extending import register_jitable
 from minicbam import device
 from minicbam.device import Kernel
 from minicbam.function import Function
+from minicbam.kernels import block_reduce, two_stage
 from minicbam.ops.reduce import from_rows, keepdim_shape, normalize_dims, rows_layout
 from minicbam.tensor import Tensor
 
@@ -83,6 +91,41 @@ def _index_grad_cpu(gx, index, gy, K):
         index_grad_row(gx, index, gy, r, K)
 
 
+@functools.cache
+@device.cuda_factory
+def _max_segments_kernel():
+    """Stage kernel of the row maxima (kernels/two_stage.py): ``(values[p], indices[p])`` =
+    the first maximum of segment ``p % S`` of row ``p // S`` of the rows ``x`` (K elements)
+    and its position in the row; ``chained``: ``x`` holds stage-1 maxima whose positions
+    are ``x_index`` (-1: an empty segment), else the positions are k itself."""
+    T = block_reduce.block_threads()
+    block_argmax = block_reduce.block_argmax_device()
+
+    @cuda.jit
+    def max_segments(values, indices, x, x_index, K, S, chained):
+        vals = cuda.shared.array(T, x.dtype)
+        idxs = cuda.shared.array(T, np.int64)
+        L = (K + S - 1) // S
+        for p in range(cuda.blockIdx.x, values.size, cuda.gridDim.x):  # uniform per block
+            base = (p // S) * K
+            lo = (p % S) * L
+            best = x[base]
+            where = -1  # nothing yet
+            # a thread meets its candidates in increasing position: strict > keeps the first
+            for k in range(lo + cuda.threadIdx.x, min(K, lo + L), T):
+                v = x[base + k]
+                j = x_index[base + k] if chained else k
+                if j >= 0 and (where < 0 or v > best or (math.isnan(v) and not math.isnan(best))):
+                    best = v
+                    where = j
+            best, where = block_argmax(vals, idxs, best, where)
+            if cuda.threadIdx.x == 0:
+                values[p] = best
+                indices[p] = where
+
+    return max_segments
+
+
 @device.cuda_factory
 def _max_rows_cuda():
 
@@ -93,7 +136,29 @@ def _max_rows_cuda():
             indices[r] = best
             values[r] = x[r * K + best]
 
-    return device.launcher(max_rows)
+    def stages(gpu, values, indices, x, K):
+        """Short rows: one thread per row. Longer ones: S blocks per row, then (S > 1) one
+        block per row over the S (maximum, position) partials."""
+        R = values.size
+        if two_stage.small_row(K, gpu):
+            return [(max_rows, *two_stage.thread_grid(R, gpu), R, (values, indices, x, K))]
+        seg = _max_segments_kernel()
+        T = two_stage.threads(gpu)
+        S = two_stage.segments(R, K, gpu)
+        if S == 1:
+            args = (values, indices, x, indices, K, 1, False)
+            return [(seg, two_stage.blocks(R, gpu), T, x.size, args)]
+        dev = device.device_of(values)
+        part_values = device.empty((R * S,), x.dtype, dev)
+        part_indices = device.empty((R * S,), np.int64, dev)
+        first = (part_values, part_indices, x, part_indices, K, S, False)
+        second = (values, indices, part_values, part_indices, S, 1, True)
+        return [
+            (seg, two_stage.blocks(R * S, gpu), T, x.size, first),
+            (seg, two_stage.blocks(R, gpu), T, R * S, second),
+        ]
+
+    return device.launcher(max_rows, stages=stages)
 
 
 @device.cuda_factory

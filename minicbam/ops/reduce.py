@@ -5,12 +5,19 @@
 
 The reduced dimensions are moved last (a gather, skipped when they already are), so
 every reduction is a row reduction of an (R, K) matrix: ``out[r] = sum_k x[r * K + k]``,
-one row per CPU iteration / CUDA thread. Reducing *leading* dimensions (a batch: bias
-gradients, broadcast gradients, per-sample partial sums) instead sums the columns of an
-(R, J) matrix in place, ``out[j] = sum_r x[r * J + j]``, without moving anything. Sums
-accumulate in float64 for float32 inputs too, so results do not depend on the sizes or
-the device.
+one row per CPU iteration. Reducing *leading* dimensions (a batch: bias gradients,
+broadcast gradients, per-sample partial sums) instead sums the columns of an (R, J) matrix
+in place, ``out[j] = sum_r x[r * J + j]``, without moving anything. Sums accumulate in
+float64 for float32 inputs too, so results hardly depend on the sizes or the device.
+
+On CUDA (kernels/two_stage.py) a short row is one thread's; longer rows get one block
+each, or several when rows are few (a sum to one value), whose float64 partials one block
+per row then adds in a fixed tree; column sums split many rows into chunks the same way.
+The grouping depends only on the shape, so every run gives the same bits; they may differ
+from the CPU's sequential sums in the last float64 bit.
 """
+
+import functools
 
 import numpy as np
 from numba import njit, prange
@@ -19,6 +26,7 @@ from minicbam import device
 from minicbam.device import Kernel
 from minicbam.dtypes import sum_type
 from minicbam.function import Function
+from minicbam.kernels import block_reduce, two_stage
 from minicbam.kernels.strided import broadcast_array, permute_array
 
 cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
@@ -33,6 +41,34 @@ def _sum_rows_cpu(out, x, K, zero):
         out[r] = acc
 
 
+@functools.cache
+@device.cuda_factory
+def _sum_segments_kernel(kind):
+    """Stage kernel of the row sums (kernels/two_stage.py): ``out[p]`` = the sum of segment
+    ``p % S`` of row ``p // S`` of the (out.size / S, K) rows ``x``, accumulated (thread
+    slices, then the block tree) in float64 for ``kind`` "f" and in int64 for "i"."""
+    T = block_reduce.block_threads()
+    acc_dtype = np.float64 if kind == "f" else np.int64
+    block_sum = block_reduce.block_sum_device()
+
+    @cuda.jit
+    def sum_segments(out, x, K, S, zero):
+        buf = cuda.shared.array(T, acc_dtype)
+        L = (K + S - 1) // S
+        # every thread of a block visits the same pairs p, so block_sum's barriers are uniform
+        for p in range(cuda.blockIdx.x, out.size, cuda.gridDim.x):
+            base = (p // S) * K
+            lo = (p % S) * L
+            acc = zero
+            for k in range(lo + cuda.threadIdx.x, min(K, lo + L), T):  # coalesced
+                acc += x[base + k]
+            total = block_sum(buf, acc)
+            if cuda.threadIdx.x == 0:
+                out[p] = total
+
+    return sum_segments
+
+
 @device.cuda_factory
 def _sum_rows_cuda():
 
@@ -44,7 +80,25 @@ def _sum_rows_cuda():
                 acc += x[r * K + k]
             out[r] = acc
 
-    return device.launcher(sum_rows)
+    def stages(gpu, out, x, K, zero):
+        """Short rows: one thread per row. Longer ones: S blocks per row, then (S > 1) one
+        block per row over the S partials."""
+        R = out.size
+        if two_stage.small_row(K, gpu):
+            return [(sum_rows, *two_stage.thread_grid(R, gpu), R, (out, x, K, zero))]
+        acc_dtype = np.asarray(zero).dtype
+        seg = _sum_segments_kernel(acc_dtype.kind)
+        T = two_stage.threads(gpu)
+        S = two_stage.segments(R, K, gpu)
+        if S == 1:
+            return [(seg, two_stage.blocks(R, gpu), T, x.size, (out, x, K, 1, zero))]
+        partials = device.empty((R * S,), acc_dtype, device.device_of(out))
+        return [
+            (seg, two_stage.blocks(R * S, gpu), T, x.size, (partials, x, K, S, zero)),
+            (seg, two_stage.blocks(R, gpu), T, R * S, (out, partials, S, 1, zero)),
+        ]
+
+    return device.launcher(sum_rows, stages=stages)
 
 
 sum_rows_kernel = Kernel(cpu=_sum_rows_cpu, cuda=_sum_rows_cuda, float64_math=True)
@@ -70,15 +124,32 @@ def _sum_columns_cpu(out, x, R, zero):
 def _sum_columns_cuda():
 
     @cuda.jit
-    def sum_columns(out, x, R, zero):
-        J = out.size
-        for j in range(cuda.grid(1), J, cuda.gridsize(1)):  # neighbouring threads, neighbouring j
+    def sum_column_chunks(out, x, R, J, S, zero):
+        # out[s * J + j] = sum of x[r * J + j] over the rows r of chunk s (L rows each);
+        # neighbouring threads take neighbouring columns j (coalesced)
+        L = (R + S - 1) // S
+        for p in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+            s = p // J
+            j = p % J
             acc = zero
-            for r in range(R):
+            for r in range(s * L, min(R, s * L + L)):
                 acc += x[r * J + j]
-            out[j] = acc
+            out[p] = acc
 
-    return device.launcher(sum_columns)
+    def stages(gpu, out, x, R, zero):
+        """Few columns and many rows: S chunks of rows, then the (S, J) partials summed."""
+        J = out.size
+        S = two_stage.column_chunks(R, J, gpu)
+        if S == 1:
+            return [(sum_column_chunks, *two_stage.thread_grid(J, gpu), J, (out, x, R, J, 1, zero))]
+        partials = device.empty((S * J,), np.asarray(zero).dtype, device.device_of(out))
+        chunks = (partials, x, R, J, S, zero)
+        return [
+            (sum_column_chunks, *two_stage.thread_grid(S * J, gpu), S * J, chunks),
+            (sum_column_chunks, *two_stage.thread_grid(J, gpu), J, (out, partials, S, J, 1, zero)),
+        ]
+
+    return device.launcher(sum_column_chunks, stages=stages)
 
 
 sum_columns_kernel = Kernel(cpu=_sum_columns_cpu, cuda=_sum_columns_cuda, float64_math=True)

@@ -5,6 +5,7 @@ import numpy as np
 import minicbam as mc
 import minicbam.nn.functional as F
 from minicbam import optim
+from minicbam.kernels.gemm import bias_grad
 
 
 def _leaf(rng, shape, dtype):
@@ -54,7 +55,20 @@ def _network_ops(rng, dtype):
     optim.AdamW([x, w], lr=1e-3).step()
 
 
+def _long_reductions(rng, dtype):
+    """Reductions long enough that a GPU plan splits them over blocks (two stages): a sum,
+    a maximum and a mean loss to one value, few columns of many rows, a bias gradient of
+    8 samples over large planes."""
+    x = _leaf(rng, (3, 20000), dtype)
+    loss = x.sum() + x.amax() + mc.ops.l1_loss(x, x.detach() * 0.5) + x.sum(0).sum()
+    _ = (x.argmax(), mc.tensor(np.arange(60000).reshape(20000, 3)).sum(0))
+    loss.backward()
+    # the CPU convolution computes its bias gradient per chunk of samples: call it directly
+    bias_grad(rng.standard_normal(8 * 4 * 1024).astype(dtype), 4, 1024)
+
+
 def run_all_ops(dtype):
     rng = np.random.default_rng(0)
     _core_ops(rng, dtype)
     _network_ops(rng, dtype)
+    _long_reductions(rng, dtype)

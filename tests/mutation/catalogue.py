@@ -21,6 +21,8 @@ SOFTMAX = ["tests/ops/test_softmax.py"]
 CE = ["tests/ops/test_cross_entropy.py"]
 OPTIM = ["tests/optim/test_optimizers.py", "tests/optim/test_optim_cuda.py"]
 ATT_NN = ["tests/nn/test_attention.py"]
+TWO_STAGE = ["tests/kernels/test_two_stage_reductions.py"]
+GEMM_CUDA = ["tests/kernels/test_gemm_cuda.py"]
 
 
 def m(id, file, original, replacement, tests, description):
@@ -149,10 +151,34 @@ MUTANTS = [
     m(
         "sum-columns-cuda-first-row",
         REDUCE,
-        "for r in range(R):\n                acc += x[r * J + j]",
-        "for r in range(1, R):\n                acc += x[r * J + j]",
-        CORE,
-        "[cuda] column sum: the first row skipped",
+        "for r in range(s * L, min(R, s * L + L)):",
+        "for r in range(s * L + 1, min(R, s * L + L)):",
+        TWO_STAGE + CORE,
+        "[cuda] column sum: the first row of each chunk of rows skipped",
+    ),
+    m(
+        "sum-columns-cuda-chunk-remainder",
+        REDUCE,
+        "        L = (R + S - 1) // S\n",
+        "        L = R // S\n",
+        TWO_STAGE + CORE,
+        "[cuda] column sum: chunks of R // S rows, the last R % S rows never added",
+    ),
+    m(
+        "sum-rows-cuda-segment-remainder",
+        REDUCE,
+        "        L = (K + S - 1) // S\n",
+        "        L = K // S\n",
+        TWO_STAGE + CORE,
+        "[cuda] row sum: segments of K // S elements, the row's last K % S never read",
+    ),
+    m(
+        "sum-rows-cuda-partial-skipped",
+        REDUCE,
+        "(seg, two_stage.blocks(R, gpu), T, R * S, (out, partials, S, 1, zero)),",
+        "(seg, two_stage.blocks(R, gpu), T, R * S, (out, partials[1:], S - 1, 1, zero)),",
+        TWO_STAGE + CORE,
+        "[cuda] row sum: the second stage skips the first block's partial",
     ),
     m(
         "sum-rows-cpu-last",
@@ -203,6 +229,22 @@ MUTANTS = [
         "[both] max/argmax: ties go to the last maximum",
     ),
     m(
+        "max-rows-cuda-tie-later",
+        MAX,
+        "if j >= 0 and (where < 0 or v > best or",
+        "if j >= 0 and (where < 0 or v >= best or",
+        TWO_STAGE + CORE,
+        "[cuda] max/argmax of long rows: a thread's later tie replaces its first maximum",
+    ),
+    m(
+        "max-rows-cuda-last-pair",
+        MAX,
+        "for p in range(cuda.blockIdx.x, values.size, cuda.gridDim.x):",
+        "for p in range(cuda.blockIdx.x, values.size - 1, cuda.gridDim.x):",
+        TWO_STAGE + CORE,
+        "[cuda] max/argmax of long rows: the last (row, segment) partial never computed",
+    ),
+    m(
         "max-index-grad-cuda-last-row",
         MAX,
         "for r in range(cuda.grid(1), index.size, cuda.gridsize(1)):",
@@ -230,9 +272,9 @@ MUTANTS = [
     m(
         "gemm-cuda-k-tail",
         GEMM,
-        "for k0 in range(0, K, T):",
-        "for k0 in range(0, K - T + 1, T):",
-        MATMUL,
+        "for k0 in range(0, K, BK):",
+        "for k0 in range(0, K - BK + 1, BK):",
+        GEMM_CUDA + MATMUL,
         "[cuda] tiled GEMM: the partial last tile along k skipped",
     ),
     m(
@@ -240,16 +282,32 @@ MUTANTS = [
         GEMM,
         "bb = (bi // b_div) % b_mod",
         "bb = bi % b_mod",
-        MATMUL,
+        GEMM_CUDA + MATMUL,
         "[cuda] tiled GEMM: b's batch index ignores its divisor (broadcast over trailing batch dims)",
     ),
     m(
         "gemm-cuda-tile-row",
         GEMM,
-        "i = ((t % per_batch) // tiles_n) * T + ty",
-        "i = ((t % per_batch) % tiles_n) * T + ty",
-        MATMUL,
+        "i0 = ((t % per_batch) // tiles_n) * tile",
+        "i0 = ((t % per_batch) % tiles_n) * tile",
+        GEMM_CUDA + MATMUL,
         "[cuda] tiled GEMM: the tile row taken modulo instead of divided",
+    ),
+    m(
+        "gemm-cuda-register-columns",
+        GEMM,
+        "brow[n] = sb[k, tx + n * TD]",
+        "brow[n] = sb[k, tx * R + n]",
+        GEMM_CUDA + MATMUL,
+        "[cuda] tiled GEMM: a thread's register block reads adjacent columns but writes strided ones",
+    ),
+    m(
+        "gemm-cuda-a-k-remainder",
+        GEMM,
+        "if i0 + ii < M and k0 + kk < K:",
+        "if i0 + ii < M and k0 + kk <= K:",
+        GEMM_CUDA + MATMUL,
+        "[cuda] tiled GEMM: a's staged tile reads one k past the end instead of a zero",
     ),
     m(
         "gemm-batch-map-divisor",
@@ -273,7 +331,15 @@ MUTANTS = [
         "        acc += part\n",
         "        acc = part\n",
         MATMUL + CONV,
-        "[both] bias gradient: only the last sample's partial sum kept",
+        "[cpu] bias gradient: only the last sample's partial sum kept",
+    ),
+    m(
+        "bias-grad-cuda-last-chunk",
+        GEMM,
+        "for e in range(cuda.threadIdx.x, (min(N, n0 + NS) - n0) * L, T):",
+        "for e in range(cuda.threadIdx.x, (min(N - 1, n0 + NS) - n0) * L, T):",
+        TWO_STAGE + CONV,
+        "[cuda] bias gradient: the last sample left out of the last chunk of samples",
     ),
     m(
         "bias-add-channel-index",
