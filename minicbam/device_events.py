@@ -44,6 +44,7 @@ class DeviceEvents:
         self.device_to_host = 0
         self.launches = 0
         self.host_arguments = 0
+        self.error_reads = 0  # reads of the device error buffer, at a host read
         self.per_kernel = Counter()
         self.launch_log = []  # (name, blocks, threads, items or None, largest array size)
 
@@ -85,6 +86,7 @@ class DeviceEvents:
             "host_to_device": self.host_to_device,
             "device_to_host": self.device_to_host,
             "host_arguments": self.host_arguments,
+            "error_reads": self.error_reads,
         }
 
 
