@@ -226,7 +226,7 @@ def empty(shape, dtype, device):
         return np.empty(shape, dtype=dtype)
     if events is not None:
         events.allocated(shape, dtype)
-    return cuda_module().device_array(shape, dtype=np.dtype(dtype))
+    return device_pool.empty(shape, dtype)
 
 
 def full(shape, value, dtype, device):
@@ -252,7 +252,11 @@ def to_device(array, device):
         _raise_pending_errors()
         return array.copy_to_host()
     # ascontiguousarray makes 0-d arrays 1-d; reshape keeps the shape
-    return cuda_module().to_device(np.ascontiguousarray(array).reshape(array.shape))
+    host = np.ascontiguousarray(array).reshape(array.shape)
+    out = empty(host.shape, host.dtype, CUDA)  # from the pool, as every CUDA array
+    if host.size:
+        out.copy_to_device(host)
+    return out
 
 
 def copy(array):
@@ -453,3 +457,15 @@ def _fill_cuda():
 
 
 fill_kernel = Kernel(cpu=_fill_cpu, cuda=_fill_cuda)
+
+
+# Every CUDA array comes from the caching allocator; its counters and cache, as torch.cuda's.
+from minicbam import device_pool  # noqa: E402  (it uses this module's names at call time)
+from minicbam.device_pool import (  # noqa: E402, F401  (re-exported)
+    empty_cache,
+    max_memory_allocated,
+    memory_allocated,
+    memory_reserved,
+    memory_stats,
+    reset_peak_memory_stats,
+)
