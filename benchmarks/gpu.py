@@ -31,8 +31,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import run as harness  # noqa: E402  (benchmarks/run.py: table, summaries, environments)
-import workloads  # noqa: E402
+import run as harness  # benchmarks/run.py: the table, summaries and environments
+import workloads
 
 NAMES = ("resnet18_cbam_train_gpu", "cbam_fwd_bwd_gpu")
 
@@ -149,9 +149,20 @@ def _numba_gpu_name():
 def spawn(framework, name, args):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework,
-               "--only", name, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-               "--result", path]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            framework,
+            "--only",
+            name,
+            "--repeats",
+            str(args.repeats),
+            "--warmup",
+            str(args.warmup),
+            "--result",
+            path,
+        ]
         subprocess.run(cmd, check=True, env=dict(os.environ))
         with open(path) as f:
             return json.load(f)
@@ -218,8 +229,10 @@ def main(argv=None):
     if problem is not None:
         print(f"benchmarks/gpu.py: no GPU rows: {problem}")
         return 2
-    print(f"separate processes, alternating, {args.rounds} rounds; {args.repeats} synchronised "
-          f"calls after {args.warmup} warm-up per process")
+    print(
+        f"separate processes, alternating, {args.rounds} rounds; {args.repeats} synchronised "
+        f"calls after {args.warmup} warm-up per process"
+    )
     print(harness.HEADER)
     rows, processes = [], []
     for name in names:
@@ -231,8 +244,7 @@ def main(argv=None):
     harness.print_environment(processes)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"argv": sys.argv[1:], "results": rows, "processes": processes}, f,
-                      indent=2)
+            json.dump({"argv": sys.argv[1:], "results": rows, "processes": processes}, f, indent=2)
     return 0
 
 

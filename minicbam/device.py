@@ -460,8 +460,8 @@ fill_kernel = Kernel(cpu=_fill_cpu, cuda=_fill_cuda)
 
 
 # Every CUDA array comes from the caching allocator; its counters and cache, as torch.cuda's.
-from minicbam import device_pool  # noqa: E402  (it uses this module's names at call time)
-from minicbam.device_pool import (  # noqa: E402, F401  (re-exported)
+from minicbam import device_pool  # imported last: it uses this module's names at call time
+from minicbam.device_pool import (  # noqa: F401  (re-exported)
     empty_cache,
     max_memory_allocated,
     memory_allocated,

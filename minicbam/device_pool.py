@@ -126,7 +126,7 @@ class _BlockView:
     """Owns one request's view of a simulated block; NumPy arrays made from it (and all
     their views) keep it alive through their ``base``."""
 
-    __slots__ = ("block", "__array_interface__", "__weakref__")
+    __slots__ = ("__array_interface__", "__weakref__", "block")
 
     def __init__(self, block, shape, dtype):
         self.block = block

@@ -39,7 +39,13 @@ def test_bucket_fits_with_at_most_a_quarter_slack(n):
 
 def test_bucket_classes():
     assert [device_pool.bucket(n) for n in (1, 512, 513, 640, 641, 1024, 1025)] == [
-        512, 512, 640, 640, 768, 1024, 1280
+        512,
+        512,
+        640,
+        640,
+        768,
+        1024,
+        1280,
     ]
 
 

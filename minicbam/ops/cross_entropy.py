@@ -39,9 +39,9 @@ from minicbam import device, device_errors
 from minicbam.device import Kernel
 from minicbam.device_errors import NONE as NO_ERROR
 from minicbam.function import Function
-from minicbam.ops.binary import div_kernel
 from minicbam.kernels.block_reduce import block_argmax_device, block_threads
 from minicbam.kernels.elementwise import apply_binary
+from minicbam.ops.binary import div_kernel
 from minicbam.ops.reduce import from_rows, rows_layout, sum_array
 from minicbam.ops.reshape import reshape
 from minicbam.tensor import Tensor, int64

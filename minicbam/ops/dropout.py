@@ -103,9 +103,7 @@ class Dropout(Function):
         y, self.mask = device.empty(x.shape, x.dtype, dev), device.empty(x.shape, x.dtype, dev)
         if x.size:
             flat = device.flat
-            dropout_kernel(
-                flat(y), flat(self.mask), flat(x), seed, keep_threshold(self.p), scale
-            )
+            dropout_kernel(flat(y), flat(self.mask), flat(x), seed, keep_threshold(self.p), scale)
         return y
 
     def backward(self, gy):

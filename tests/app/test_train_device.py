@@ -64,6 +64,6 @@ def test_progress_reads_every_k_steps(monkeypatch):
     monkeypatch.setattr(train, "_progress_bar", lambda loader, desc, enabled: Bar(loader))
     model = _model("cuda")
     with count_device_events() as ev:
-        loss, acc, _ = run_epoch(model, _data(), "cuda", progress=True)
+        run_epoch(model, _data(), "cuda", progress=True)
     assert ev.device_to_host == 3 + 2  # one progress read (after step 2) plus the epoch's
     assert len(postfix) == 1 and set(postfix[0]) == {"loss", "acc"}
