@@ -252,25 +252,27 @@ def test_cuda_first_bad_label_in_program_order_wins():
     cross_entropy(x, good).item()  # nothing pending any more
 
 
-@pytest.mark.cuda
+@pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @settings(max_examples=6, deadline=None)
 @given(
     n=st.integers(1, 70),
     classes=st.integers(1, 5),
     seed=st.integers(0, 2**16),
 )
-def test_cuda_label_check_finds_the_first_bad_label(n, classes, seed):
-    # the one-block device check against the host rule, with bad labels anywhere (n > the
-    # simulator's 32 threads, so some threads own several labels)
+def test_label_check_finds_the_first_bad_label(dev, n, classes, seed):
+    # the label-check kernel against the host rule, with bad labels anywhere (C itself
+    # included; n > the simulator's 32 threads, so some threads own several labels). The
+    # CPU raises at the call, CUDA at the next read.
     rng = np.random.default_rng(seed)
     t = rng.integers(-3, classes + 3, n)
     t[rng.random(n) < 0.5] = -100
+    t[rng.integers(0, n)] = classes if rng.random() < 0.3 else t[0]
     bad = (t != -100) & ((t < 0) | (t >= classes))
-    x = mc.tensor(np.zeros((n, classes)), device="cuda")
-    loss = cross_entropy(x, mc.tensor(t, device="cuda"), reduction="sum")
+    x = mc.tensor(np.zeros((n, classes)), device=dev)
     if not bad.any():
+        loss = cross_entropy(x, mc.tensor(t, device=dev), reduction="sum")
         assert loss.item() == pytest.approx(np.log(classes) * np.sum(t != -100))
         return
     first = int(t[bad][0])
     with pytest.raises(IndexError, match=rf"target {first} is out of bounds for {classes} "):
-        loss.item()
+        cross_entropy(x, mc.tensor(t, device=dev), reduction="sum").item()
