@@ -11,6 +11,7 @@ costs ~0.4 s) and no CUDA kernel compiles before it is needed.
 
 import functools
 import math
+import sys
 
 import numpy as np
 
@@ -30,6 +31,10 @@ cuda = None  # numba.cuda, bound by the first CUDA factory that runs (cuda_facto
 # When a DeviceEvents, CUDA allocations, host<->device copies and launches are counted into
 # it (minicbam/device_events.py); None otherwise, at the cost of one test per call.
 events = None
+
+# When a function, some CUDA kernel checks (minicbam/device_errors.py) are pending: it is
+# called before every read of device values, and raises the first error they recorded.
+pending_errors = None
 
 _backend = None
 _backend_reason = None  # why CUDA is not usable, one line; None when it is
@@ -221,7 +226,7 @@ def empty(shape, dtype, device):
         return np.empty(shape, dtype=dtype)
     if events is not None:
         events.allocated(shape, dtype)
-    return cuda_module().device_array(shape, dtype=np.dtype(dtype))
+    return device_pool.empty(shape, dtype)
 
 
 def full(shape, value, dtype, device):
@@ -244,9 +249,14 @@ def to_device(array, device):
     if events is not None:
         events.transferred(array, device)
     if device == CPU:
+        _raise_pending_errors()
         return array.copy_to_host()
     # ascontiguousarray makes 0-d arrays 1-d; reshape keeps the shape
-    return cuda_module().to_device(np.ascontiguousarray(array).reshape(array.shape))
+    host = np.ascontiguousarray(array).reshape(array.shape)
+    out = empty(host.shape, host.dtype, CUDA)  # from the pool, as every CUDA array
+    if host.size:
+        out.copy_to_device(host)
+    return out
 
 
 def copy(array):
@@ -264,7 +274,23 @@ def to_host(array):
         return array.copy()
     if events is not None:
         events.transferred(array, CPU)
+    _raise_pending_errors()
     return array.copy_to_host()
+
+
+def _raise_pending_errors():
+    if pending_errors is not None:
+        if events is not None:
+            events.error_reads += 1
+        pending_errors()
+
+
+def synchronize():
+    """Wait for every queued CUDA kernel, then raise any error a checking kernel recorded
+    (``torch.cuda.synchronize``; a no-op without CUDA use)."""
+    if "numba.cuda" in sys.modules and cuda_backend() != "none":
+        cuda_module().synchronize()
+    _raise_pending_errors()
 
 
 def flat(array):
@@ -449,3 +475,15 @@ def _fill_cuda():
 
 
 fill_kernel = Kernel(cpu=_fill_cpu, cuda=_fill_cuda)
+
+
+# Every CUDA array comes from the caching allocator; its counters and cache, as torch.cuda's.
+from minicbam import device_pool  # imported last: it uses this module's names at call time
+from minicbam.device_pool import (  # noqa: F401  (re-exported)
+    empty_cache,
+    max_memory_allocated,
+    memory_allocated,
+    memory_reserved,
+    memory_stats,
+    reset_peak_memory_stats,
+)

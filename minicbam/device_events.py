@@ -5,8 +5,10 @@ measurable without a GPU.
         train_step()
     ev.launches, ev.allocations, ev.host_to_device, ev.device_to_host, ev.host_arguments
 
-* ``allocations`` / ``allocated_bytes``: device buffers minicbam asked numba for
-  (``device.empty`` and everything built on it);
+* ``allocations`` / ``allocated_bytes``: device buffers minicbam asked for
+  (``device.empty`` and everything built on it), each served by the caching allocator
+  (minicbam/device_pool.py): ``pool_hits`` reused a cached block, ``driver_allocations``
+  / ``driver_bytes`` took a new one from the driver (a pool miss);
 * ``host_to_device`` / ``device_to_host``: explicit copies through ``device.to_device`` and
   ``device.to_host`` (``Tensor.numpy()``, ``.item()``, ``.to(...)``). A device-to-host copy
   waits for every queued kernel: it is also the implicit synchronisation of a step;
@@ -40,10 +42,14 @@ class DeviceEvents:
         self.strict = strict
         self.allocations = 0
         self.allocated_bytes = 0
+        self.driver_allocations = 0  # pool misses: memory taken from the driver
+        self.driver_bytes = 0
+        self.pool_hits = 0  # requests served by a cached block
         self.host_to_device = 0
         self.device_to_host = 0
         self.launches = 0
         self.host_arguments = 0
+        self.error_reads = 0  # reads of the device error buffer, at a host read
         self.per_kernel = Counter()
         self.launch_log = []  # (name, blocks, threads, items or None, largest array size)
 
@@ -54,6 +60,10 @@ class DeviceEvents:
     def allocated(self, shape, dtype):
         self.allocations += 1
         self.allocated_bytes += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+    def driver_allocated(self, nbytes):
+        self.driver_allocations += 1
+        self.driver_bytes += int(nbytes)
 
     def transferred(self, array, target):
         if target == device.CPU:
@@ -82,9 +92,12 @@ class DeviceEvents:
             "launches": self.launches,
             "allocations": self.allocations,
             "allocated_bytes": self.allocated_bytes,
+            "driver_allocations": self.driver_allocations,
+            "pool_hits": self.pool_hits,
             "host_to_device": self.host_to_device,
             "device_to_host": self.device_to_host,
             "host_arguments": self.host_arguments,
+            "error_reads": self.error_reads,
         }
 
 

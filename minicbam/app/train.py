@@ -66,15 +66,17 @@ def run_epoch(
 ):
     """One pass over ``loader``: trains when ``optimizer`` is given, else evaluates.
 
-    Returns ``(mean loss, accuracy, predictions)`` over the samples seen.
+    Returns ``(mean loss, accuracy, predictions)`` over the samples seen. The loss sum, the
+    count of correct predictions and the predictions stay on ``device`` until the epoch
+    ends and are read once then (with ``progress``, also every ``PROGRESS_EVERY`` steps):
+    a read waits for the device, so reading every step would stall a GPU at every step.
     """
     training = optimizer is not None
     model.train(training)
-    total_loss, correct, seen, predictions = 0.0, 0, 0, []
+    totals, seen, predictions = None, 0, []
     bar = _progress_bar(loader, desc, progress)
     with contextlib.nullcontext() if training else mc.no_grad():
-        for x, y in bar:
-            labels = y.numpy()
+        for step, (x, y) in enumerate(bar):
             if device != "cpu":
                 x, y = x.to(device), y.to(device)
             logits = model(x)
@@ -83,14 +85,34 @@ def run_epoch(
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-            pred = logits.argmax(1).numpy()
+            pred = logits.argmax(1)
             predictions.append(pred)
-            total_loss += loss.item() * len(labels)
-            correct += int((pred == labels).sum())
-            seen += len(labels)
-            if progress:
+            totals = _accumulate(totals, loss, pred, y)
+            seen += len(y)
+            if progress and (step + 1) % PROGRESS_EVERY == 0:
+                total_loss, correct = _read(totals)
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.2%}")
-    return total_loss / seen, correct / seen, np.concatenate(predictions)
+    total_loss, correct = _read(totals)
+    return total_loss / seen, correct / seen, mc.cat(predictions).numpy()
+
+
+PROGRESS_EVERY = 20  # steps between progress-bar updates (each is a device read)
+
+
+def _accumulate(totals, loss, pred, y):
+    """(sum of loss * batch size in float64, number correct) on the step's device."""
+    with mc.no_grad():
+        loss_sum = loss.detach().to(mc.float64) * len(y)
+        correct = (pred == y).sum()
+        if totals is None:
+            return loss_sum, correct
+        return totals[0] + loss_sum, totals[1] + correct
+
+
+def _read(totals):
+    if totals is None:  # no batch: the caller's mean divides by zero, as before
+        return 0.0, 0
+    return float(totals[0].item()), int(totals[1].item())
 
 
 def evaluate(model, dataset, device="cpu", batch_size=256, num_classes=None, progress=False):

@@ -12,12 +12,20 @@ defaults are PyTorch's: ``weight`` 1, ``bias`` 0, ``running_mean`` 0, ``running_
 
 import numpy as np
 
-from minicbam.function import no_grad
+from minicbam import device
 from minicbam.nn import functional as F
 from minicbam.nn import init
 from minicbam.nn._utils import check_positive, layer_dtype, new_parameter
 from minicbam.nn.module import Module
+from minicbam.ops.binary import SCALAR_KERNELS
 from minicbam.tensor import float32, int64, ones, tensor, zeros
+
+
+def _increment(counter):
+    """``counter += 1`` in place, by a kernel on the counter's device: no Python scalar is
+    lifted to the device and nothing is read back."""
+    data = device.flat(counter.data)
+    SCALAR_KERNELS["add"](data, data, data.dtype.type(1), data.dtype.type(0))
 
 
 class _BatchNorm(Module):
@@ -89,9 +97,8 @@ class _BatchNorm(Module):
         if not (self.training and self.track_running_stats):
             return 0.0 if self.momentum is None else self.momentum
         counter = self.num_batches_tracked
-        with no_grad():
-            init.copy_into_(counter, counter + 1)  # stays on its device: no host round trip
-        if self.momentum is None:
+        _increment(counter)
+        if self.momentum is None:  # reads the count back (a synchronisation), as PyTorch does
             return 1.0 / float(counter.item())
         return self.momentum
 

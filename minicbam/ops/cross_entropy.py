@@ -35,11 +35,13 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import register_jitable
 
-from minicbam import device
+from minicbam import device, device_errors
 from minicbam.device import Kernel
+from minicbam.device_errors import NONE as NO_ERROR
 from minicbam.function import Function
-from minicbam.ops.binary import div_kernel
+from minicbam.kernels.block_reduce import block_argmax_device, block_threads
 from minicbam.kernels.elementwise import apply_binary
+from minicbam.ops.binary import div_kernel
 from minicbam.ops.reduce import from_rows, rows_layout, sum_array
 from minicbam.ops.reshape import reshape
 from minicbam.tensor import Tensor, int64
@@ -57,6 +59,10 @@ def loss_row(loss, wt, p, x, target, weight, r, C, ignore, keep, spread, fused):
     base = r * C
     if t == ignore:
         loss[r] = 0
+        wt[r] = 0
+        return
+    if t < 0 or t >= C:  # CUDA only (the CPU checks first): NaN, the error comes at a read
+        loss[r] = math.nan
         wt[r] = 0
         return
     # -log p_c = (m - x_c) + log(total): lse = m + log(total) is never formed, since at
@@ -88,6 +94,10 @@ def loss_grad_row(gx, p, target, weight, gy, denom, r, C, ignore, keep, spread, 
     if t == ignore:
         for c in range(C):
             gx[base + c] = 0
+        return
+    if t < 0 or t >= C:  # a bad label (CUDA only, see loss_row): NaN, never out of bounds
+        for c in range(C):
+            gx[base + c] = math.nan
         return
     scale = gy[r] if mode == 0 else gy[0]
     if mode == 1:
@@ -136,6 +146,42 @@ def _loss_grad_cuda():
     return device.launcher(loss_grad_rows, items=lambda gx, p, target, *rest: target.size)
 
 
+@njit(cache=True)
+def _check_labels_cpu(err, target, C, ignore, check):
+    for i in range(target.size):
+        t = target[i]
+        if t != ignore and (t < 0 or t >= C):
+            if err[0] == NO_ERROR:
+                err[0], err[1], err[2] = check, i, t
+            return
+
+
+@device.cuda_factory
+def _check_labels_cuda():
+    T = block_threads()
+    block_argmax = block_argmax_device()
+
+    @cuda.jit
+    def check_labels(err, target, C, ignore, check):
+        # one block: each thread finds its first bad label (its stride runs upwards), the
+        # block keeps the smallest such index (every candidate has value 0: ties -> index)
+        vals = cuda.shared.array(T, np.float32)
+        idxs = cuda.shared.array(T, np.int64)
+        first = -1
+        for i in range(cuda.threadIdx.x, target.size, T):
+            t = target[i]
+            if t != ignore and (t < 0 or t >= C):
+                first = i
+                break
+        _, where = block_argmax(vals, idxs, np.float32(0), first)
+        if cuda.threadIdx.x == 0 and where >= 0 and err[0] == NO_ERROR:
+            err[0], err[1], err[2] = check, where, target[where]
+
+    return device.launcher(check_labels, config=lambda *args: (1, T))
+
+
+# err, int64 target, C, ignore_index, check number (minicbam/device_errors.py)
+check_labels_kernel = Kernel(cpu=_check_labels_cpu, cuda=_check_labels_cuda)
 loss_kernel = Kernel(cpu=_loss_cpu, cuda=_loss_cuda, float64_math=True)
 loss_grad_kernel = Kernel(cpu=_loss_grad_cpu, cuda=_loss_grad_cuda)
 
@@ -238,16 +284,31 @@ def _check_args(op, x, target, reduction, label_smoothing):
 
 
 def _check_labels(op, target, C, ignore_index):
-    """Class indices in [0, C) or ignore_index. Labels are copied to the host to say which
-    one is wrong (N int64 values, C times smaller than the logits)."""
-    t = target.numpy()
-    bad = (t != ignore_index) & ((t < 0) | (t >= C))
-    if np.any(bad):
-        label = int(t[bad].flat[0])
-        raise IndexError(
+    """Class indices in [0, C) or ignore_index, checked by a kernel on the labels' device.
+    On the CPU a bad label raises here; on CUDA the kernel records it in the device error
+    buffer and the error is raised at the next read of a device value (device_errors.py):
+    checking here would copy the labels back and wait for the device every step."""
+
+    def make_error(index, label):
+        where = "" if on_cpu else " (found on the device by the label check of this call)"
+        return IndexError(
             f"{op}: target {label} is out of bounds for {C} classes "
-            f"(expected 0 <= target < {C} or target == ignore_index={ignore_index})"
+            f"(expected 0 <= target < {C} or target == ignore_index={ignore_index}){where}"
         )
+
+    labels = device.flat(target.data)
+    on_cpu = target.device == device.CPU
+    if labels.size == 0:
+        return
+    scalars = (np.int64(C), np.int64(ignore_index))
+    if on_cpu:
+        err = np.full(3, NO_ERROR, dtype=np.int64)
+        check_labels_kernel(err, labels, *scalars, np.int64(0))
+        if err[0] != NO_ERROR:
+            raise make_error(int(err[1]), int(err[2]))
+        return
+    check = device_errors.register(make_error)
+    check_labels_kernel(device_errors.error_buffer(), labels, *scalars, np.int64(check))
 
 
 def _weight_array(op, weight, x):
@@ -266,8 +327,8 @@ def _class_loss(op, fused, x, target, weight, ignore_index, reduction, label_smo
     unbatched = x.ndim == 1
     if unbatched:  # (C,) logits and a 0-d target: one sample
         x, target = reshape(x, (1, x.shape[0])), reshape(target, (1,))
-    _check_labels(op, target, x.shape[1], ignore_index)
     target = target.detach().to(int64)
+    _check_labels(op, target, x.shape[1], ignore_index)
     fn = ClassLoss(fused, ignore_index, reduction, label_smoothing)
     y = fn(x, target, _weight_array(op, weight, x))
     return reshape(y, ()) if unbatched and reduction == "none" else y

@@ -4,7 +4,7 @@ import numpy as np
 
 import minicbam as mc
 import minicbam.nn.functional as F
-from minicbam import optim
+from minicbam import nn, optim
 from minicbam.kernels.gemm import bias_grad
 
 
@@ -51,6 +51,7 @@ def _network_ops(rng, dtype):
     loss.backward()
     with mc.no_grad():
         F.batch_norm(x, rm, rv, training=False)
+        nn.BatchNorm2d(4, dtype=dtype)(x)  # num_batches_tracked += 1: an int64 kernel
     optim.Adam([x, w], lr=1e-3, weight_decay=0.1, amsgrad=True).step()
     optim.AdamW([x, w], lr=1e-3).step()
 

@@ -826,6 +826,39 @@ MUTANTS = [
         CE,
         "[both] cross-entropy: the max shift left out of the target's -log p",
     ),
+    m(
+        "ce-label-check-cuda-last-bad",
+        CE_PY,
+        "                first = i\n                break",
+        "                first = i",
+        CE,
+        "[cuda] device label check: a thread reports its last bad label, not its first",
+    ),
+    m(
+        "ce-label-check-cpu-bound",
+        CE_PY,
+        "        if t != ignore and (t < 0 or t >= C):\n            if err[0] == NO_ERROR:",
+        "        if t != ignore and (t < 0 or t > C):\n            if err[0] == NO_ERROR:",
+        CE,
+        "[cpu] label check: the label C itself passes",
+    ),
+    m(
+        "dropout-keep-rule",
+        "minicbam/ops/dropout.py",
+        "m = scale if keep_bits(seed, i) >= threshold else",
+        "m = scale if keep_bits(seed, i) > threshold // 2 else",
+        ["tests/ops/test_dropout.py"],
+        "[both] dropout: the keep threshold halved (keeps 1 - p/2)",
+    ),
+    m(
+        "pool-release-with-the-wrapper",
+        "minicbam/device_pool.py",
+        "    weakref.finalize(owner, _release, size, block)\n    return type(block)(np.asarray(owner))",
+        "    out = type(block)(np.asarray(owner))\n    weakref.finalize(out, _release, size, block)"
+        "\n    return out",
+        ["tests/test_device_pool.py"],
+        "[cuda] caching allocator: a block released when its first wrapper dies, views alive",
+    ),
     # ------------------------------------------------------------------ optimisers
     m(
         "adam-no-bias-correction",

@@ -226,7 +226,53 @@ def test_cuda_matches_oracle(problem):
 
 
 @pytest.mark.cuda
-def test_cuda_out_of_range_label():
-    x = mc.tensor(np.zeros((2, 3)), device="cuda")
-    with pytest.raises(IndexError, match="target 3 is out of bounds for 3 classes"):
-        cross_entropy(x, mc.tensor(np.array([3, 0]), device="cuda"))
+def test_cuda_out_of_range_label_raises_at_the_next_read():
+    # as a CUDA device-side assert: the label check runs on the device and the error comes
+    # at the next host read of any device value, naming the op and the first bad label
+    x = mc.tensor(np.zeros((2, 3)), device="cuda", requires_grad=True)
+    target = mc.tensor(np.array([0, 3, -1, 1]).reshape(2, 2)[:, 1].copy(), device="cuda")
+    loss = cross_entropy(x, target, reduction="sum")  # nothing read yet: no error
+    loss.backward()
+    with pytest.raises(IndexError, match=r"cross_entropy: target 3 is out of bounds for 3 cl"):
+        loss.item()
+    assert np.isnan(x.grad.numpy()[0]).all()  # the bad row gave NaN, no out-of-bounds read
+    other = mc.tensor(np.ones(2), device="cuda")
+    np.testing.assert_array_equal(other.numpy(), 1.0)  # raised once, then cleared
+
+
+@pytest.mark.cuda
+def test_cuda_first_bad_label_in_program_order_wins():
+    x = mc.tensor(np.zeros((5, 4)), device="cuda")
+    good = mc.tensor(np.array([0, 1, 2, 3, -100]), device="cuda")
+    nll_loss(x, good)
+    cross_entropy(x, mc.tensor(np.array([0, 1, 9, -5, 3]), device="cuda"))
+    nll_loss(x, mc.tensor(np.array([7, 0, 0, 0, 0]), device="cuda"))
+    with pytest.raises(IndexError, match=r"^cross_entropy: target 9 is out of bounds for 4 cl"):
+        mc.device.synchronize()
+    cross_entropy(x, good).item()  # nothing pending any more
+
+
+@pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@settings(max_examples=6, deadline=None)
+@given(
+    n=st.integers(1, 70),
+    classes=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_label_check_finds_the_first_bad_label(dev, n, classes, seed):
+    # the label-check kernel against the host rule, with bad labels anywhere (C itself
+    # included; n > the simulator's 32 threads, so some threads own several labels). The
+    # CPU raises at the call, CUDA at the next read.
+    rng = np.random.default_rng(seed)
+    t = rng.integers(-3, classes + 3, n)
+    t[rng.random(n) < 0.5] = -100
+    t[rng.integers(0, n)] = classes if rng.random() < 0.3 else t[0]
+    bad = (t != -100) & ((t < 0) | (t >= classes))
+    x = mc.tensor(np.zeros((n, classes)), device=dev)
+    if not bad.any():
+        loss = cross_entropy(x, mc.tensor(t, device=dev), reduction="sum")
+        assert loss.item() == pytest.approx(np.log(classes) * np.sum(t != -100))
+        return
+    first = int(t[bad][0])
+    with pytest.raises(IndexError, match=rf"target {first} is out of bounds for {classes} "):
+        cross_entropy(x, mc.tensor(t, device=dev), reduction="sum").item()

@@ -85,3 +85,55 @@ def test_cuda_same_mask_as_cpu(dtype):
         results.append((y.numpy(), t.grad.numpy()))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6)
+
+
+def _splitmix64(seed, i):
+    """The textbook splitmix64 output for state seed + (i + 1) * golden, in Python ints."""
+    mask = (1 << 64) - 1
+    z = (seed + (i + 1) * 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def test_mask_is_the_counter_hash_of_the_drawn_seed():
+    # first splitmix64 output of seed 0 (the published reference value)
+    assert _splitmix64(0, 0) == 0xE220A8397B1DCDAF
+    x = mc.ones(7, 5, dtype=np.float64)
+    mc.manual_seed(4)
+    y = dropout(x, 0.3).numpy().reshape(-1)
+    seed = int(np.random.default_rng(4).integers(0, 2**64, dtype=np.uint64))
+    threshold = round(0.3 * 2**53)
+    kept = np.array([_splitmix64(seed, i) >> 11 >= threshold for i in range(35)])
+    np.testing.assert_array_equal(y != 0, kept)
+    np.testing.assert_allclose(y[kept], 1 / 0.7, rtol=1e-15)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("p", [0.2, 0.75])
+def test_cuda_mask_fraction_scale_and_backward_mask(p):
+    x = mc.tensor(np.ones((40, 50), np.float32), device="cuda", requires_grad=True)
+    mc.manual_seed(11)
+    y = dropout(x, p)
+    gy = arrays((40, 50), 12, 0.5, 2.0, np.float32)
+    y.backward(mc.tensor(gy, device="cuda"))
+    out, grad = y.numpy(), x.grad.numpy()
+    kept = out != 0
+    assert abs(kept.mean() - (1 - p)) < 4 * np.sqrt(p * (1 - p) / kept.size)
+    np.testing.assert_allclose(out[kept], np.float32(1 / (1 - p)), rtol=1e-6)
+    np.testing.assert_allclose(grad, np.where(kept, gy / (1 - p), 0), rtol=1e-6)
+
+
+@pytest.mark.cuda
+def test_cuda_seeded_masks_reproduce_and_move_on_without_copies():
+    from minicbam.device_events import count_device_events
+
+    x = mc.ones(16, 16, device="cuda")
+    dropout(x)  # warm-up: the kernel is built
+    mc.manual_seed(5)
+    with count_device_events(strict=True) as ev:
+        a, b = dropout(x), dropout(x)
+    assert (ev.host_to_device, ev.device_to_host, ev.launches) == (0, 0, 2)
+    mc.manual_seed(5)
+    np.testing.assert_array_equal(dropout(x).numpy(), a.numpy())
+    assert not np.array_equal(a.numpy(), b.numpy())
