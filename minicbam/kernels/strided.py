@@ -108,8 +108,9 @@ def strided_offset(i, offset, shape, strides):
     return off
 
 
-gather_kernel = Kernel(cpu=_gather_cpu, cuda=_gather_cuda)
-scatter_kernel = Kernel(cpu=_scatter_cpu, cuda=_scatter_cuda)
+# serial_small: every view op of a small tensor (a loss's backward, indexing) gathers
+gather_kernel = Kernel(cpu=_gather_cpu, cuda=_gather_cuda, serial_small=True)
+scatter_kernel = Kernel(cpu=_scatter_cpu, cuda=_scatter_cuda, serial_small=True)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -12,6 +12,8 @@ accumulate in float64 for float32 inputs too, so results do not depend on the si
 the device.
 """
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -47,7 +49,9 @@ def _sum_rows_cuda():
     return device.launcher(sum_rows)
 
 
-sum_rows_kernel = Kernel(cpu=_sum_rows_cpu, cuda=_sum_rows_cuda, float64_math=True)
+sum_rows_kernel = Kernel(
+    cpu=_sum_rows_cpu, cuda=_sum_rows_cuda, float64_math=True, serial_small=True
+)
 
 COLUMN_BLOCK = 256  # columns per CPU task: the inner loop runs along contiguous memory
 
@@ -81,7 +85,9 @@ def _sum_columns_cuda():
     return device.launcher(sum_columns)
 
 
-sum_columns_kernel = Kernel(cpu=_sum_columns_cpu, cuda=_sum_columns_cuda, float64_math=True)
+sum_columns_kernel = Kernel(
+    cpu=_sum_columns_cpu, cuda=_sum_columns_cuda, float64_math=True, serial_small=True
+)
 
 
 def normalize_dims(dim, ndim, op="sum"):
@@ -111,7 +117,7 @@ def rows_layout(x, dims):
     order = keep + dims
     rows = x if order == tuple(range(x.ndim)) else permute_array(x, order)
     keep_shape = tuple(x.shape[d] for d in keep)
-    K = int(np.prod([x.shape[d] for d in dims], dtype=np.int64))
+    K = math.prod(x.shape[d] for d in dims)
     return rows, keep_shape, K
 
 
@@ -137,7 +143,7 @@ def sum_array(x, dims, keepdim=False):
     zero = np.float64(0) if out_dtype.kind == "f" else np.int64(0)
     out = device.empty(keep_shape, out_dtype, device.device_of(x))
     if out.size and dims == tuple(range(len(dims))) and keep_shape:
-        R = int(np.prod(x.shape[: len(dims)], dtype=np.int64))
+        R = math.prod(x.shape[: len(dims)])
         sum_columns_kernel(device.flat(out), device.flat(x), R, zero)
     elif out.size:
         rows, _, K = rows_layout(x, dims)
@@ -180,5 +186,5 @@ def mean(x, dim=None, keepdim=False):
     dims = normalize_dims(dim, x.ndim, "mean")
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"mean: expected a floating-point tensor, got dtype {x.dtype}")
-    count = int(np.prod([x.shape[d] for d in dims], dtype=np.int64))
+    count = math.prod(x.shape[d] for d in dims)
     return Sum(dims, keepdim)(x) * (1.0 / count if count else float("nan"))
