@@ -398,9 +398,14 @@ class Kernel:
     def __call__(self, out, *args):
         if not isinstance(out, np.ndarray):
             return self._call_cuda(out, args)
+        return self.call_cpu(_largest_array(out, args), out, *args)
+
+    def call_cpu(self, size, out, *args):
+        """The CPU call, for a caller that knows ``size``, the number of elements of the
+        largest array argument (an elementwise map: ``out.size``)."""
         if recorded_calls is not None:
             recorded_calls.append((self, (out,) + args))
-        if out.size < PARALLEL_MIN_ELEMENTS and _largest_array(out, args) < PARALLEL_MIN_ELEMENTS:
+        if size < PARALLEL_MIN_ELEMENTS:
             if self._serial is not None:  # the common small call: one attribute test
                 return self._serial(out, *args)
             # once the parallel version is compiled (a kernel that also sees large inputs),

@@ -90,7 +90,7 @@ def apply_unary(kernel, x, a=None, b=None, out_dtype=None):
     if isinstance(x, np.ndarray):  # ravel: a view of a C-contiguous array, cheaper than reshape
         out = np.empty(x.shape, out_dtype or x.dtype)
         if out.size:
-            kernel(out.ravel(), x.ravel(), a, b)
+            kernel.call_cpu(out.size, out.ravel(), x.ravel(), a, b)
         return out
     out = device.empty(x.shape, out_dtype or x.dtype, device.CUDA)
     if out.size:
@@ -104,7 +104,7 @@ def apply_binary(kernel, x, y, a=None, b=None, out_dtype=None):
     if isinstance(x, np.ndarray):
         out = np.empty(x.shape, out_dtype or x.dtype)
         if out.size:
-            kernel(out.ravel(), x.ravel(), y.ravel(), a, b)
+            kernel.call_cpu(out.size, out.ravel(), x.ravel(), y.ravel(), a, b)
         return out
     out = device.empty(x.shape, out_dtype or x.dtype, device.CUDA)
     if out.size:
@@ -119,7 +119,7 @@ def apply_binary_inplace(kernel, x, y, a=None, b=None):
     if x.size:
         if isinstance(x, np.ndarray):
             flat_x = x.ravel()
-            kernel(flat_x, flat_x, y.ravel(), a, b)
+            kernel.call_cpu(x.size, flat_x, flat_x, y.ravel(), a, b)
         else:
             flat_x = device.flat(x)
             kernel(flat_x, flat_x, device.flat(y), a, b)

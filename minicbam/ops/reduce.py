@@ -135,12 +135,15 @@ def keepdim_shape(shape, dims):
     return tuple(1 if d in dims else s for d, s in enumerate(shape))
 
 
+_FLOAT_ZERO, _INT_ZERO = np.float64(0), np.int64(0)  # the accumulators' start
+
+
 def sum_array(x, dims, keepdim=False):
     """Floats sum (accumulating in float64) to their dtype; integers and bools sum exactly,
     in int64, to int64 (PyTorch's rule)."""
     keep_shape = tuple(s for d, s in enumerate(x.shape) if d not in dims)
     out_dtype = sum_type(x.dtype)
-    zero = np.float64(0) if out_dtype.kind == "f" else np.int64(0)
+    zero = _FLOAT_ZERO if out_dtype.kind == "f" else _INT_ZERO
     out = device.empty(keep_shape, out_dtype, device.device_of(x))
     if out.size and dims == tuple(range(len(dims))) and keep_shape:
         R = math.prod(x.shape[: len(dims)])
