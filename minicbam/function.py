@@ -168,7 +168,9 @@ class Function:
             _check_finite(y, f"{type(self).__name__}.forward")
         out = (_Tensor or _tensor_class())(y)
         if _grad_enabled and any(needs):
-            out.requires_grad_(True)  # refuses a non-float output
+            if y.dtype.kind != "f":
+                out.requires_grad_(True)  # refuses a non-float output, with its message
+            out.requires_grad = True
             self.inputs = inputs
             self.stamp = _inplace_stamp
             self.output_shape = tuple(y.shape)
