@@ -7,7 +7,9 @@ one gradient per input, ``dL/dx_i = gy . dy/dx_i`` (or None where no gradient is
 
 ``run_backward`` visits nodes in reverse topological order (an iterative DFS, so deep
 graphs do not hit Python's recursion limit), accumulating gradients that fan in from
-several consumers by addition.
+several consumers by addition: the first sum makes a new array, later ones add into it in
+place (a gradient array may be shared: add hands one gy to both inputs; a leaf's earlier
+``.grad`` may be held by the user, so each sweep starts it on a new array).
 
 Two hooks for data-parallel training (``minicbam.nn.parallel``): a leaf's
 ``register_post_accumulate_grad_hook(fn)`` calls ``fn(leaf)`` once per sweep, when the last
