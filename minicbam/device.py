@@ -440,18 +440,27 @@ class Kernel:
         self._serial = None
 
     def __call__(self, out, *args):
-        if isinstance(out, np.ndarray):
-            if recorded_calls is not None:
-                recorded_calls.append((self, (out,) + args))
-            if _largest_array(out, args) < PARALLEL_MIN_ELEMENTS:
-                # once the parallel version is compiled (a kernel that also sees large
-                # inputs), run it on one thread rather than compile a second version
-                if not self._parallel or (self._serial is None and self.cpu.signatures):
-                    return _run_single_threaded(self.cpu, out, args)
-                if self._serial is None:
-                    self._serial = serial_twin(self.cpu)
+        if not isinstance(out, np.ndarray):
+            return self._call_cuda(out, args)
+        return self.call_cpu(_largest_array(out, args), out, *args)
+
+    def call_cpu(self, size, out, *args):
+        """The CPU call, for a caller that knows ``size``, the number of elements of the
+        largest array argument (an elementwise map: ``out.size``)."""
+        if recorded_calls is not None:
+            recorded_calls.append((self, (out,) + args))
+        if size < PARALLEL_MIN_ELEMENTS:
+            if self._serial is not None:  # the common small call: one attribute test
                 return self._serial(out, *args)
-            return self.cpu(out, *args)
+            # once the parallel version is compiled (a kernel that also sees large inputs),
+            # run it on one thread rather than compile a second version
+            if not self._parallel or self.cpu.signatures:
+                return _run_single_threaded(self.cpu, out, args)
+            self._serial = serial_twin(self.cpu)
+            return self._serial(out, *args)
+        return self.cpu(out, *args)
+
+    def _call_cuda(self, out, args):
         if self._cuda_launch is None:
             if self.cuda_factory is None:
                 raise NotImplementedError(f"{self.name} has no CUDA kernel")

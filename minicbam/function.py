@@ -7,7 +7,9 @@ one gradient per input, ``dL/dx_i = gy . dy/dx_i`` (or None where no gradient is
 
 ``run_backward`` visits nodes in reverse topological order (an iterative DFS, so deep
 graphs do not hit Python's recursion limit), accumulating gradients that fan in from
-several consumers by addition.
+several consumers by addition: the first sum makes a new array, later ones add into it in
+place (a gradient array may be shared: add hands one gy to both inputs; a leaf's earlier
+``.grad`` may be held by the user, so each sweep starts it on a new array).
 
 Two hooks for data-parallel training (``minicbam.nn.parallel``): a leaf's
 ``register_post_accumulate_grad_hook(fn)`` calls ``fn(leaf)`` once per sweep, when the last
@@ -140,9 +142,8 @@ class Function:
 
     def release(self):
         """Drop the arrays saved for backward (everything but ``graph_fields``)."""
-        kept = {k: self.__dict__[k] for k in self.graph_fields if k in self.__dict__}
-        self.__dict__.clear()
-        self.__dict__.update(kept)
+        saved = self.__dict__
+        self.__dict__ = {k: saved[k] for k in self.graph_fields if k in saved}
         self.freed = True
 
     # ------------------------------------------------------------------ study aids
@@ -162,22 +163,34 @@ class Function:
         return f"<{self.name()}: {shapes} -> {tuple(self.output_shape)}>"
 
     def __call__(self, *inputs):
-        # tensor.py imports the ops, which import this module, so Tensor is looked up late.
-        from minicbam.tensor import Tensor
-
         check_same_device(type(self).__name__, inputs)
-        self.needs_input_grad = tuple(t.requires_grad for t in inputs)
-        y = self.forward(*(t.data for t in inputs))
+        needs = self.needs_input_grad = tuple([t.requires_grad for t in inputs])
+        y = self.forward(*[t.data for t in inputs])
         if _detect_anomaly:
             _check_finite(y, f"{type(self).__name__}.forward")
-        requires_grad = is_grad_enabled() and any(self.needs_input_grad)
-        out = Tensor(y, requires_grad=requires_grad)
-        if requires_grad:
+        out = (_Tensor or _tensor_class())(y)
+        if _grad_enabled and any(needs):
+            if y.dtype.kind != "f":
+                out.requires_grad_(True)  # refuses a non-float output, with its message
+            out.requires_grad = True
             self.inputs = inputs
             self.stamp = _inplace_stamp
             self.output_shape = tuple(y.shape)
             out.creator = self
         return out
+
+
+# minicbam.tensor.Tensor, bound on first use: tensor.py imports this module, so it cannot be
+# imported at the top, and an import statement inside __call__ costs ~1 us per op.
+_Tensor = None
+
+
+def _tensor_class():
+    global _Tensor
+    from minicbam.tensor import Tensor
+
+    _Tensor = Tensor
+    return Tensor
 
 
 class AccumulateGrad:
@@ -213,28 +226,36 @@ def _next_node(t):
 
 
 def check_same_device(op_name, tensors):
-    cpu = [isinstance(t.data, np.ndarray) for t in tensors]  # device_of, without the calls
-    if any(cpu) and not all(cpu):
-        where = ", ".join(f"{tuple(t.shape)} on {t.device}" for t in tensors)
-        raise RuntimeError(f"{op_name}: expected all tensors on one device, got {where}")
+    if len(tensors) < 2:
+        return
+    cpu = isinstance(tensors[0].data, np.ndarray)  # device_of, without the calls
+    for t in tensors:
+        if isinstance(t.data, np.ndarray) is not cpu:
+            where = ", ".join(f"{tuple(t.shape)} on {t.device}" for t in tensors)
+            raise RuntimeError(f"{op_name}: expected all tensors on one device, got {where}")
 
 
 def _topological_order(root):
-    """Functions reachable from ``root.creator``, each after every function that consumes it."""
-    order, visited = [], set()
-    stack = [(root.creator, False)]
+    """Functions reachable from ``root.creator``, each after every function that consumes it.
+
+    A depth-first search that enters each function's inputs last to first and lists a
+    function once all its inputs are done, then reversed (so the order, and with it the
+    order in which fanned-in gradients are added, is that of the recursive search). Each
+    function is pushed once; Functions hash by identity."""
+    start = root.creator
+    order, seen = [], {start}
+    stack = [(start, reversed(start.inputs))]
     while stack:
-        fn, children_done = stack.pop()
-        if children_done:
+        fn, inputs = stack[-1]
+        for t in inputs:
+            child = t.creator
+            if child is not None and child not in seen:
+                seen.add(child)
+                stack.append((child, reversed(child.inputs)))
+                break
+        else:  # every input done
+            stack.pop()
             order.append(fn)
-            continue
-        if id(fn) in visited:
-            continue
-        visited.add(id(fn))
-        stack.append((fn, True))
-        for t in fn.inputs:
-            if t.creator is not None and id(t.creator) not in visited:
-                stack.append((t.creator, False))
     order.reverse()
     return order
 
@@ -285,8 +306,12 @@ def run_backward(root, gy, retain_graph=False):
 
 
 def _sweep(order, grads, hooked, retain_graph):
-    from minicbam.ops.binary import add_arrays
+    from minicbam.ops.binary import add_arrays, add_into
 
+    # Gradient arrays this sweep made by adding, so referenced nowhere else: later
+    # contributions are added into them in place. Keys: the Function whose output gradient
+    # is summed in ``grads``, or id(leaf) -> the leaf's ``.grad`` array made this sweep.
+    summed, fresh_leaf_grads = set(), {}
     for fn in order:
         if fn.freed:
             raise RuntimeError(
@@ -295,7 +320,8 @@ def _sweep(order, grads, hooked, retain_graph):
             )
         g = grads.pop(fn, None)
         if g is None:  # this node's output did not reach the root
-            _edges_done(fn, hooked)
+            if hooked:
+                _edges_done(fn, hooked)
             continue
         if fn.stamp < _inplace_stamp:  # something changed in place since fn ran
             check_versions(fn)
@@ -309,16 +335,35 @@ def _sweep(order, grads, hooked, retain_graph):
         for t, gx in zip(fn.inputs, input_grads):
             if gx is None or not t.requires_grad:
                 continue
-            check_grad_shape(fn, t, gx)
-            if t.creator is None:
-                t.accumulate_grad(gx)
-                if id(t) in hooked:
+            if gx.shape != t.data.shape:
+                check_grad_shape(fn, t, gx)
+            creator = t.creator
+            if creator is None:
+                _accumulate_leaf(t, gx, fresh_leaf_grads, add_into)
+                if hooked and id(t) in hooked:
                     hooked[id(t)][2] = True
-            elif t.creator in grads:
-                grads[t.creator] = add_arrays(grads[t.creator], gx)
+            elif creator in summed:
+                add_into(grads[creator], gx)
+            elif creator in grads:
+                # gx or the stored gradient may be an array that backward handed to several
+                # inputs (add's gy): the first sum is a new array
+                grads[creator] = add_arrays(grads[creator], gx)
+                summed.add(creator)
             else:
-                grads[t.creator] = gx
-        _edges_done(fn, hooked)
+                grads[creator] = gx
+        if hooked:
+            _edges_done(fn, hooked)
+
+
+def _accumulate_leaf(t, gx, fresh, add_into):
+    """``t.grad += gx``. The first gradient of a sweep makes a new array (the old ``.grad``
+    may be held elsewhere, e.g. by the user); later ones in the same sweep add into it."""
+    grad = t.grad
+    if grad is not None and fresh.get(id(t)) is grad.data:
+        add_into(grad.data, gx)
+        return
+    t.accumulate_grad(gx)
+    fresh[id(t)] = t.grad.data
 
 
 def check_versions(fn):
@@ -343,7 +388,7 @@ def _raise_modified(fn, t, which):
 
 
 def check_grad_shape(fn, t, gx):
-    if tuple(gx.shape) != tuple(t.shape):
+    if tuple(gx.shape) != tuple(t.shape):  # (the sweep calls this only when they differ)
         raise RuntimeError(
             f"{type(fn).__name__}.backward returned a gradient of shape {tuple(gx.shape)} "
             f"for an input of shape {tuple(t.shape)}"

@@ -69,7 +69,7 @@ class Tensor:
         return self.ndim
 
     def numel(self):
-        return int(np.prod(self.shape, dtype=np.int64))
+        return int(self.data.size)
 
     @property
     def dtype(self):
@@ -198,14 +198,11 @@ class Tensor:
             hook(self)
 
     def accumulate_grad(self, g):
-        from minicbam.ops.binary import add_arrays
-        from minicbam.kernels.strided import copy_array
-
         if self.grad is None:
             # A copy: backward may hand the same array to several inputs (add's gy).
-            self.grad = Tensor(copy_array(g))
+            self.grad = Tensor(device.copy(g))
         else:
-            self.grad = Tensor(add_arrays(self.grad.data, g))
+            self.grad = Tensor(_ops().binary.add_arrays(self.grad.data, g))
 
     # ------------------------------------------------------------------ conversion
     def numpy(self):
@@ -426,16 +423,26 @@ class Tensor:
 
 
 def _ops():
-    # The ops import this module (to build tensors), so they are reached through a function.
-    from minicbam import ops
+    # The ops import this module (to build tensors), so they are reached through a function;
+    # the module is kept after the first call (an import statement costs ~1 us per op).
+    global _ops_module
+    if _ops_module is None:
+        from minicbam import ops
 
-    return ops
+        _ops_module = ops
+    return _ops_module
 
 
 def _inplace():
-    from minicbam import inplace
+    global _inplace_module
+    if _inplace_module is None:
+        from minicbam import inplace
 
-    return inplace
+        _inplace_module = inplace
+    return _inplace_module
+
+
+_ops_module = _inplace_module = None
 
 
 def _gradient_array(gradient, like):

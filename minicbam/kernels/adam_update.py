@@ -64,7 +64,8 @@ def _adam_cuda():
     return device.launcher(adam)
 
 
-adam_kernel = Kernel(cpu=_adam_cpu, cuda=_adam_cuda)
+# serial_small: one call per parameter, most of them (biases, norms, small layers) small
+adam_kernel = Kernel(cpu=_adam_cpu, cuda=_adam_cuda, serial_small=True)
 
 
 def adam_update_(p, g, m, v, vmax, step, lr, betas, eps, weight_decay, decoupled, amsgrad):

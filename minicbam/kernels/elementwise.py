@@ -12,6 +12,7 @@ arrays' dtype by the caller so float32 stays float32 on the GPU. Arrays are 1-D 
 C-contiguous buffers of one shape.
 """
 
+import numpy as np
 from numba import njit, prange
 
 from minicbam import device
@@ -60,17 +61,66 @@ def binary_kernel(body):
     )
 
 
-def apply_unary(kernel, x, a=0.0, b=0.0, out_dtype=None):
-    """A new array ``kernel(x, a, b)`` with ``x``'s shape (and dtype unless given)."""
-    out = device.empty(x.shape, out_dtype or x.dtype, device.device_of(x))
+def zero_one(dtype):
+    """(0, 1) as scalars of ``dtype``, made once per dtype (a NumPy scalar costs ~0.5 us)."""
+    pair = _ZERO_ONE.get(dtype)
+    if pair is None:
+        pair = _ZERO_ONE[dtype] = (dtype.type(0), dtype.type(1))
+    return pair
+
+
+_ZERO_ONE = {}
+
+
+def _scalars(dtype, a, b):
+    """``a`` and ``b`` in ``dtype`` (None: zero), so float32 kernels stay float32."""
+    if a is None and b is None:
+        zero = zero_one(dtype)[0]
+        return zero, zero
+    to_dtype = dtype.type
+    a = zero_one(dtype)[0] if a is None else a if type(a) is to_dtype else to_dtype(a)
+    b = zero_one(dtype)[0] if b is None else b if type(b) is to_dtype else to_dtype(b)
+    return a, b
+
+
+def apply_unary(kernel, x, a=None, b=None, out_dtype=None):
+    """A new array ``kernel(x, a, b)`` with ``x``'s shape (and dtype unless given); ``a`` and
+    ``b`` are converted to ``x``'s dtype (None: zero)."""
+    a, b = _scalars(x.dtype, a, b)
+    if isinstance(x, np.ndarray):  # ravel: a view of a C-contiguous array, cheaper than reshape
+        out = np.empty(x.shape, out_dtype or x.dtype)
+        if out.size:
+            kernel.call_cpu(out.size, out.ravel(), x.ravel(), a, b)
+        return out
+    out = device.empty(x.shape, out_dtype or x.dtype, device.CUDA)
     if out.size:
-        kernel(device.flat(out), device.flat(x), x.dtype.type(a), x.dtype.type(b))
+        kernel(device.flat(out), device.flat(x), a, b)
     return out
 
 
-def apply_binary(kernel, x, y, a=0.0, b=0.0, out_dtype=None):
+def apply_binary(kernel, x, y, a=None, b=None, out_dtype=None):
     """A new array ``kernel(x, y, a, b)``; ``x`` and ``y`` have one shape and dtype."""
-    out = device.empty(x.shape, out_dtype or x.dtype, device.device_of(x))
+    a, b = _scalars(x.dtype, a, b)
+    if isinstance(x, np.ndarray):
+        out = np.empty(x.shape, out_dtype or x.dtype)
+        if out.size:
+            kernel.call_cpu(out.size, out.ravel(), x.ravel(), y.ravel(), a, b)
+        return out
+    out = device.empty(x.shape, out_dtype or x.dtype, device.CUDA)
     if out.size:
-        kernel(device.flat(out), device.flat(x), device.flat(y), x.dtype.type(a), x.dtype.type(b))
+        kernel(device.flat(out), device.flat(x), device.flat(y), a, b)
     return out
+
+
+def apply_binary_inplace(kernel, x, y, a=None, b=None):
+    """``x[i] = kernel(x[i], y[i], a, b)`` in place (each element is read before it is
+    written, so ``out`` may be ``x``); returns ``x``."""
+    a, b = _scalars(x.dtype, a, b)
+    if x.size:
+        if isinstance(x, np.ndarray):
+            flat_x = x.ravel()
+            kernel.call_cpu(x.size, flat_x, flat_x, y.ravel(), a, b)
+        else:
+            flat_x = device.flat(x)
+            kernel(flat_x, flat_x, device.flat(y), a, b)
+    return x

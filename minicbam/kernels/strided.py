@@ -108,8 +108,9 @@ def strided_offset(i, offset, shape, strides):
     return off
 
 
-gather_kernel = Kernel(cpu=_gather_cpu, cuda=_gather_cuda)
-scatter_kernel = Kernel(cpu=_scatter_cpu, cuda=_scatter_cuda)
+# serial_small: every view op of a small tensor (a loss's backward, indexing) gathers
+gather_kernel = Kernel(cpu=_gather_cpu, cuda=_gather_cuda, serial_small=True)
+scatter_kernel = Kernel(cpu=_scatter_cpu, cuda=_scatter_cuda, serial_small=True)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -126,15 +127,22 @@ def _padded(shape, strides):
     if len(shape) > MAX_DIMS:
         raise ValueError(f"at most {MAX_DIMS} dimensions are supported, got shape {shape}")
     pad = MAX_DIMS - len(shape)
-    return (1,) * pad + tuple(int(s) for s in shape), (0,) * pad + tuple(int(s) for s in strides)
+    return (1,) * pad + tuple(map(int, shape)), (0,) * pad + tuple(map(int, strides))
 
 
 def gather(src, shape, strides, offset=0, dtype=None):
     """A new contiguous array holding the strided view (shape, strides, offset) of ``src``."""
-    out = device.empty(shape, dtype or src.dtype, device.device_of(src))
+    if not isinstance(src, np.ndarray):
+        out = device.empty(shape, dtype or src.dtype, device.CUDA)
+        if out.size:
+            pshape, pstrides = _padded(shape, strides)
+            gather_kernel(device.flat(out), device.flat(src), int(offset), pshape, pstrides)
+        return out
+    out = np.empty(shape, dtype or src.dtype)  # the CPU path without the generic checks
     if out.size:
         pshape, pstrides = _padded(shape, strides)
-        gather_kernel(device.flat(out), device.flat(src), int(offset), pshape, pstrides)
+        size = max(out.size, src.size)
+        gather_kernel.call_cpu(size, out.ravel(), src.ravel(), int(offset), pshape, pstrides)
     return out
 
 

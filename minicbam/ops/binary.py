@@ -20,7 +20,13 @@ from numba.extending import register_jitable
 
 from minicbam.dtypes import result_type, true_divide_type
 from minicbam.function import Function
-from minicbam.kernels.elementwise import apply_binary, apply_unary, binary_kernel, unary_kernel
+from minicbam.kernels.elementwise import (
+    apply_binary,
+    apply_binary_inplace,
+    apply_unary,
+    binary_kernel,
+    unary_kernel,
+)
 from minicbam.ops.expand import broadcast_pair
 from minicbam.tensor import Tensor
 
@@ -137,6 +143,11 @@ def add_arrays(a, b):
     return apply_binary(add_kernel, a, b)
 
 
+def add_into(a, b):
+    """``a += b`` in place (backward's gradient sums, into arrays it made itself)."""
+    return apply_binary_inplace(add_kernel, a, b)
+
+
 def mul_arrays(a, b):
     return apply_binary(mul_kernel, a, b)
 
@@ -218,6 +229,10 @@ class ScalarOp(Function):
         return (apply_binary(div_grad_b_kernel, gy, apply_binary(div_kernel, self.y, self.x)),)
 
 
+def _both_tensors(a, b):
+    return isinstance(a, Tensor) and isinstance(b, Tensor)
+
+
 def _float_tensor_and_number(t, c):
     return (
         isinstance(t, Tensor)
@@ -228,34 +243,38 @@ def _float_tensor_and_number(t, c):
 
 
 def add(a, b):
-    if _float_tensor_and_number(a, b):
-        return ScalarOp("add", b)(a)
-    if _float_tensor_and_number(b, a):
-        return ScalarOp("add", a)(b)
+    if not _both_tensors(a, b):  # the common case skips the number checks
+        if _float_tensor_and_number(a, b):
+            return ScalarOp("add", b)(a)
+        if _float_tensor_and_number(b, a):
+            return ScalarOp("add", a)(b)
     return Add()(*broadcast_pair("add", a, b))
 
 
 def sub(a, b):
-    if _float_tensor_and_number(a, b):
-        return ScalarOp("add", -b)(a)
-    if _float_tensor_and_number(b, a):
-        return ScalarOp("rsub", a)(b)
+    if not _both_tensors(a, b):  # the common case skips the number checks
+        if _float_tensor_and_number(a, b):
+            return ScalarOp("add", -b)(a)
+        if _float_tensor_and_number(b, a):
+            return ScalarOp("rsub", a)(b)
     return Sub()(*broadcast_pair("sub", a, b))
 
 
 def mul(a, b):
-    if _float_tensor_and_number(a, b):
-        return ScalarOp("mul", b)(a)
-    if _float_tensor_and_number(b, a):
-        return ScalarOp("mul", a)(b)
+    if not _both_tensors(a, b):  # the common case skips the number checks
+        if _float_tensor_and_number(a, b):
+            return ScalarOp("mul", b)(a)
+        if _float_tensor_and_number(b, a):
+            return ScalarOp("mul", a)(b)
     return Mul()(*broadcast_pair("mul", a, b))
 
 
 def div(a, b):
-    if _float_tensor_and_number(a, b):
-        return ScalarOp("div", b)(a)
-    if _float_tensor_and_number(b, a):
-        return ScalarOp("rdiv", a)(b)
+    if not _both_tensors(a, b):  # the common case skips the number checks
+        if _float_tensor_and_number(a, b):
+            return ScalarOp("div", b)(a)
+        if _float_tensor_and_number(b, a):
+            return ScalarOp("rdiv", a)(b)
     # true division: integers and bools divide as the default float (1 / 2 = 0.5)
     return Div()(*broadcast_pair("div", a, b, true_divide_type(result_type(a, b))))
 

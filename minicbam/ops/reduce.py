@@ -18,6 +18,7 @@ from the CPU's sequential sums in the last float64 bit.
 """
 
 import functools
+import math
 
 import numpy as np
 from numba import njit, prange
@@ -101,7 +102,9 @@ def _sum_rows_cuda():
     return device.launcher(sum_rows, stages=stages)
 
 
-sum_rows_kernel = Kernel(cpu=_sum_rows_cpu, cuda=_sum_rows_cuda, float64_math=True)
+sum_rows_kernel = Kernel(
+    cpu=_sum_rows_cpu, cuda=_sum_rows_cuda, float64_math=True, serial_small=True
+)
 
 COLUMN_BLOCK = 256  # columns per CPU task: the inner loop runs along contiguous memory
 
@@ -152,7 +155,9 @@ def _sum_columns_cuda():
     return device.launcher(sum_column_chunks, stages=stages)
 
 
-sum_columns_kernel = Kernel(cpu=_sum_columns_cpu, cuda=_sum_columns_cuda, float64_math=True)
+sum_columns_kernel = Kernel(
+    cpu=_sum_columns_cpu, cuda=_sum_columns_cuda, float64_math=True, serial_small=True
+)
 
 
 def normalize_dims(dim, ndim, op="sum"):
@@ -182,7 +187,7 @@ def rows_layout(x, dims):
     order = keep + dims
     rows = x if order == tuple(range(x.ndim)) else permute_array(x, order)
     keep_shape = tuple(x.shape[d] for d in keep)
-    K = int(np.prod([x.shape[d] for d in dims], dtype=np.int64))
+    K = math.prod(x.shape[d] for d in dims)
     return rows, keep_shape, K
 
 
@@ -200,15 +205,18 @@ def keepdim_shape(shape, dims):
     return tuple(1 if d in dims else s for d, s in enumerate(shape))
 
 
+_FLOAT_ZERO, _INT_ZERO = np.float64(0), np.int64(0)  # the accumulators' start
+
+
 def sum_array(x, dims, keepdim=False):
     """Floats sum (accumulating in float64) to their dtype; integers and bools sum exactly,
     in int64, to int64 (PyTorch's rule)."""
     keep_shape = tuple(s for d, s in enumerate(x.shape) if d not in dims)
     out_dtype = sum_type(x.dtype)
-    zero = np.float64(0) if out_dtype.kind == "f" else np.int64(0)
+    zero = _FLOAT_ZERO if out_dtype.kind == "f" else _INT_ZERO
     out = device.empty(keep_shape, out_dtype, device.device_of(x))
     if out.size and dims == tuple(range(len(dims))) and keep_shape:
-        R = int(np.prod(x.shape[: len(dims)], dtype=np.int64))
+        R = math.prod(x.shape[: len(dims)])
         sum_columns_kernel(device.flat(out), device.flat(x), R, zero)
     elif out.size:
         rows, _, K = rows_layout(x, dims)
@@ -251,5 +259,5 @@ def mean(x, dim=None, keepdim=False):
     dims = normalize_dims(dim, x.ndim, "mean")
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"mean: expected a floating-point tensor, got dtype {x.dtype}")
-    count = int(np.prod([x.shape[d] for d in dims], dtype=np.int64))
+    count = math.prod(x.shape[d] for d in dims)
     return Sum(dims, keepdim)(x) * (1.0 / count if count else float("nan"))

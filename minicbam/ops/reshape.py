@@ -3,7 +3,7 @@ unsqueeze. The data is shared (contiguous arrays reshape for free); backward res
 the gradient back: gx = gy.reshape(x.shape).
 """
 
-import numpy as np
+import math
 
 from minicbam.function import Function
 
@@ -23,15 +23,15 @@ class Reshape(Function):
 def resolve_shape(op, x_shape, shape):
     """``shape`` with its one -1 inferred; a clear error when sizes do not match."""
     shape = tuple(int(s) for s in shape)
-    total = int(np.prod(x_shape, dtype=np.int64))
+    total = math.prod(x_shape)
     if shape.count(-1) > 1:
         raise ValueError(f"{op}: only one dimension can be -1, got {shape}")
     if -1 in shape:
-        known = int(np.prod([s for s in shape if s != -1], dtype=np.int64))
+        known = math.prod(s for s in shape if s != -1)
         if known == 0 or total % known:
             raise ValueError(f"{op}: shape {shape} is invalid for input of size {total}")
         shape = tuple(total // known if s == -1 else s for s in shape)
-    if int(np.prod(shape, dtype=np.int64)) != total or any(s < 0 for s in shape):
+    if math.prod(shape) != total or any(s < 0 for s in shape):
         raise ValueError(f"{op}: shape {shape} is invalid for input of shape {x_shape} ({total})")
     return shape
 

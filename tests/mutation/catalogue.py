@@ -23,6 +23,7 @@ OPTIM = ["tests/optim/test_optimizers.py", "tests/optim/test_optim_cuda.py"]
 ATT_NN = ["tests/nn/test_attention.py"]
 TWO_STAGE = ["tests/kernels/test_two_stage_reductions.py"]
 GEMM_CUDA = ["tests/kernels/test_gemm_cuda.py"]
+ENGINE = ["tests/test_backward_engine.py"]
 
 
 def m(id, file, original, replacement, tests, description):
@@ -38,6 +39,7 @@ def m(id, file, original, replacement, tests, description):
 
 UNARY, BINARY = "minicbam/ops/unary.py", "minicbam/ops/binary.py"
 ELEM, REDUCE = "minicbam/kernels/elementwise.py", "minicbam/ops/reduce.py"
+FUNCTION = "minicbam/function.py"
 MAX, STRIDED = "minicbam/ops/max.py", "minicbam/kernels/strided.py"
 GEMM, MATMUL_PY = "minicbam/kernels/gemm.py", "minicbam/ops/matmul.py"
 DIRECT, IM2COL = "minicbam/kernels/conv2d_direct.py", "minicbam/kernels/im2col.py"
@@ -138,6 +140,39 @@ MUTANTS = [
         "for i in range(cuda.grid(1), out.size - 1, cuda.gridsize(1)):\n                out[i] = body(x[i], y[i], a, b)",
         CORE,
         "[cuda] binary kernels: the grid-stride loop stops one element early",
+    ),
+    m(
+        "elementwise-scalar-zero-sign",
+        ELEM,
+        "    a = zero_one(dtype)[0] if a is None else",
+        "    a = zero_one(dtype)[0] if a is None or a == 0 else",
+        ENGINE,
+        "[both] kernel scalars: -0.0 taken for the cached +0.0 (x - 0.0 loses the sign of -0.0)",
+    ),
+    # ------------------------------------------------------------------ autograd engine
+    m(
+        "sweep-sum-into-shared-gradient",
+        FUNCTION,
+        "            elif creator in summed:\n",
+        "            elif creator in grads:\n",
+        ENGINE,
+        "[both] backward: a fanned-in sum added in place into the gy that add gave two inputs",
+    ),
+    m(
+        "sweep-leaf-grad-in-place-across-sweeps",
+        FUNCTION,
+        "    if grad is not None and fresh.get(id(t)) is grad.data:\n",
+        "    if grad is not None:\n",
+        ENGINE,
+        "[both] backward: a leaf's .grad from an earlier sweep (or the user's) changed in place",
+    ),
+    m(
+        "topological-order-inputs-forward",
+        FUNCTION,
+        "stack.append((child, reversed(child.inputs)))",
+        "stack.append((child, iter(child.inputs)))",
+        ENGINE,
+        "[both] backward: nodes visited in another order (fanned-in gradients summed differently)",
     ),
     # ------------------------------------------------------------------ reductions, broadcasting
     m(
