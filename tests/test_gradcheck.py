@@ -94,3 +94,53 @@ def test_leaves_inputs_unchanged():
     before = x.numpy()
     mc.gradcheck(lambda t: t * t, x)
     np.testing.assert_array_equal(x.numpy(), before)
+
+
+class Offset(Function):
+    """y = x^2 whose gradient at element 0 is off by ``offset`` (NaN allowed)."""
+
+    def __init__(self, offset):
+        self.offset = offset
+
+    def forward(self, x):
+        self.x = x
+        return x * x
+
+    def backward(self, gy):
+        gx = 2 * self.x * gy
+        gx[0] += self.offset
+        return (gx,)
+
+
+class Reversed(Function):
+    """y = x whose backward routes each output's gradient to the mirrored input: right
+    for a cotangent of equal entries, wrong for any other."""
+
+    def forward(self, x):
+        return x.copy()
+
+    def backward(self, gy):
+        return (gy[::-1].copy(),)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e3])
+def test_tolerance_is_atol_plus_rtol_times_numeric(scale):
+    # element 0's numeric gradient is 2 x0 v0 (v: the seeded cotangent); an error just
+    # over atol + rtol |numeric| is reported, one just under it is not
+    x = mc.tensor(np.array([scale, 1.0, 2.0]), dtype=mc.float64, requires_grad=True)
+    v0 = np.random.default_rng(5).standard_normal(3)[0]
+    tolerance = 1e-5 + 1e-3 * abs(2 * scale * v0)
+    for factor, passes in ((0.5, True), (2.0, False)):
+        fn = lambda t: Offset(factor * tolerance)(t)  # noqa: B023 - called right away
+        assert mc.gradcheck(fn, x, seed=5, raise_exception=False) == passes, factor
+
+
+def test_nan_gradient_is_reported():
+    x = _leaf((3,), 12)
+    with pytest.raises(mc.GradcheckError, match="analytic nan"):
+        mc.gradcheck(lambda t: Offset(np.nan)(t), x)
+
+
+def test_gradient_sent_to_the_wrong_output_is_caught():
+    # a cotangent of ones could not tell gy from gy reversed
+    assert not mc.gradcheck(lambda t: Reversed()(t), _leaf((4,), 13), raise_exception=False)

@@ -6,7 +6,9 @@ files, run with the CI profile) and a one-line ``description``. Mutants aim at c
 lines: index arithmetic, reductions, gradient terms, tie rules, remainders and the
 hyper-parameters the strategies rarely draw. Tags in the description: [cpu] the mutated body
 runs only on the CPU, [cuda] only in CUDA kernels (the simulator-off run cannot kill those
-while the GPU is absent), [both] a body that both devices share.
+while the GPU is absent), [both] a body that both devices share. Untagged: host-side Python
+with no kernel body (modules, schedulers, clipping, converters, gradcheck, dtype rules), run
+the same way whatever the device.
 """
 
 CORE = ["tests/ops/test_core_ops.py"]
@@ -26,6 +28,24 @@ GEMM_CUDA = ["tests/kernels/test_gemm_cuda.py"]
 ENGINE = ["tests/test_backward_engine.py"]
 
 
+SE = ["tests/ops/test_squeeze_excite.py"]
+LOSSES = ["tests/ops/test_losses.py"]
+DROPOUT = ["tests/ops/test_dropout.py"]
+SCHED = ["tests/optim/test_lr_scheduler.py"]
+CLIP = ["tests/optim/test_clip.py"]
+SBN = ["tests/distributed/test_sync_batch_norm_op.py"]
+SBN_SELECT = "single_process or ranks"  # the statistics' checks (not the finite differences)
+INTEROP = ["tests/io/interop/test_convert.py", "tests/io/interop/test_torch_parity.py"]
+MODULES = ["tests/nn/test_module.py", "tests/nn/test_layers_torch.py"]
+GRADCHECK = ["tests/test_gradcheck.py"]
+SEMANTICS = ["tests/test_semantics.py"]
+GEMM_T = ["tests/kernels/test_gemm.py"]
+WINO_SELECT = "test_winograd"
+# the written-out 1-D transforms checked against B^T, A^T and A themselves (no compile)
+WINO_TRANSFORMS = ["tests/ops/test_conv2d.py::test_winograd_transforms_match_their_matrices"]
+CONV_ROUTE_SELECT = "path_rule or algorithm or winograd_float32"
+
+
 def m(id, file, original, replacement, tests, description):
     return {
         "id": id,
@@ -35,6 +55,14 @@ def m(id, file, original, replacement, tests, description):
         "tests": tests,
         "description": description,
     }
+
+
+def ms(id, file, original, replacement, tests, description, select):
+    """A mutant with its own ``-k`` selection (None: the whole test files)."""
+    entry = m(id, file, original, replacement, tests, description)
+    if select:
+        entry["select"] = select
+    return entry
 
 
 UNARY, BINARY = "minicbam/ops/unary.py", "minicbam/ops/binary.py"
@@ -58,6 +86,11 @@ BN_PY, SOFTMAX_PY, CE_PY = (
 )
 ADAM_K, SGD, VAR = "minicbam/kernels/adam_update.py", "minicbam/optim/sgd.py", "minicbam/ops/var.py"
 ATTN = "minicbam/nn/attention.py"
+WINO, SE_PY = "minicbam/kernels/winograd.py", "minicbam/ops/squeeze_excite.py"
+LOSSES_PY, DROPOUT_PY = "minicbam/ops/losses.py", "minicbam/ops/dropout.py"
+SCHED_PY, CLIP_PY = "minicbam/optim/lr_scheduler.py", "minicbam/optim/clip.py"
+SBN_PY, GC_PY = "minicbam/ops/sync_batch_norm.py", "minicbam/gradcheck.py"
+INTEROP_COMMON, MODULE_PY = "minicbam/io/interop/_common.py", "minicbam/nn/module.py"
 
 MUTANTS = [
     # ------------------------------------------------------------------ elementwise
@@ -1008,6 +1041,845 @@ MUTANTS = [
         ATT_NN,
         "CBAM: spatial attention applied before channel attention",
     ),
+    # ------------------------------------------------------------------ Winograd F(4x4, 3x3)
+    # (CPU only: float32 3x3 stride-1 single-group convs by default; the tests' "winograd"
+    # path sends every eligible shape there in float64 too)
+    ms(
+        "wino-bt-row0",
+        WINO,
+        "four * d0 - five * d2 + d4,",
+        "four * d0 - five * d2 + d3,",
+        WINO_TRANSFORMS,
+        "[cpu] Winograd input transform: row 0 of B^T reads d3 instead of d4",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-at-drop-m5",
+        WINO,
+        "(m1 - m2) + eight * (m3 - m4) + m5,",
+        "(m1 - m2) + eight * (m3 - m4),",
+        WINO_TRANSFORMS,
+        "[cpu] Winograd output transform: the last row of A^T loses its m5 term",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-a4-sign",
+        WINO,
+        "g0 - two * g1 + four * g2 - eight * g3,",
+        "g0 - two * g1 + four * g2 + eight * g3,",
+        WINO_TRANSFORMS,
+        "[cpu] Winograd gradient tile transform A g: the sign of the 8 g3 term in row 4",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-left-pad-from-top",
+        WINO,
+        "r0, s0 = (rest // tw) * 4 - pt, (rest % tw) * 4 - pl",
+        "r0, s0 = (rest // tw) * 4 - pt, (rest % tw) * 4 - pt",
+        CONV,
+        "[cpu] Winograd input patches: the column offset uses the top padding (ph != pw)",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-patch-top-row",
+        WINO,
+        "if r >= 0 and r < H and s >= 0 and s < W:",
+        "if r > 0 and r < H and s >= 0 and s < W:",
+        CONV,
+        "[cpu] Winograd input patches: input row 0 read as zero padding",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-output-last-column",
+        WINO,
+        "rows, cols = min(4, OH - r0), min(4, OW - s0)",
+        "rows, cols = min(4, OH - r0), min(3, OW - s0)",
+        CONV,
+        "[cpu] Winograd output transform: the 4th column of every tile never written",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-grad-tile-edge",
+        WINO,
+        "                    if r < OH and s < OW:\n",
+        "                    if r < OH:\n",
+        CONV,
+        "[cpu] Winograd weight grad: gy's partial right tile not zero-filled past OW",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-input-grad-no-flip",
+        WINO,
+        "GGm = np.ascontiguousarray(GGm[:, ::-1]) if flip else GGm",
+        "GGm = np.ascontiguousarray(GGm) if flip else GGm",
+        CONV,
+        "[cpu] Winograd input gradient: the kernel is not rotated by 180 degrees",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-input-grad-pads-order",
+        WINO,
+        "tuple(2 - p for p in pads)",
+        "tuple(2 - p for p in pads[::-1])",
+        CONV,
+        "[cpu] Winograd input gradient: padding 2 - p taken in reversed (W before H) order",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-forward-u-untransposed",
+        WINO,
+        "transform_weight(w).swapaxes(1, 2), pads)",
+        "transform_weight(w), pads)",
+        CONV,
+        "[cpu] Winograd forward: U used as (36, CO, C) where the GEMM needs (36, C, CO)",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-last-block-short",
+        WINO,
+        "return [(t0, min(P, t0 + size)) for t0 in range(0, P, size)]",
+        "return [(t0, min(P - 1, t0 + size)) for t0 in range(0, P, size)]",
+        CONV,
+        "[cpu] Winograd forward blocks: the last tile of the batch is never computed",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-sub-block-short",
+        WINO,
+        "return [(t0, min(hi, t0 + size)) for t0 in range(lo, hi, size)]",
+        "return [(t0, min(hi - 1, t0 + size)) for t0 in range(lo, hi, size)]",
+        CONV,
+        "[cpu] Winograd weight grad: each range's last tile left out of gU",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-sub-block-overwrite",
+        WINO,
+        "np.add(gU, part, out=gU)",
+        "np.copyto(gU, part)",
+        CONV,
+        "[cpu] Winograd weight grad: a later block of tiles overwrites gU instead of adding",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-pieces-last",
+        WINO,
+        "bounds = [size * i // workers for i in range(workers + 1)]",
+        "bounds = [size * i // workers for i in range(workers)]",
+        CONV,
+        "[cpu] Winograd task pieces: the last piece of columns / tiles dropped",
+        WINO_SELECT,
+    ),
+    # ------------------------------------------------------------------ conv2d routing
+    ms(
+        "conv-route-float64-winograd",
+        CONV_PY,
+        'return "winograd" if wide and x.dtype == np.float32 else "im2col"',
+        'return "winograd" if wide else "im2col"',
+        CONV,
+        "[cpu] conv2d routing: float64 sent to Winograd (inexact) by default",
+        CONV_ROUTE_SELECT,
+    ),
+    ms(
+        "conv-route-min-channels",
+        CONV_PY,
+        "wide = min(w.shape[0], w.shape[1]) >= WINOGRAD_MIN_CHANNELS",
+        "wide = max(w.shape[0], w.shape[1]) >= WINOGRAD_MIN_CHANNELS",
+        CONV,
+        "[cpu] conv2d routing: Winograd once either side is wide (thin GEMMs included)",
+        CONV_ROUTE_SELECT,
+    ),
+    ms(
+        "conv-route-dilation",
+        WINO,
+        "        and tuple(dilation) == (1, 1)\n",
+        "",
+        CONV,
+        "[cpu] Winograd eligibility: dilated 3x3 kernels accepted",
+        CONV_ROUTE_SELECT + " or winograd",
+    ),
+    ms(
+        "conv-route-pads",
+        WINO,
+        "and max(pads) <= 2",
+        "and max(pads) <= 3",
+        CONV,
+        "[cpu] Winograd eligibility: padding 3 accepted (the input gradient needs 2 - p >= 0)",
+        CONV_ROUTE_SELECT,
+    ),
+    ms(
+        "conv-route-direct-groups",
+        CONV_PY,
+        "if w.shape[1] * (w.shape[0] // self.groups) <= DIRECT_MAX_PRODUCT:",
+        "if w.shape[1] * w.shape[0] <= DIRECT_MAX_PRODUCT:",
+        CONV,
+        "[both] conv2d routing: the direct rule counts all output channels, not those per group",
+        CONV_ROUTE_SELECT,
+    ),
+    ms(
+        "conv-pair-padding-order",
+        CONV_PY,
+        "    return ph, ph, pw, pw\n",
+        "    return ph, pw, ph, pw\n",
+        CONV,
+        "[both] conv2d padding pair: (top, bottom, left, right) built as (ph, pw, ph, pw)",
+        "oracles or gradcheck",
+    ),
+    ms(
+        "conv-cpu-y-view-groups",
+        CONV_PY,
+        "return (G, COg, nb, L), (COg * L, L, G * COg * L, 1), n0 * G * COg * L",
+        "return (G, COg, nb, L), (COg * L, L, COg * L, 1), n0 * G * COg * L",
+        CONV,
+        "[cpu] conv2d CPU chunks: the joined y view's sample stride ignores the groups",
+        "chunked or joined or oracles",
+    ),
+    ms(
+        "conv-cpu-last-chunk-gw",
+        CONV_PY,
+        "            for part in parts[1:]:\n",
+        "            for part in parts[1:-1]:\n",
+        CONV,
+        "[cpu] conv2d CPU backward: the last chunk's part of gW not added",
+        "chunked or joined or gradcheck",
+    ),
+    # ------------------------------------------------------------------ fused SE (CPU body)
+    ms(
+        "sefused-cpu-squeeze-normaliser",
+        SE_PY,
+        "            z[n, c] = plane_sum_cpu(x3[n, c]) / M\n",
+        "            z[n, c] = plane_sum_cpu(x3[n, c]) / C\n",
+        SE,
+        "[cpu] fused SE CPU forward: the squeeze divides by C instead of H W",
+        None,
+    ),
+    ms(
+        "sefused-cpu-gx-drop-squeeze",
+        SE_PY,
+        "gxp[m] = gyp[m] * sc + g0",
+        "gxp[m] = gyp[m] * sc",
+        SE,
+        "[cpu] fused SE CPU backward: the squeeze's share gz / M left out of gx",
+        None,
+    ),
+    ms(
+        "sefused-relu-grad-at-zero",
+        SE_PY,
+        "    if h[n, k] > 0:\n",
+        "    if h[n, k] >= 0:\n",
+        SE,
+        "[both] fused SE backward: gradient flows through dead hidden units (h = 0)",
+        None,
+    ),
+    ms(
+        "sefused-sigmoid-negative",
+        SE_PY,
+        "        s[n, c] = e / (1.0 + e)\n",
+        "        s[n, c] = 1.0 / (1.0 + e)\n",
+        SE,
+        "[both] fused SE excitation: the negative-logit sigmoid branch gives sigmoid(-l)",
+        None,
+    ),
+    ms(
+        "sefused-plane-sum-first",
+        SE_PY,
+        "    for k in range(plane.size):\n",
+        "    for k in range(1, plane.size):\n",
+        SE,
+        "[both] fused SE squeeze: the first element of each plane left out of the sum",
+        None,
+    ),
+    ms(
+        "sefused-gw1-last-sample",
+        SE_PY,
+        "        for n in range(N):\n            acc += ga[n, k] * z[n, c]\n",
+        "        for n in range(N - 1):\n            acc += ga[n, k] * z[n, c]\n",
+        SE,
+        "[both] fused SE weight grad: gW1 misses the last sample (N > 1)",
+        None,
+    ),
+    ms(
+        "sefused-logit-grad-drop",
+        SE_PY,
+        "gl[n, c] = sv * (1.0 - sv) * dot",
+        "gl[n, c] = sv * dot",
+        SE,
+        "[both] fused SE backward: the factor 1 - s of the sigmoid's derivative dropped",
+        None,
+    ),
+    # ------------------------------------------------------------------ losses
+    ms(
+        "loss-softplus-linear-beta",
+        LOSSES_PY,
+        "        return x\n    if z > 0:\n",
+        "        return z\n    if z > 0:\n",
+        LOSSES,
+        "[both] softplus above the threshold: beta x instead of x (beta != 1)",
+        "softplus or bce_with_logits",
+    ),
+    ms(
+        "loss-softplus-grad-negative",
+        LOSSES_PY,
+        "return gy * math.exp(z - math.log1p(math.exp(z)))",
+        "return gy * math.exp(-math.log1p(math.exp(z)))",
+        LOSSES,
+        "[both] softplus backward, beta x < 0: sigmoid(-z) instead of sigmoid(z)",
+        "softplus or bce_with_logits",
+    ),
+    ms(
+        "loss-bce-pos-weight",
+        LOSSES_PY,
+        "((pos_weight - 1.0) * target + 1.0)",
+        "(pos_weight * target + 1.0)",
+        LOSSES,
+        "[both] BCE with logits: the positive weight's factor 1 + (pw - 1) t built as 1 + pw t",
+        "bce_with_logits",
+    ),
+    ms(
+        "loss-bce-clamp",
+        LOSSES_PY,
+        "        target * clamp(log(input), min=-100.0)\n",
+        "        target * clamp(log(input), min=-10.0)\n",
+        LOSSES,
+        "[both] BCE: log x clamped at -10 instead of PyTorch's -100",
+        "bce",
+    ),
+    ms(
+        "loss-mean-first-dim",
+        LOSSES_PY,
+        "        return mean(loss)\n",
+        "        return sum(loss) * (1.0 / loss.shape[0])\n",
+        LOSSES,
+        "[both] regression/BCE losses: the mean divides by the first dimension only",
+        None,
+    ),
+    ms(
+        "loss-nll-grad-sign",
+        CE_PY,
+        "else -scale * a",
+        "else scale * a",
+        CE,
+        "[both] nll_loss backward: -s a_c with the wrong sign",
+        "nll",
+    ),
+    ms(
+        "loss-ce-smoothing-c-minus-1",
+        CE_PY,
+        "dtype.type(self.eps / self.C),",
+        "dtype.type(self.eps / (self.C - 1)),",
+        CE,
+        "[both] cross-entropy label smoothing: eps / (C - 1) spread instead of eps / C",
+        None,
+    ),
+    ms(
+        "loss-ce-ignored-row-counted",
+        CE_PY,
+        "        loss[r] = 0\n        wt[r] = 0\n",
+        "        loss[r] = 0\n        wt[r] = 1\n",
+        CE,
+        "[both] cross-entropy: ignored rows counted in the mean's denominator",
+        None,
+    ),
+    ms(
+        "loss-ce-smoothing-unweighted",
+        CE_PY,
+        "smooth += weight[c] * ((m - x[base + c]) + log_total)",
+        "smooth += (m - x[base + c]) + log_total",
+        CE,
+        "[both] cross-entropy forward: the smoothing term ignores the class weights",
+        None,
+    ),
+    # ------------------------------------------------------------------ dropout
+    ms(
+        "dropout-not-inverted",
+        DROPOUT_PY,
+        "self.mask = device.to_device((keep * scale).astype(x.dtype), device.device_of(x))",
+        "self.mask = device.to_device(keep.astype(x.dtype), device.device_of(x))",
+        DROPOUT,
+        "[both] dropout: survivors not rescaled by 1 / (1 - p)",
+        None,
+    ),
+    ms(
+        "dropout-eval-ignored",
+        DROPOUT_PY,
+        "    if not training or p == 0:\n",
+        "    if p == 0:\n",
+        DROPOUT,
+        "[both] dropout: training=False still drops",
+        None,
+    ),
+    ms(
+        "dropout-module-always-train",
+        "minicbam/nn/dropout.py",
+        "return F.dropout(input, self.p, self.training)",
+        "return F.dropout(input, self.p)",
+        DROPOUT + ["tests/nn/test_layers_torch.py"],
+        "[both] nn.Dropout: eval() does not switch dropout off",
+        "dropout or Dropout or eval",
+    ),
+    # ------------------------------------------------------------------ LR schedulers
+    ms(
+        "sched-step-off-by-one",
+        SCHED_PY,
+        "return base_lr * self.gamma ** (epoch // self.step_size)",
+        "return base_lr * self.gamma ** ((epoch + 1) // self.step_size)",
+        SCHED,
+        "StepLR: the decay one epoch early",
+        None,
+    ),
+    ms(
+        "sched-cosine-eta-min",
+        SCHED_PY,
+        "return self.eta_min + (base_lr - self.eta_min) * cosine",
+        "return self.eta_min + base_lr * cosine",
+        SCHED,
+        "CosineAnnealingLR: the amplitude b instead of b - eta_min",
+        None,
+    ),
+    ms(
+        "sched-linear-no-clamp",
+        SCHED_PY,
+        "progress = min(epoch, self.total_iters) / self.total_iters",
+        "progress = epoch / self.total_iters",
+        SCHED,
+        "LinearLR: the factor keeps moving past total_iters",
+        None,
+    ),
+    ms(
+        "sched-sequential-no-restart",
+        SCHED_PY,
+        "return self.schedulers[i], epoch - (self.milestones[i - 1] if i else 0)",
+        "return self.schedulers[i], epoch",
+        SCHED,
+        "SequentialLR: a later schedule is not restarted at its milestone",
+        None,
+    ),
+    ms(
+        "sched-sequential-boundary",
+        SCHED_PY,
+        "i = bisect.bisect_right(self.milestones, epoch)",
+        "i = bisect.bisect_left(self.milestones, epoch)",
+        SCHED,
+        "SequentialLR: at the milestone epoch the previous schedule still runs",
+        None,
+    ),
+    # ------------------------------------------------------------------ gradient clipping
+    ms(
+        "clip-inf-sums-norms",
+        CLIP_PY,
+        "            total = max(norms)\n",
+        "            total = sum(norms)\n",
+        CLIP,
+        "clip_grad_norm_ (inf): the parameters' max norms summed instead of maxed",
+        None,
+    ),
+    ms(
+        "clip-total-sum-of-norms",
+        CLIP_PY,
+        "total = math.fsum(n**norm_type for n in norms) ** (1 / norm_type)",
+        "total = math.fsum(norms)",
+        CLIP,
+        "clip_grad_norm_: the total norm is the sum of the parameters' norms",
+        None,
+    ),
+    ms(
+        "clip-scales-up",
+        CLIP_PY,
+        "        if coef < 1:  # scaling by 1 would change nothing\n",
+        "        if coef != 1:\n",
+        CLIP,
+        "clip_grad_norm_: gradients below max_norm are scaled up to it",
+        None,
+    ),
+    ms(
+        "clip-norm-no-abs",
+        CLIP_PY,
+        "return g.abs().pow(norm_type).sum().item() ** (1 / norm_type)",
+        "return g.pow(norm_type).sum().item() ** (1 / norm_type)",
+        CLIP,
+        "clip_grad_norm_ (q != 2): |g| taken without the absolute value",
+        None,
+    ),
+    ms(
+        "clip-value-lower-bound",
+        CLIP_PY,
+        "p.grad = p.grad.clamp(-clip_value, clip_value)",
+        "p.grad = p.grad.clamp(-clip_value * 0.5, clip_value)",
+        CLIP,
+        "clip_grad_value_: the lower bound at -clip_value / 2",
+        None,
+    ),
+    # ------------------------------------------------------------------ optimisers (more)
+    ms(
+        "adam-beta2-correction-no-sqrt",
+        ADAM_K,
+        "dtype((1 - beta2**step) ** 0.5),",
+        "dtype(1 - beta2**step),",
+        OPTIM,
+        "[both] fused Adam: the second-moment bias correction without its square root",
+        None,
+    ),
+    ms(
+        "adamw-decay-without-lr",
+        ADAM_K,
+        "dtype(1 - lr * weight_decay),",
+        "dtype(1 - weight_decay),",
+        OPTIM,
+        "[both] fused AdamW: the decoupled decay p (1 - wd) forgets the learning rate",
+        None,
+    ),
+    ms(
+        "sgd-first-step-damped",
+        SGD,
+        "buf = clone(g)  # PyTorch's first step: the buffer is the gradient, undamped",
+        'buf = (1 - group["dampening"]) * g',
+        OPTIM,
+        "[both] SGD: dampening applied to the first momentum buffer",
+        None,
+    ),
+    ms(
+        "optim-group-defaults-override",
+        "minicbam/optim/optimizer.py",
+        "            group.setdefault(key, value)\n",
+        "            group[key] = value\n",
+        OPTIM,
+        "[both] param groups: the defaults overwrite a group's own hyper-parameters",
+        None,
+    ),
+    ms(
+        "optim-load-keeps-lr",
+        "minicbam/optim/optimizer.py",
+        'merged.update({k: _plain(v) for k, v in saved.items() if k != "params"})',
+        'merged.update({k: _plain(v) for k, v in saved.items() if k not in ("params", "lr")})',
+        OPTIM + ["tests/optim/test_optimizer_state.py"],
+        "[both] optimizer load_state_dict: the saved learning rates not restored",
+        None,
+    ),
+    # ------------------------------------------------------------------ sync batch norm
+    ms(
+        "sbn-rank-between-planes",
+        SBN_PY,
+        "m2 = pm2.sum(axis=0) + M * ((pmean - mean) ** 2).sum(axis=0)",
+        "m2 = pm2.sum(axis=0)",
+        SBN,
+        "[both] sync_batch_norm: a rank's between-plane term of M2 dropped (N > 1)",
+        SBN_SELECT,
+    ),
+    ms(
+        "sbn-unweighted-rank-mean",
+        SBN_PY,
+        "mu = (counts[:, None] * means).sum(axis=0) / total",
+        "mu = means.mean(axis=0)",
+        SBN,
+        "[both] sync_batch_norm: the global mean averages the ranks' means unweighted",
+        SBN_SELECT,
+    ),
+    ms(
+        "sbn-between-ranks",
+        SBN_PY,
+        "m2_all = m2s.sum(axis=0) + (counts[:, None] * (means - mu) ** 2).sum(axis=0)",
+        "m2_all = m2s.sum(axis=0)",
+        SBN,
+        "[both] sync_batch_norm: the between-rank term of the global M2 dropped",
+        SBN_SELECT,
+    ),
+    ms(
+        "sbn-running-var-biased",
+        SBN_PY,
+        "_update_running(self.rvar, m2 / (K - 1), self.momentum)",
+        "_update_running(self.rvar, m2 / K, self.momentum)",
+        SBN,
+        "[both] sync_batch_norm: running variance updated with the biased variance",
+        SBN_SELECT,
+    ),
+    ms(
+        "sbn-grad-local-sums",
+        SBN_PY,
+        "sg, sgx = self.group.allreduce_array(local.reshape(-1)).reshape(2, C)",
+        "sg, sgx = local",
+        SBN,
+        "[both] sync_batch_norm backward: the gradient sums not reduced over the ranks",
+        SBN_SELECT,
+    ),
+    ms(
+        "sbn-grad-projection-invstd",
+        SBN_PY,
+        "invstd * invstd * sgx / K",
+        "invstd * sgx / K",
+        SBN,
+        "[both] sync_batch_norm backward: one invstd factor of the projection term dropped",
+        SBN_SELECT,
+    ),
+    # ------------------------------------------------------------------ weight interop
+    ms(
+        "interop-official-no-swap",
+        "minicbam/io/interop/official.py",
+        "return check_spatial_conv(weight, key)[:, ::-1].copy()",
+        "return check_spatial_conv(weight, key).copy()",
+        INTEROP,
+        "official CBAM: the spatial conv's (max, mean) input channels not swapped",
+        None,
+    ),
+    ms(
+        "interop-dataparallel-prefix",
+        INTEROP_COMMON,
+        "return {key.removeprefix(MODULE_PREFIX): value for key, value in state_dict.items()}",
+        "return {key: value for key, value in state_dict.items()}",
+        INTEROP,
+        "interop: the DataParallel 'module.' prefix not stripped",
+        None,
+    ),
+    ms(
+        "interop-timm-squeeze-transposed",
+        INTEROP_COMMON,
+        "    return weight[:, :, 0, 0]\n",
+        "    return weight[:, :, 0, 0].T\n",
+        INTEROP,
+        "timm: a 1x1 conv weight (out, in, 1, 1) squeezed to (in, out)",
+        None,
+    ),
+    ms(
+        "interop-unknown-dropped",
+        INTEROP_COMMON,
+        "        if renamed is None:\n            unknown.append(key)\n",
+        "        if renamed is None:\n            continue\n",
+        INTEROP,
+        "interop: an unknown key inside an attention module is dropped silently",
+        None,
+    ),
+    ms(
+        "interop-downsample-bn",
+        INTEROP_COMMON,
+        r"downsample\.[01]",
+        r"downsample\.0",
+        INTEROP,
+        "interop: a ResNet's downsample batch-norm keys (downsample.1) not recognised",
+        None,
+    ),
+    ms(
+        "interop-checkpoint-unwrap",
+        INTEROP_COMMON,
+        "    if isinstance(inner, dict):\n",
+        "    if isinstance(inner, list):\n",
+        INTEROP,
+        "interop: a whole checkpoint's 'state_dict' entry not unwrapped",
+        None,
+    ),
+    # ------------------------------------------------------------------ modules, state dicts
+    ms(
+        "sd-strict-missing-ignored",
+        MODULE_PY,
+        "errors = key_errors(missing, unexpected) + errors",
+        "errors = key_errors([], unexpected) + errors",
+        MODULES,
+        "load_state_dict(strict=True): missing keys not reported",
+        "state_dict",
+    ),
+    ms(
+        "sd-shape-by-size",
+        "minicbam/nn/_state_dict.py",
+        "    if tuple(host.shape) != t.shape:\n",
+        "    if host.size != int(np.prod(t.shape)):\n",
+        MODULES,
+        "load_state_dict: a value of another shape but the same size (a transposed weight) "
+        "accepted",
+        "state_dict",
+    ),
+    ms(
+        "module-train-not-recursive",
+        MODULE_PY,
+        "        for module in self.modules():\n            module.training = mode\n",
+        "        self.training = mode\n",
+        MODULES,
+        "Module.train/eval: the mode not propagated to the children",
+        "train or eval or dropout or batchnorm or BatchNorm",
+    ),
+    ms(
+        "bn-module-cumulative-factor",
+        "minicbam/nn/batchnorm.py",
+        "return 1.0 / float(counter.item())",
+        "return 1.0 / (float(counter.item()) + 1.0)",
+        MODULES,
+        "BatchNorm(momentum=None): the cumulative average's factor 1 / (n + 1) instead of 1 / n",
+        "batchnorm or BatchNorm or bn",
+    ),
+    ms(
+        "bn-module-eval-without-stats",
+        "minicbam/nn/batchnorm.py",
+        "use_batch_stats = self.training or self.running_mean is None",
+        "use_batch_stats = self.training",
+        MODULES,
+        "BatchNorm(track_running_stats=False) in eval: no batch statistics used",
+        "batchnorm or BatchNorm or bn",
+    ),
+    ms(
+        "linear-init-bias-bound",
+        "minicbam/nn/linear.py",
+        "bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0",
+        "bound = 1 / fan_in if fan_in > 0 else 0",
+        ["tests/nn/test_init.py"],
+        "Linear init: the bias bound 1 / fan_in instead of 1 / sqrt(fan_in)",
+        None,
+    ),
+    # ------------------------------------------------------------------ gradcheck itself
+    ms(
+        "gc-one-sided-normaliser",
+        GC_PY,
+        "grad[j] = (values[0] - values[1]) / (2 * eps)",
+        "grad[j] = (values[0] - values[1]) / eps",
+        GRADCHECK,
+        "gradcheck: the central difference divided by eps instead of 2 eps",
+        None,
+    ),
+    ms(
+        "gc-any-vs-all",
+        GC_PY,
+        "if not np.any(err > 0) and np.all(np.isfinite(analytic)):",
+        "if not np.all(err > 0) and np.all(np.isfinite(analytic)):",
+        GRADCHECK,
+        "gradcheck: reports only when every element disagrees",
+        None,
+    ),
+    ms(
+        "gc-nan-analytic-passes",
+        GC_PY,
+        "if not np.any(err > 0) and np.all(np.isfinite(analytic)):",
+        "if not np.any(err > 0):",
+        GRADCHECK,
+        "gradcheck: a NaN analytic gradient passes (NaN > 0 is False)",
+        None,
+    ),
+    ms(
+        "gc-tolerances-swapped",
+        GC_PY,
+        "_, report = gradient_errors(fn, inputs, eps, atol, rtol, seed)",
+        "_, report = gradient_errors(fn, inputs, eps, rtol, atol, seed)",
+        GRADCHECK,
+        "gradcheck: atol and rtol passed in swapped order (absolute tolerance 1e-3)",
+        None,
+    ),
+    ms(
+        "gc-ones-cotangent",
+        GC_PY,
+        "cotangents = [rng.standard_normal(y.shape) for y in outputs]",
+        "cotangents = [np.ones(y.shape) for y in outputs]",
+        GRADCHECK,
+        "gradcheck: an all-ones cotangent (blind to gradients routed to the wrong output)",
+        None,
+    ),
+    ms(
+        "gc-input-not-restored",
+        GC_PY,
+        "    x.data = device.to_device(host, x.device)\n    return grad\n",
+        "    return grad\n",
+        GRADCHECK,
+        "gradcheck: the input keeps its last shifted value",
+        None,
+    ),
+    # ------------------------------------------------------------------ dtypes, in-place ops
+    ms(
+        "dtype-promote-category",
+        "minicbam/dtypes.py",
+        "        return a if ca > cb else b\n",
+        "        return b if ca > cb else a\n",
+        SEMANTICS,
+        "promotion: integer with float gives the integer",
+        "promotion",
+    ),
+    ms(
+        "dtype-bool-number",
+        "minicbam/dtypes.py",
+        "if category(higher) == _BOOL or category(lower) == _FLOAT:",
+        "if category(lower) == _FLOAT:",
+        SEMANTICS,
+        "promotion: a bool tensor with an int number stays bool",
+        "promotion",
+    ),
+    ms(
+        "inplace-cast-unsafe",
+        "minicbam/inplace.py",
+        'np.can_cast(result.dtype, t.dtype, casting="same_kind")',
+        'np.can_cast(result.dtype, t.dtype, casting="unsafe")',
+        SEMANTICS + ["tests/test_error_catalogue.py"],
+        "in-place ops: a float result written into an integer tensor",
+        "inplace",
+    ),
+    ms(
+        "inplace-no-version-bump",
+        "minicbam/inplace.py",
+        "    bump_version(t)\n    if t.creator",
+        "    if t.creator",
+        SEMANTICS,
+        "in-place ops: the version counter not bumped (stale saved tensors go unnoticed)",
+        "inplace",
+    ),
+    # ------------------------------------------------------------------ CPU GEMM pieces
+    ms(
+        "gemm-cpu-last-piece",
+        GEMM,
+        "bounds = [size * i // pieces for i in range(pieces + 1)]",
+        "bounds = [size * i // pieces for i in range(pieces)]",
+        GEMM_T,
+        "[cpu] threaded matmul: the last piece of the split never computed",
+        None,
+    ),
+    ms(
+        "gemm-cpu-piece-broadcast",
+        GEMM,
+        "        if x.shape[axis] == 1 and out.shape[axis] != 1:\n",
+        "        if x.shape[axis] == 1 and out.shape[axis] == 1:\n",
+        GEMM_T,
+        "[cpu] threaded matmul: an operand broadcast along the split axis is sliced",
+        None,
+    ),
+    ms(
+        "gemm-cpu-row-split-b",
+        GEMM,
+        "    row_split = ax == out.ndim - 2\n",
+        "    row_split = ax == out.ndim - 1\n",
+        GEMM_T,
+        "[cpu] threaded matmul: a row split also slices op(b)",
+        None,
+    ),
+    ms(
+        "gemm-cpu-view-own-factor",
+        GEMM,
+        "shape = tuple(hi // lo if div <= lo and hi <= div * mod else 1 for lo, hi in factors)",
+        "shape = tuple(hi // lo if div < lo and hi <= div * mod else 1 for lo, hi in factors)",
+        GEMM_T + MATMUL,
+        "[cpu] CPU batch views: an operand's innermost batch factor broadcast (its first "
+        "entry reused)",
+        None,
+    ),
+    # ------------------------------------------------------------------ adaptive pool backward
+    ms(
+        "adaptive-grad-cpu-area",
+        ADAPTIVE,
+        "v = gy2[p, o] / gx.dtype.type((h1 - h0) * (w1 - w0))",
+        "v = gy2[p, o] / gx.dtype.type((h1 - h0) * (h1 - h0))",
+        POOL,
+        "[cpu] adaptive avg pool backward: the window area from its height twice",
+        "adaptive",
+    ),
+    ms(
+        "adaptive-grad-cpu-overwrite",
+        ADAPTIVE,
+        "                        plane[ih * W + iw] += v\n",
+        "                        plane[ih * W + iw] = v\n",
+        POOL,
+        "[cpu] adaptive avg pool backward: overlapping windows overwrite instead of adding",
+        "adaptive",
+    ),
+    ms(
+        "adaptive-grad-cpu-max-overwrite",
+        ADAPTIVE,
+        "plane[argmax[p * OH * OW + o]] += gy2[p, o]",
+        "plane[argmax[p * OH * OW + o]] = gy2[p, o]",
+        POOL,
+        "[cpu] adaptive max pool backward: an input that wins two overlapping windows gets "
+        "one share",
+        "adaptive",
+    ),
 ]
 
 # pytest -k selections: the mutated op's own tests inside a file shared by many ops (the
@@ -1033,7 +1905,7 @@ _SELECT = {
 }
 for _m in MUTANTS:
     for _prefix, _select in _SELECT.items():
-        if _m["id"].startswith(_prefix):
+        if "select" not in _m and _m["id"].startswith(_prefix):
             _m["select"] = _select
             break
 
