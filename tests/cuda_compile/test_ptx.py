@@ -46,7 +46,10 @@ def recorded():
             launches = [(launch.kernel, args)]
         for cuda_kernel, kargs in launches:
             sig = tuple(typeof(a) for a in kargs)
-            unique.setdefault((id(cuda_kernel), sig), (kernel, cuda_kernel, sig, len(launches)))
+            # the most launches any call with this signature made (a one-stage plan and a
+            # stage of a two-stage one can share types)
+            stages = max(len(launches), unique.get((id(cuda_kernel), sig), (0, 0, 0, 0))[3])
+            unique[(id(cuda_kernel), sig)] = (kernel, cuda_kernel, sig, stages)
     return list(unique.values())
 
 
