@@ -175,7 +175,7 @@ MUTANTS = [
         "[cuda] binary kernels: the grid-stride loop stops one element early",
     ),
     m(
-        "elementwise-scalar-zero-sign",
+        "kernel-scalars-zero-sign",
         ELEM,
         "    a = zero_one(dtype)[0] if a is None else",
         "    a = zero_one(dtype)[0] if a is None or a == 0 else",
