@@ -70,6 +70,7 @@ def test_layer_defaults_match_pytorch_formulas():
     assert np.abs(conv.bias.numpy()).max() <= bound
     lin = nn.Linear(100, 50)
     assert np.abs(lin.weight.numpy()).max() <= 0.1 and np.abs(lin.bias.numpy()).max() <= 0.1
+    assert np.abs(lin.bias.numpy()).max() > 0.09  # the bound is 1 / sqrt(fan_in), not less
     bn = nn.BatchNorm2d(4)
     assert np.all(bn.weight.numpy() == 1) and np.all(bn.bias.numpy() == 0)
     assert np.all(bn.running_mean.numpy() == 0) and np.all(bn.running_var.numpy() == 1)

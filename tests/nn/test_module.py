@@ -167,6 +167,14 @@ def test_load_state_dict_reports_every_problem_by_name():
     np.testing.assert_array_equal(net.conv.weight.numpy(), before)  # nothing was copied
 
 
+def test_load_state_dict_refuses_a_transposed_value_of_the_same_size():
+    net = Net()
+    sd = net.state_dict()
+    sd["head.1.weight"] = sd["head.1.weight"].T.copy()  # (8, 5): same size, other shape
+    with pytest.raises(RuntimeError, match=r"size mismatch for head.1.weight: .* \(8, 5\)"):
+        net.load_state_dict(sd)
+
+
 def test_load_state_dict_non_strict_returns_keys_but_still_checks_shapes():
     net = Net()
     sd = net.state_dict()
