@@ -75,6 +75,25 @@ def test_linear_warmup_then_cosine():
     np.testing.assert_allclose(got, want, rtol=1e-15, atol=1e-17)
 
 
+@given(milestones=st.lists(st.integers(1, 4), min_size=1, max_size=2, unique=True))
+def test_sequential_switches_at_each_milestone(milestones):
+    # schedules that disagree where they meet: the lr at epoch m_i is the next schedule's
+    # epoch 0 (and the warm-up + cosine pair above agrees there by construction)
+    milestones = sorted(milestones)
+    opt = make_optimizer((1.0,))
+    parts = [lr_scheduler.StepLR(opt, step_size=1, gamma=0.3)]
+    parts += [lr_scheduler.LinearLR(opt, start_factor=0.2, total_iters=3) for _ in milestones]
+    scheduler = lr_scheduler.SequentialLR(opt, parts, milestones=milestones)
+    got = lr_sequence(scheduler, 8)[:, 0]
+    starts = [0] + milestones
+    want = []
+    for e in range(9):
+        i = sum(m <= e for m in milestones)
+        k = e - starts[i]
+        want.append(0.3**k if i == 0 else 0.2 + 0.8 * min(k, 3) / 3)
+    np.testing.assert_allclose(got, want, rtol=1e-15)
+
+
 # ----------------------------------------------------------------------------- vs torch
 @given(step_size=st.integers(1, 6), gamma=st.floats(0.05, 1.0))
 def test_step_lr_matches_torch(step_size, gamma):
