@@ -1096,7 +1096,7 @@ MUTANTS = [
         "        return z\n    if z > 0:\n",
         LOSSES,
         "[both] softplus above the threshold: beta x instead of x (beta != 1)",
-        None,
+        "softplus or bce_with_logits",
     ),
     ms(
         "loss-softplus-grad-negative",
@@ -1105,7 +1105,7 @@ MUTANTS = [
         "return gy * math.exp(-math.log1p(math.exp(z)))",
         LOSSES,
         "[both] softplus backward, beta x < 0: sigmoid(-z) instead of sigmoid(z)",
-        None,
+        "softplus or bce_with_logits",
     ),
     ms(
         "loss-bce-pos-weight",
@@ -1114,7 +1114,7 @@ MUTANTS = [
         "(pos_weight * target + 1.0)",
         LOSSES,
         "[both] BCE with logits: the positive weight's factor 1 + (pw - 1) t built as 1 + pw t",
-        None,
+        "bce_with_logits",
     ),
     ms(
         "loss-bce-clamp",
@@ -1123,7 +1123,7 @@ MUTANTS = [
         "        target * clamp(log(input), min=-10.0)\n",
         LOSSES,
         "[both] BCE: log x clamped at -10 instead of PyTorch's -100",
-        None,
+        "bce",
     ),
     ms(
         "loss-mean-first-dim",
@@ -1141,7 +1141,7 @@ MUTANTS = [
         "else scale * a",
         CE,
         "[both] nll_loss backward: -s a_c with the wrong sign",
-        None,
+        "nll",
     ),
     ms(
         "loss-ce-smoothing-c-minus-1",
