@@ -6,7 +6,9 @@ files, run with the CI profile) and a one-line ``description``. Mutants aim at c
 lines: index arithmetic, reductions, gradient terms, tie rules, remainders and the
 hyper-parameters the strategies rarely draw. Tags in the description: [cpu] the mutated body
 runs only on the CPU, [cuda] only in CUDA kernels (the simulator-off run cannot kill those
-while the GPU is absent), [both] a body that both devices share.
+while the GPU is absent), [both] a body that both devices share. Untagged: host-side Python
+with no kernel body (modules, schedulers, clipping, converters, gradcheck, dtype rules), run
+the same way whatever the device.
 """
 
 CORE = ["tests/ops/test_core_ops.py"]
