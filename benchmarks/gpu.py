@@ -23,9 +23,7 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -147,25 +145,7 @@ def _numba_gpu_name():
 
 
 def spawn(framework, name, args):
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "result.json")
-        cmd = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--worker",
-            framework,
-            "--only",
-            name,
-            "--repeats",
-            str(args.repeats),
-            "--warmup",
-            str(args.warmup),
-            "--result",
-            path,
-        ]
-        subprocess.run(cmd, check=True, env=dict(os.environ))
-        with open(path) as f:
-            return json.load(f)
+    return harness.run_worker(__file__, framework, name, args.repeats, args.warmup)
 
 
 # ----------------------------------------------------------------------------- checks

@@ -162,27 +162,18 @@ def worker(framework, name, quick, threads, repeats, warmup, result_path):
 
 def spawn(framework, name, args, threads):
     """Run one worker process; its result dict."""
+    extra = ["--threads", str(threads or 0)] + (["--quick"] if args.quick else [])
+    return run_worker(__file__, framework, name, args.repeats, args.warmup, extra)
+
+
+def run_worker(script, framework, name, repeats, warmup, extra=()):
+    """Run ``script --worker framework --only name ...`` in a fresh process with the
+    caller's environment unchanged; the result dict it writes."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "result.json")
-        cmd = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--worker",
-            framework,
-            "--only",
-            name,
-            "--repeats",
-            str(args.repeats),
-            "--warmup",
-            str(args.warmup),
-            "--threads",
-            str(threads or 0),
-            "--result",
-            path,
-        ]
-        if args.quick:
-            cmd.append("--quick")
-        subprocess.run(cmd, check=True, env=dict(os.environ))  # the caller's env, unchanged
+        cmd = [sys.executable, os.path.abspath(script), "--worker", framework, "--only", name]
+        cmd += ["--repeats", str(repeats), "--warmup", str(warmup), *extra, "--result", path]
+        subprocess.run(cmd, check=True, env=dict(os.environ))
         with open(path) as f:
             return json.load(f)
 
