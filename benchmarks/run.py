@@ -43,15 +43,24 @@ ENV_VARS = (
 
 
 # ----------------------------------------------------------------------------- measuring
-def time_calls(fn, repeats, warmup):
-    """Seconds of each of ``repeats`` calls, after ``warmup`` untimed calls."""
+def time_calls(fn, repeats, warmup, usage=None):
+    """Seconds of each of ``repeats`` calls, after ``warmup`` untimed calls.
+
+    When ``usage`` is a dict, it receives the timed calls' cost per call from getrusage:
+    minor page faults (a first touch of fresh memory), user and system CPU seconds."""
     for _ in range(warmup):
         fn()
     samples = []
+    before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - start)
+    if usage is not None:
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        usage["minor_faults_per_call"] = (after.ru_minflt - before.ru_minflt) / repeats
+        usage["user_cpu_s_per_call"] = (after.ru_utime - before.ru_utime) / repeats
+        usage["sys_cpu_s_per_call"] = (after.ru_stime - before.ru_stime) / repeats
     return samples
 
 
@@ -144,7 +153,8 @@ def worker(framework, name, quick, threads, repeats, warmup, result_path):
     loadavg_start = os.getloadavg()
     step, module = build(framework, name, quick, threads)
     rss_built = rss_mib()
-    samples = time_calls(step, repeats, warmup)
+    usage = {}
+    samples = time_calls(step, repeats, warmup, usage)
     env = minicbam_environment() if framework == "minicbam" else torch_environment(module)
     env["loadavg_start"] = list(loadavg_start)
     result = {
@@ -152,6 +162,7 @@ def worker(framework, name, quick, threads, repeats, warmup, result_path):
         "name": name,
         "samples_s": samples,
         "median_s": statistics.median(samples),
+        **usage,
         "rss_after_build_mib": rss_built,
         "peak_rss_mib": rss_mib(),
         "environment": env,
@@ -192,6 +203,9 @@ def summarise(name, describe, runs):
         row[f"{fw}_spread_s"] = [min(medians), max(medians)]
         row[f"{fw}_process_medians_s"] = medians
         row[f"{fw}_peak_rss_mib"] = max(r["peak_rss_mib"] for r in mine)
+        for key in ("minor_faults_per_call", "user_cpu_s_per_call", "sys_cpu_s_per_call"):
+            if all(key in r for r in mine):
+                row[f"{fw}_{key}"] = statistics.median(r[key] for r in mine)
     if "torch_s" in row:
         row["ratio"] = row["torch_s"] / row["minicbam_s"]
         per_round = [
@@ -316,7 +330,7 @@ def cold_start_rows():
 # ----------------------------------------------------------------------------- output
 HEADER = (
     f"{'workload':<24} {'minicbam median [min-max]':<38} {'torch median [min-max]':<38} "
-    f"{'ratio':>6} {'peak RSS MiB mc/torch':>22}"
+    f"{'ratio':>6} {'peak RSS MiB mc/torch':>22} {'faults/call mc/torch':>21}"
 )
 
 
@@ -336,7 +350,12 @@ def format_row(row):
     ratio = f"{row['ratio']:.2f}x" if "ratio" in row else "-"
     peaks = [row.get(f"{fw}_peak_rss_mib") for fw in FRAMEWORKS]
     peak = "/".join("-" if p is None else f"{p:.0f}" for p in peaks)
-    return f"{row['name']:<24} {cell('minicbam'):<38} {cell('torch'):<38} {ratio:>6} {peak:>22}"
+    faults = [row.get(f"{fw}_minor_faults_per_call") for fw in FRAMEWORKS]
+    fault = "/".join("-" if f is None else f"{f:.0f}" for f in faults)
+    return (
+        f"{row['name']:<24} {cell('minicbam'):<38} {cell('torch'):<38} {ratio:>6} {peak:>22}"
+        f" {fault:>21}"
+    )
 
 
 def print_environment(processes):

@@ -14,8 +14,9 @@ import os
 # precede the first parallel call; libgomp reads it when it loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from minicbam import kernel_cache
+from minicbam import cpu_memory, kernel_cache
 
+cpu_memory.configure()  # freed arrays stay in the process for reuse (cpu_memory.py says why)
 kernel_cache.configure()  # before any kernel is decorated (minicbam/kernel_cache.py says why)
 
 from minicbam.device import cuda_is_available
