@@ -369,7 +369,7 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 # its serial twin, and the parallel version compiles when the first large input arrives. A
 # parallel compile costs ~3x a serial one (1-8 s per kernel), while splitting the ~0.1-1 M
 # element calls of a small model over 2 cores saved at most a few tens of us per call
-# (benchmarks/README.md, "First run").
+# (benchmarks/README.md, "First run: compile time").
 LARGE_INPUT_ELEMENTS = 1 << 20
 
 
