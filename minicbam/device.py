@@ -386,8 +386,9 @@ def serial_twin(dispatcher):
 
     A small input then skips numba's parallel launch (~10-40 us per call, more than the
     work), and a kernel that only ever sees small inputs never compiles its parallel version
-    (~3x slower to compile). The twin is a copy of the function under its own name: numba's cache keys entries by qualified name
-    and signature, not by options, so the two versions need distinct names."""
+    (~3x slower to compile). The twin is a copy of the function under its own name: numba's
+    cache keys entries by qualified name and signature, not by options, so the two versions
+    need distinct names."""
     import types
 
     import numba
