@@ -1,8 +1,8 @@
-"""Does a kernel's ``parallel=True`` version pay at a model's shapes? Per-kernel CPU time of a
-train step with every parallel Kernel's parallel version run from ``device.PARALLEL_MIN_ELEMENTS`` elements
-(whatever its ``parallel_from``), against the same steps with
-every parallel Kernel forced onto its serial twin (``device.serial_twin``), in alternating
-rounds in one process (so both see the same machine load).
+"""Does a kernel's ``parallel=True`` version pay at a model's shapes? Per-kernel wall time of
+a train step with every parallel Kernel's parallel version run from
+``device.PARALLEL_MIN_ELEMENTS`` elements (whatever its ``parallel_from``), against the same
+steps with every parallel Kernel forced onto its serial twin (``device.serial_twin``), in
+alternating rounds in one process (so both see the same machine load).
 
     python benchmarks/parallel_vs_serial.py --model digits --batch 64 --rounds 6 --steps 20
     python benchmarks/parallel_vs_serial.py --model resnet18 --batch 64 --rounds 2 --steps 2
