@@ -42,6 +42,15 @@ def outer_offsets(o, offset, shape, strides):
     return src, o * shape[3] * shape[4] * shape[5]
 
 
+@register_jitable
+def copy_row(to, frm):
+    """to[:] = frm[:] for two 1-D views of one length. A loop, not a slice assignment:
+    numba's slice assignment compiles a formatted shape-mismatch error (str, join and
+    unicode helpers, ~3-8 s once per process), and indices from 0 vectorise as well."""
+    for j in range(to.size):
+        to[j] = frm[j]
+
+
 @njit(parallel=True, cache=True)
 def _gather_cpu(out, src, offset, shape, strides):
     for o in prange(shape[0] * shape[1] * shape[2]):
@@ -50,8 +59,8 @@ def _gather_cpu(out, src, offset, shape, strides):
         for i3 in range(shape[3]):
             for i4 in range(shape[4]):
                 s_row = s + i3 * strides[3] + i4 * strides[4]
-                if strides[5] == 1:  # contiguous rows copy as slices (vectorised)
-                    out[k : k + n] = src[s_row : s_row + n]
+                if strides[5] == 1:  # contiguous rows: a loop over 1-D views (vectorised)
+                    copy_row(out[k : k + n], src[s_row : s_row + n])
                 else:
                     for i5 in range(n):
                         out[k + i5] = src[s_row + i5 * strides[5]]
@@ -67,7 +76,7 @@ def _scatter_cpu(dst, src, offset, shape, strides):
             for i4 in range(shape[4]):
                 d_row = d + i3 * strides[3] + i4 * strides[4]
                 if strides[5] == 1:
-                    dst[d_row : d_row + n] = src[k : k + n]
+                    copy_row(dst[d_row : d_row + n], src[k : k + n])
                 else:
                     for i5 in range(n):
                         dst[d_row + i5 * strides[5]] = src[k + i5]
@@ -108,9 +117,14 @@ def strided_offset(i, offset, shape, strides):
     return off
 
 
-# serial_small: every view op of a small tensor (a loss's backward, indexing) gathers
-gather_kernel = Kernel(cpu=_gather_cpu, cuda=_gather_cuda, serial_small=True)
-scatter_kernel = Kernel(cpu=_scatter_cpu, cuda=_scatter_cuda, serial_small=True)
+# Every view op gathers; a copy runs at memory speed, so splitting it over threads pays
+# only for large arrays (smaller ones run, and compile, the serial twin alone).
+gather_kernel = Kernel(
+    cpu=_gather_cpu, cuda=_gather_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
+scatter_kernel = Kernel(
+    cpu=_scatter_cpu, cuda=_scatter_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -329,6 +329,14 @@ MUTANTS = [
         "[cpu] strided gather/scatter: the middle outer index decomposed wrongly",
     ),
     m(
+        "strided-copy-row-short",
+        STRIDED,
+        "    for j in range(to.size):\n        to[j] = frm[j]",
+        "    for j in range(to.size - 1):\n        to[j] = frm[j]",
+        CORE,
+        "[cpu] strided gather/scatter: a contiguous row copies one element short",
+    ),
+    m(
         "strided-cuda-outermost-dim",
         STRIDED,
         "for k in range(MAX_DIMS - 1, -1, -1):",
