@@ -1916,6 +1916,43 @@ MUTANTS = [
         "one share",
         "adaptive",
     ),
+    # ------------------------------------------------------------------ conv2d, batched CPU path
+    ms(
+        "conv-route-batched-depth",
+        CONV_PY,
+        "and w.shape[1] * w.shape[2] * w.shape[3] <= BATCHED_MAX_DEPTH",
+        "and w.shape[1] * w.shape[2] * w.shape[3] < BATCHED_MAX_DEPTH",
+        CONV,
+        "[cpu] conv2d routing: a depth of exactly BATCHED_MAX_DEPTH leaves the batched path",
+        "batched or algorithm",
+    ),
+    ms(
+        "conv-route-batched-groups",
+        CONV_PY,
+        "and w.shape[1] * w.shape[2] * w.shape[3] <= BATCHED_MAX_DEPTH",
+        "and w.shape[1] * self.groups * w.shape[2] * w.shape[3] <= BATCHED_MAX_DEPTH",
+        CONV,
+        "[cpu] conv2d routing: the batched path's depth counts all groups' input channels",
+        "batched or algorithm",
+    ),
+    ms(
+        "conv-batched-gw-sum-axis",
+        CONV_PY,
+        "gw = sum_array(parts, (0,)).reshape(w.shape)",
+        "gw = (parts[0] if N == 1 else sum_array(parts[1:], (0,))).reshape(w.shape)",
+        CONV,
+        "[cpu] conv2d batched path: the weight gradient leaves out sample 0 of a batch",
+        "batched",
+    ),
+    ms(
+        "conv-batched-gx-transpose",
+        CONV_PY,
+        "gemm(gcol, w.reshape(self.w3_shape), gy4, ta=True)",
+        "gemm(gcol, w.reshape(self.w3_shape)[..., ::-1, :].copy(), gy4, ta=True)",
+        CONV,
+        "[cpu] conv2d batched path: the input gradient with W's output channels reversed",
+        "batched",
+    ),
     # ------------------------------------------------------------------ adaptive pool, CPU blocks
     ms(
         "adaptive-cpu-block-end",
