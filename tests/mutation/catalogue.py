@@ -1953,6 +1953,16 @@ MUTANTS = [
         "[cpu] conv2d batched path: the input gradient with W's output channels reversed",
         "batched",
     ),
+    # ------------------------------------------------------------------ CPU task pool
+    ms(
+        "task-pool-inline-threaded-blas",
+        "minicbam/kernels/task_pool.py",
+        "        with single_threaded_blas():\n            return [fn(*args) for args in arg_lists]",
+        "        if True:\n            return [fn(*args) for args in arg_lists]",
+        ["tests/kernels/test_task_pool.py"],
+        "[cpu] task pool: tasks run inline (one task, one numba thread) keep BLAS's threads",
+        None,
+    ),
     # ------------------------------------------------------------------ adaptive pool, CPU blocks
     ms(
         "adaptive-cpu-block-end",
