@@ -27,6 +27,11 @@ and at least WINOGRAD_MIN_CHANNELS input and output channels use Winograd F(4x4,
 the whole batch. float64 stays on im2col + GEMM (an exact sum, for gradcheck) unless
 WINOGRAD = "always" (the tests' hook, to gradcheck the Winograd path in float64).
 
+1x1 convolutions with one group and no padding (ResNet's downsample shortcuts, 1x1 stride
+2; the bottleneck's 1x1 convs) skip im2col too: kernels/pointwise.py gathers x's strided
+samples once into a (C, N*L) matrix and runs y, gx and gW as one batch-wide GEMM each, on
+both devices. POINTWISE = False routes them through im2col + GEMM (the tests' hook).
+
 The GEMMs run over (sample, group) batches (gemm.py), a chunk of samples at a time. On the
 CPU each chunk is one task on gemm.py's task pool with its col in a thread-local scratch
 buffer (see "CPU" below); on CUDA the chunks run in turn through one col buffer of up to
@@ -39,7 +44,7 @@ import numpy as np
 
 from minicbam import device
 from minicbam.function import Function, check_same_device
-from minicbam.kernels import winograd
+from minicbam.kernels import pointwise, winograd
 from minicbam.kernels.conv2d_direct import (
     conv_direct,
     conv_direct_input_grad,
@@ -57,6 +62,7 @@ DIRECT_MAX_PRODUCT = 8
 # float dtype (tests); "never": off. Below WINOGRAD_MIN_CHANNELS the GEMMs are too thin to pay.
 WINOGRAD = "auto"
 WINOGRAD_MIN_CHANNELS = 16
+POINTWISE = True  # 1x1 convs (one group, no padding) as batch-wide GEMMs; False: im2col
 MIN_POOLED_FLOPS = 1 << 27  # smaller convs (the digits CNN's) run on the calling thread
 
 # Elements of col per chunk of samples. CPU: a few MiB per task, reused, so it stays cheap
@@ -113,9 +119,11 @@ class Conv2d(Function):
             yield n0, min(self.chunk, N - n0)
 
     def _algorithm(self, x, w):
-        """ "direct", "winograd" or "im2col" (see the module docstring)."""
+        """ "direct", "pointwise", "winograd" or "im2col" (see the module docstring)."""
         if w.shape[1] * (w.shape[0] // self.groups) <= DIRECT_MAX_PRODUCT:
             return "direct"
+        if POINTWISE and pointwise.eligible(w.shape, self.pads, self.groups):
+            return "pointwise"
         if WINOGRAD == "never" or device.device_of(x) != device.CPU:
             return "im2col"
         if not winograd.eligible(w.shape, self.stride, self.pads, self.dilation, self.groups):
@@ -131,6 +139,8 @@ class Conv2d(Function):
         self.direct = self.algorithm == "direct"
         if self.algorithm == "winograd":
             y = winograd.conv3x3(x, w, self.pads)
+        elif self.algorithm == "pointwise":
+            y = pointwise.forward(x, w, self.stride)
         else:
             y = device.empty(shape, x.dtype, device.device_of(x))
             self._forward_gemm_or_direct(x, w, y)
@@ -156,6 +166,10 @@ class Conv2d(Function):
             return self._backward_direct(gy)
         if self.algorithm == "winograd":
             return self._backward_winograd(gy)
+        if self.algorithm == "pointwise":
+            need_x, need_w = self.needs_input_grad[:2]
+            grads = pointwise.backward(self.x, self.w, gy, self.stride, need_x, need_w)
+            return self._with_bias_grad(gy, grads)
         if device.device_of(gy) == device.CPU:
             return self._backward_cpu(gy)
         need_x, need_w = self.needs_input_grad[:2]
