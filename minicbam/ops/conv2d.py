@@ -28,9 +28,14 @@ the whole batch. float64 stays on im2col + GEMM (an exact sum, for gradcheck) un
 WINOGRAD = "always" (the tests' hook, to gradcheck the Winograd path in float64).
 
 1x1 convolutions with one group and no padding (ResNet's downsample shortcuts, 1x1 stride
-2; the bottleneck's 1x1 convs) skip im2col too: kernels/pointwise.py gathers x's strided
-samples once into a (C, N*L) matrix and runs y, gx and gW as one batch-wide GEMM each, on
-both devices. POINTWISE = False routes them through im2col + GEMM (the tests' hook).
+2; the bottleneck's 1x1 convs) can skip im2col: kernels/pointwise.py gathers x's strided
+samples once into a (C, N*L) matrix and runs y, gx and gW as one batch-wide GEMM each (both
+devices). POINTWISE = "auto" takes it on CUDA, whose im2col path multiplies per sample (a
+last-stage L = 16 fills a quarter of a 64-wide output tile). The CPU keeps im2col + GEMM:
+its chunks are already joined into wide GEMMs, and at ResNet-18's three downsample shapes
+(batch 64) the pointwise path measured the same to ~5% more CPU time per fwd + bwd (its
+backward zero-fills gx and then scatters into it, where col2im writes gx once).
+"always" (the tests' hook) takes it on both devices, "never" nowhere.
 
 The GEMMs run over (sample, group) batches (gemm.py), a chunk of samples at a time. On the
 CPU each chunk is one task on gemm.py's task pool with its col in a thread-local scratch
@@ -62,7 +67,7 @@ DIRECT_MAX_PRODUCT = 8
 # float dtype (tests); "never": off. Below WINOGRAD_MIN_CHANNELS the GEMMs are too thin to pay.
 WINOGRAD = "auto"
 WINOGRAD_MIN_CHANNELS = 16
-POINTWISE = True  # 1x1 convs (one group, no padding) as batch-wide GEMMs; False: im2col
+POINTWISE = "auto"  # 1x1 convs as batch-wide GEMMs: "auto" (CUDA), "always" or "never"
 MIN_POOLED_FLOPS = 1 << 27  # smaller convs (the digits CNN's) run on the calling thread
 
 # Elements of col per chunk of samples. CPU: a few MiB per task, reused, so it stays cheap
@@ -122,7 +127,9 @@ class Conv2d(Function):
         """ "direct", "pointwise", "winograd" or "im2col" (see the module docstring)."""
         if w.shape[1] * (w.shape[0] // self.groups) <= DIRECT_MAX_PRODUCT:
             return "direct"
-        if POINTWISE and pointwise.eligible(w.shape, self.pads, self.groups):
+        if pointwise.eligible(w.shape, self.pads, self.groups) and (
+            POINTWISE == "always" or (POINTWISE == "auto" and device.device_of(x) != device.CPU)
+        ):
             return "pointwise"
         if WINOGRAD == "never" or device.device_of(x) != device.CPU:
             return "im2col"

@@ -1,7 +1,9 @@
 """conv2d's pointwise path (1x1, one group, no padding: kernels/pointwise.py): forward and all
 gradients vs the loop oracle, float64 gradcheck, agreement with im2col + GEMM, CUDA parity
-and CUDA vs the oracle. Shapes are drawn so that strides larger than the input, odd sides,
-batch 1 and single channels come up; each example checks that the pointwise path ran."""
+and CUDA vs the oracle, and the routing rule. The path is forced on both devices
+(conv2d.POINTWISE = "always"; by default only CUDA takes it). Shapes are drawn so that
+strides larger than the input, odd sides, batch 1 and single channels come up; each example
+checks that the pointwise path ran."""
 
 import importlib
 
@@ -15,6 +17,11 @@ from hypothesis import strategies as st
 from minicbam.ops.conv2d import conv2d
 
 conv2d_module = importlib.import_module("minicbam.ops.conv2d")
+
+
+@pytest.fixture(autouse=True)
+def _pointwise_always(monkeypatch):
+    monkeypatch.setattr(conv2d_module, "POINTWISE", "always")
 
 
 @st.composite
@@ -83,16 +90,16 @@ def test_pointwise_gradcheck(case, seed):
 def test_pointwise_agrees_with_im2col(case, seed):
     arrays_in = _inputs(case, seed)
     results = []
-    for on in (True, False):
-        saved, conv2d_module.POINTWISE = conv2d_module.POINTWISE, on
+    for route in ("always", "never"):
+        conv2d_module.POINTWISE = route
         try:
             tensors = [leaf(a) for a in arrays_in]
             y = _fn(case)(*tensors)
-            assert y.creator.algorithm == ("pointwise" if on else "im2col")
+            assert y.creator.algorithm == ("pointwise" if route == "always" else "im2col")
             y.backward(leaf(arrays(y.shape, seed + 3), requires_grad=False))
             results.append([y.numpy()] + [t.grad.numpy() for t in tensors])
         finally:
-            conv2d_module.POINTWISE = saved
+            conv2d_module.POINTWISE = "always"
     for got, want in zip(*results):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
@@ -116,3 +123,25 @@ def test_pointwise_cuda_parity_and_oracle(case, seed):
     _check_path(case, arrays_in, "cuda")
     assert_cuda_parity(_fn(case), *arrays_in, rtol=1e-10, atol=1e-12)
     assert_matches_oracle(_fn(case), arrays_in, _oracle(case), "cuda", rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "w_shape, kwargs, device, route, algorithm",
+    [
+        ((6, 4, 1, 1), {"stride": 2}, "cpu", "always", "pointwise"),
+        ((6, 4, 1, 1), {"stride": 2}, "cpu", "auto", "im2col"),
+        ((6, 4, 1, 1), {}, "cpu", "never", "im2col"),
+        ((6, 4, 1, 1), {"padding": 1}, "cpu", "always", "im2col"),  # padded: not pointwise
+        ((12, 2, 1, 1), {"groups": 2}, "cpu", "always", "im2col"),
+        ((6, 4, 3, 3), {}, "cpu", "always", "im2col"),
+        ((1, 4, 1, 1), {}, "cpu", "always", "direct"),  # a 4 x 1 channel product
+        pytest.param(
+            (6, 4, 1, 1), {"stride": 2}, "cuda", "auto", "pointwise", marks=pytest.mark.cuda
+        ),
+    ],
+)
+def test_pointwise_routing(monkeypatch, w_shape, kwargs, device, route, algorithm):
+    monkeypatch.setattr(conv2d_module, "POINTWISE", route)
+    x = leaf(arrays((2, 4, 5, 5), 1), device=device)
+    w = leaf(arrays(w_shape, 2), device=device)
+    assert conv2d(x, w, **kwargs).creator.algorithm == algorithm
