@@ -32,7 +32,8 @@ def _network_ops(rng, dtype):
     # 4 x 4 channels: im2col + GEMM; the 2 -> 1 channel conv below takes the direct path
     y = F.conv2d(x, w, _leaf(rng, (4,), dtype), stride=1, padding=1)
     y = F.batch_norm(y, rm, rv, _leaf(rng, (4,), dtype), _leaf(rng, (4,), dtype), training=True)
-    # the ResNet blocks' fused ops, and a 1x1 stride-2 conv (the pointwise path)
+    # the ResNet blocks' fused ops, and a 1x1 stride-2 conv (im2col on the CPU; CUDA's
+    # pointwise path launches the gather, GEMM and scatter kernels reached here anyway)
     wb = (_leaf(rng, (4,), dtype), _leaf(rng, (4,), dtype))
     y = add_relu(batch_norm_relu(y, rm, rv, *wb, training=True), y)
     y = y + F.conv2d(x, _leaf(rng, (4, 4, 1, 1), dtype), stride=2).sum()
