@@ -12,6 +12,12 @@ and A the block's attention module ``attn`` (identity when ``attention=None``). 
 paper (Fig. 3) and the SE paper (Fig. 3), A acts on the branch after its last BatchNorm and
 before the addition, so the identity path stays clean.
 
+Each ``relu(bn(conv(x)))`` runs as one fused BN + ReLU op (ops/batch_norm_relu.py) and the
+block's ``relu(A(R(x)) + S(x))`` as one fused add + ReLU (ops/add_relu.py): the same values,
+gradients and running statistics as the separate modules, one pass over the data each way
+instead of two, and no stored pre-activation. A module replaced by the user (a folded BN,
+another activation) runs as given.
+
 Stems: ``"imagenet"`` (7x7/2 conv, BN, ReLU, 3x3/2 max-pool: 224 -> 56) and ``"cifar"`` (3x3/1
 conv, BN, ReLU, no pooling: 32 -> 32). Stage widths are ``width * (1, 2, 4, 8)`` (64 as
 published; smaller for tests). Initialisation is torchvision's: convs
@@ -31,6 +37,7 @@ from minicbam.nn.conv import Conv2d
 from minicbam.nn.linear import Linear
 from minicbam.nn.module import Module
 from minicbam.nn.pooling import AdaptiveAvgPool2d, MaxPool2d
+from minicbam.ops.add_relu import add_relu
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101"]
 
@@ -45,6 +52,22 @@ def conv1x1(in_planes, out_planes, stride=1):
     return Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
 
+def bn_relu(bn, relu, x):
+    """``relu(bn(x))``, fused into one op (ops/batch_norm_relu.py) when the modules are the
+    plain BatchNorm2d and ReLU; a replaced module (Identity, SyncBatchNorm, another
+    activation) runs as given."""
+    if type(bn) is BatchNorm2d and type(relu) is ReLU:
+        return bn.forward_relu(x)
+    return relu(bn(x))
+
+
+def residual_relu(relu, out, shortcut):
+    """``relu(out + shortcut)``, fused (ops/add_relu.py) for a plain ReLU and equal shapes."""
+    if type(relu) is ReLU and out.shape == shortcut.shape and out.dtype == shortcut.dtype:
+        return add_relu(out, shortcut)
+    return relu(out + shortcut)
+
+
 class _Block(Module):
     """What both blocks share: the attention slot and the residual sum."""
 
@@ -55,7 +78,7 @@ class _Block(Module):
         if self.attn is not None:
             out = self.attn(out)  # after the last BN, before the addition
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        return residual_relu(self.relu, out, shortcut)
 
 
 class BasicBlock(_Block):
@@ -74,7 +97,7 @@ class BasicBlock(_Block):
         self._set_attention(attn)
 
     def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = bn_relu(self.bn1, self.relu, self.conv1(x))
         out = self.bn2(self.conv2(out))
         return self._finish(out, x)
 
@@ -100,8 +123,8 @@ class Bottleneck(_Block):
         self._set_attention(attn)
 
     def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = bn_relu(self.bn1, self.relu, self.conv1(x))
+        out = bn_relu(self.bn2, self.relu, self.conv2(out))
         out = self.bn3(self.conv3(out))
         return self._finish(out, x)
 
@@ -184,7 +207,7 @@ class ResNet(Module):
 
     def forward_features(self, x):
         """The last stage's feature map (N, width * 8 * expansion, H / 32, W / 32)."""
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = bn_relu(self.bn1, self.relu, self.conv1(x))
         if self.maxpool is not None:
             x = self.maxpool(x)
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))

@@ -17,6 +17,7 @@ from minicbam.nn import functional as F
 from minicbam.nn import init
 from minicbam.nn._utils import check_positive, layer_dtype, new_parameter
 from minicbam.nn.module import Module
+from minicbam.ops.batch_norm_relu import batch_norm_relu
 from minicbam.ops.binary import SCALAR_KERNELS
 from minicbam.tensor import float32, int64, ones, tensor, zeros
 
@@ -102,12 +103,12 @@ class _BatchNorm(Module):
             return 1.0 / float(counter.item())
         return self.momentum
 
-    def _normalize(self, x):
+    def _normalize(self, x, op=F.batch_norm):
         factor = self._average_factor()
         # Batch statistics when training, or when there are no running ones to use.
         use_batch_stats = self.training or self.running_mean is None
         track = not self.training or self.track_running_stats
-        return F.batch_norm(
+        return op(
             x,
             self.running_mean if track else None,
             self.running_var if track else None,
@@ -122,6 +123,13 @@ class _BatchNorm(Module):
         self._check_input_dim(input)
         self._check_channels(input)
         return self._normalize(input)
+
+    def forward_relu(self, input):
+        """``relu(self(input))`` as one fused op (ops/batch_norm_relu.py): the same running
+        statistics, counter and modes; the pre-activation is not materialised."""
+        self._check_input_dim(input)
+        self._check_channels(input)
+        return self._normalize(input, batch_norm_relu)
 
     def extra_repr(self):
         return (

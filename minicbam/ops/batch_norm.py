@@ -428,8 +428,12 @@ class BatchNorm(Function):
             eval_stats_kernel(
                 stats, flat(affine), self.w, b, flat(self.rmean), flat(self.rvar), C, self.eps
             )
-        affine_kernel(flat(y), flat(x), flat(affine), C, M)
+        self._elementwise(y, x, affine, C, M)
         return y
+
+    def _elementwise(self, y, x, affine, C, M):
+        """y = x scale + shift (a subclass fuses an activation here)."""
+        affine_kernel(device.flat(y), device.flat(x), device.flat(affine), C, M)
 
     def backward(self, gy):
         x, M, flat = self.x, self.M, device.flat
@@ -440,17 +444,29 @@ class BatchNorm(Function):
         if x.size:
             psums = device.empty((2, N * C), np.float64, dev)
             coef = device.empty((4, C), gy.dtype, dev)
-            plane_grad_kernel(flat(psums), flat(gy), flat(x), flat(self.stats), C, M)
+            self._plane_grad(psums, gy, x, C, M)
             channel_grad_kernel(
                 flat(gwb), flat(coef), flat(psums), flat(self.stats), self.w, C, M, self.training
             )
-            input_grad_kernel(flat(gx), flat(gy), flat(x), flat(coef), C, M)
+            self._input_grad(gx, gy, x, coef, C, M)
         grads = [gx if self.needs_input_grad[0] else None]
+        return self._param_grads(grads, gwb)
+
+    def _param_grads(self, grads, gwb):
         if self.has_w:
             grads.append(gwb[0].reshape(self.w_shape))
         if self.has_b:
             grads.append(gwb[1].reshape(self.b_shape))
         return tuple(grads)
+
+    # the two elementwise passes of backward (a subclass fuses an activation's mask here)
+    def _plane_grad(self, psums, gy, x, C, M):
+        flat = device.flat
+        plane_grad_kernel(flat(psums), flat(gy), flat(x), flat(self.stats), C, M)
+
+    def _input_grad(self, gx, gy, x, coef, C, M):
+        flat = device.flat
+        input_grad_kernel(flat(gx), flat(gy), flat(x), flat(coef), C, M)
 
 
 def _check_channels(name, t, C, x_shape):
@@ -505,7 +521,13 @@ def batch_norm(
     ``momentum`` is a float; for PyTorch's cumulative average (a module's ``momentum=None``)
     pass ``1 / num_batches_tracked``, as ``torch.nn.BatchNorm2d`` does.
     """
-    x = input
+    return apply_batch_norm(
+        BatchNorm, input, running_mean, running_var, weight, bias, training, momentum, eps
+    )
+
+
+def apply_batch_norm(cls, x, running_mean, running_var, weight, bias, training, momentum, eps):
+    """``batch_norm``'s checks, then the Function ``cls`` (BatchNorm or a fused subclass)."""
     _check_args(x, running_mean, running_var, weight, bias, training)
     if training and not float(eps) > 0:  # 1 / sqrt(var + 0) is inf for a constant channel
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
@@ -517,7 +539,7 @@ def batch_norm(
     check_same_device(
         "batch_norm", [t for t in (x, running_mean, running_var, weight, bias) if t is not None]
     )
-    fn = BatchNorm(
+    fn = cls(
         None if running_mean is None else running_mean.data,
         None if running_var is None else running_var.data,
         bool(training),

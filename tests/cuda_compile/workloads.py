@@ -6,6 +6,8 @@ import minicbam as mc
 import minicbam.nn.functional as F
 from minicbam import nn, optim
 from minicbam.kernels.gemm import bias_grad
+from minicbam.ops.add_relu import add_relu
+from minicbam.ops.batch_norm_relu import batch_norm_relu
 
 
 def _leaf(rng, shape, dtype):
@@ -30,6 +32,11 @@ def _network_ops(rng, dtype):
     # 4 x 4 channels: im2col + GEMM; the 2 -> 1 channel conv below takes the direct path
     y = F.conv2d(x, w, _leaf(rng, (4,), dtype), stride=1, padding=1)
     y = F.batch_norm(y, rm, rv, _leaf(rng, (4,), dtype), _leaf(rng, (4,), dtype), training=True)
+    # the ResNet blocks' fused ops, and a 1x1 stride-2 conv (im2col on the CPU; CUDA's
+    # pointwise path launches the gather, GEMM and scatter kernels reached here anyway)
+    wb = (_leaf(rng, (4,), dtype), _leaf(rng, (4,), dtype))
+    y = add_relu(batch_norm_relu(y, rm, rv, *wb, training=True), y)
+    y = y + F.conv2d(x, _leaf(rng, (4, 4, 1, 1), dtype), stride=2).sum()
     s = F.channel_pool(y)
     y = F.gate(y, F.conv2d(s, _leaf(rng, (1, 2, 3, 3), dtype), padding=1))
     pooled = F.global_pool(y)
@@ -51,6 +58,7 @@ def _network_ops(rng, dtype):
     loss.backward()
     with mc.no_grad():
         F.batch_norm(x, rm, rv, training=False)
+        batch_norm_relu(x, rm, rv, training=False)
         nn.BatchNorm2d(4, dtype=dtype)(x)  # num_batches_tracked += 1: an int64 kernel
     optim.Adam([x, w], lr=1e-3, weight_decay=0.1, amsgrad=True).step()
     optim.AdamW([x, w], lr=1e-3).step()

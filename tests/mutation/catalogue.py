@@ -27,6 +27,8 @@ TWO_STAGE = ["tests/kernels/test_two_stage_reductions.py"]
 GEMM_CUDA = ["tests/kernels/test_gemm_cuda.py"]
 ENGINE = ["tests/test_backward_engine.py"]
 SHARED = ["tests/ops/test_shared_bodies.py"]
+FUSED = ["tests/ops/test_fused_relu.py"]  # BN + ReLU, add + ReLU
+POINTWISE_T = ["tests/ops/test_conv2d_pointwise.py"]
 
 
 SE = ["tests/ops/test_squeeze_excite.py"]
@@ -92,6 +94,7 @@ LOSSES_PY, DROPOUT_PY = "minicbam/ops/losses.py", "minicbam/ops/dropout.py"
 SCHED_PY, CLIP_PY = "minicbam/optim/lr_scheduler.py", "minicbam/optim/clip.py"
 SBN_PY, GC_PY = "minicbam/ops/sync_batch_norm.py", "minicbam/gradcheck.py"
 INTEROP_COMMON, MODULE_PY = "minicbam/io/interop/_common.py", "minicbam/nn/module.py"
+BN_RELU_PY, POINTWISE_PY = "minicbam/ops/batch_norm_relu.py", "minicbam/kernels/pointwise.py"
 
 MUTANTS = [
     # ------------------------------------------------------------------ elementwise
@@ -2009,6 +2012,47 @@ MUTANTS = [
         "[cpu] adaptive pool window_bounds: window ends rounded down (overlapping windows "
         "lose their shared row)",
         "adaptive",
+    ),
+    # ------------------------------------------------------------------ ResNet fused ops, 1x1 convs
+    m(
+        "bnrelu-mask-kink",
+        BN_RELU_PY,
+        "    return zero if y <= zero else gy\n",
+        "    return zero if y < zero else gy\n",
+        FUSED,
+        "[both] BN + ReLU backward: relu'(0) taken as 1 (gy passes where the output is 0)",
+    ),
+    m(
+        "bnrelu-affine-order",
+        BN_RELU_PY,
+        "    v = x * scale + shift\n",
+        "    v = (x + shift) * scale\n",
+        FUSED,
+        "[both] BN + ReLU forward: the shift added before the scale",
+    ),
+    m(
+        "bnrelu-plane-grad-cpu-unmasked",
+        BN_RELU_PY,
+        "g = float64(masked_at_cpu(gy2[p, m], y2[p, m], zero))",
+        "g = float64(gy2[p, m])",
+        FUSED,
+        "[cpu] BN + ReLU backward: the per-plane sums (gw, gb, the mean terms) of the unmasked gy",
+    ),
+    m(
+        "bnrelu-input-grad-cuda-unmasked",
+        BN_RELU_PY,
+        "            g = masked_at(gy[i], y[i], zero)\n",
+        "            g = gy[i]\n",
+        FUSED,
+        "[cuda] BN + ReLU backward: CUDA's elementwise input gradient without the ReLU mask",
+    ),
+    m(
+        "pointwise-stride-swap",
+        POINTWISE_PY,
+        "shape, strides = (C, N, OH, OW), (H * W, C * H * W, stride[0] * W, stride[1])",
+        "shape, strides = (C, N, OH, OW), (H * W, C * H * W, stride[1] * W, stride[0])",
+        POINTWISE_T,
+        "1x1 conv: x's samples gathered with the row and column strides swapped",
     ),
 ]
 

@@ -35,14 +35,15 @@ def conv_path(path):
     """Force every conv2d call inside onto one path (a context manager, not a fixture:
     hypothesis runs many examples per test function)."""
     m = conv2d_module
-    saved = m.DIRECT_MAX_PRODUCT, m.WINOGRAD, m.BATCHED_MAX_DEPTH
+    saved = m.DIRECT_MAX_PRODUCT, m.WINOGRAD, m.BATCHED_MAX_DEPTH, m.POINTWISE
     m.DIRECT_MAX_PRODUCT = 10**9 if path == "direct" else 0
     m.WINOGRAD = "always" if path == "winograd" else "never"
     m.BATCHED_MAX_DEPTH = 10**9 if path == "batched" else 0
+    m.POINTWISE = "never"  # 1x1 convs keep im2col's coverage (own tests elsewhere)
     try:
         yield
     finally:
-        m.DIRECT_MAX_PRODUCT, m.WINOGRAD, m.BATCHED_MAX_DEPTH = saved
+        m.DIRECT_MAX_PRODUCT, m.WINOGRAD, m.BATCHED_MAX_DEPTH, m.POINTWISE = saved
 
 
 @st.composite
@@ -338,7 +339,7 @@ def test_winograd_float32_by_default_matches_float64(x_shape, co, padding):
         ((2, 16, 8, 8), (16, 16, 3, 3), {"padding": 1, "stride": 2}, np.float32, "im2col"),
         ((2, 16, 8, 8), (16, 16, 3, 3), {"padding": 2, "dilation": 2}, np.float32, "im2col"),
         ((2, 32, 8, 8), (32, 16, 3, 3), {"padding": 1, "groups": 2}, np.float32, "im2col"),
-        ((2, 16, 8, 8), (16, 16, 1, 1), {}, np.float32, "im2col"),
+        ((2, 16, 8, 8), (16, 16, 1, 1), {}, np.float32, "im2col"),  # CPU: pointwise on CUDA
         ((2, 16, 8, 8), (16, 16, 3, 1), {"padding": 1}, np.float32, "im2col"),
         ((2, 15, 8, 8), (16, 15, 3, 3), {"padding": 1}, np.float32, "im2col"),  # thin GEMMs
         ((2, 2, 8, 8), (1, 2, 3, 3), {"padding": 1}, np.float32, "direct"),
