@@ -373,8 +373,12 @@ def _bias_grad_cuda():
     return device.launcher(_bias_grad_segments_kernel(), stages=stages)
 
 
-add_bias_kernel = Kernel(cpu=_add_bias_cpu, cuda=_add_bias_cuda)
-bias_grad_kernel = Kernel(cpu=_bias_grad_cpu, cuda=_bias_grad_cuda)
+add_bias_kernel = Kernel(
+    cpu=_add_bias_cpu, cuda=_add_bias_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
+bias_grad_kernel = Kernel(
+    cpu=_bias_grad_cpu, cuda=_bias_grad_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
 
 
 def add_bias(y, bias, C, L):
@@ -410,7 +414,9 @@ def _add_into_cuda():
     return device.launcher(add_into)
 
 
-add_into_kernel = Kernel(cpu=_add_into_cpu, cuda=_add_into_cuda)
+add_into_kernel = Kernel(
+    cpu=_add_into_cpu, cuda=_add_into_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
 
 
 def add_into(out, x):

@@ -215,8 +215,12 @@ def _adaptive_grad_cuda():
     return device.launcher(adaptive_grad)
 
 
-adaptive_kernel = Kernel(cpu=_adaptive_cpu, cuda=_adaptive_cuda)
-adaptive_grad_kernel = Kernel(cpu=_adaptive_grad_cpu, cuda=_adaptive_grad_cuda)
+adaptive_kernel = Kernel(
+    cpu=_adaptive_cpu, cuda=_adaptive_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
+adaptive_grad_kernel = Kernel(
+    cpu=_adaptive_grad_cpu, cuda=_adaptive_grad_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
 
 
 # ----------------------------------------------------------------------------- op

@@ -367,13 +367,27 @@ def _input_grad_cuda():
     return device.launcher(input_grad)
 
 
-plane_stats_kernel = Kernel(cpu=_plane_stats_cpu, cuda=_plane_stats_cuda)
-channel_stats_kernel = Kernel(cpu=_channel_stats_cpu, cuda=_channel_stats_cuda)
-eval_stats_kernel = Kernel(cpu=_eval_stats_cpu, cuda=_eval_stats_cuda)
-affine_kernel = Kernel(cpu=_affine_cpu, cuda=_affine_cuda)
-plane_grad_kernel = Kernel(cpu=_plane_grad_cpu, cuda=_plane_grad_cuda)
-channel_grad_kernel = Kernel(cpu=_channel_grad_cpu, cuda=_channel_grad_cuda)
-input_grad_kernel = Kernel(cpu=_input_grad_cpu, cuda=_input_grad_cuda)
+plane_stats_kernel = Kernel(
+    cpu=_plane_stats_cpu, cuda=_plane_stats_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
+channel_stats_kernel = Kernel(
+    cpu=_channel_stats_cpu, cuda=_channel_stats_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
+eval_stats_kernel = Kernel(
+    cpu=_eval_stats_cpu, cuda=_eval_stats_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
+affine_kernel = Kernel(
+    cpu=_affine_cpu, cuda=_affine_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
+plane_grad_kernel = Kernel(
+    cpu=_plane_grad_cpu, cuda=_plane_grad_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
+channel_grad_kernel = Kernel(
+    cpu=_channel_grad_cpu, cuda=_channel_grad_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
+input_grad_kernel = Kernel(
+    cpu=_input_grad_cpu, cuda=_input_grad_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
 
 
 # ----------------------------------------------------------------------------- op

@@ -160,9 +160,15 @@ def _input_grad_relu_cuda():
     return device.launcher(input_grad_relu)
 
 
-affine_relu_kernel = Kernel(cpu=_affine_relu_cpu, cuda=_affine_relu_cuda)
-plane_grad_relu_kernel = Kernel(cpu=_plane_grad_relu_cpu, cuda=_plane_grad_relu_cuda)
-input_grad_relu_kernel = Kernel(cpu=_input_grad_relu_cpu, cuda=_input_grad_relu_cuda)
+affine_relu_kernel = Kernel(
+    cpu=_affine_relu_cpu, cuda=_affine_relu_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
+plane_grad_relu_kernel = Kernel(
+    cpu=_plane_grad_relu_cpu, cuda=_plane_grad_relu_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
+input_grad_relu_kernel = Kernel(
+    cpu=_input_grad_relu_cpu, cuda=_input_grad_relu_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
 
 
 # ----------------------------------------------------------------------------- op

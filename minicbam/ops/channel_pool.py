@@ -146,8 +146,17 @@ def _channel_pool_grad_cuda():
 
 
 # float64_math: the channel mean accumulates in float64.
-channel_pool_kernel = Kernel(cpu=_channel_pool_cpu, cuda=_channel_pool_cuda, float64_math=True)
-channel_pool_grad_kernel = Kernel(cpu=_channel_pool_grad_cpu, cuda=_channel_pool_grad_cuda)
+channel_pool_kernel = Kernel(
+    cpu=_channel_pool_cpu,
+    cuda=_channel_pool_cuda,
+    float64_math=True,
+    parallel_from=device.LARGE_INPUT_ELEMENTS,
+)
+channel_pool_grad_kernel = Kernel(
+    cpu=_channel_pool_grad_cpu,
+    cuda=_channel_pool_grad_cuda,
+    parallel_from=device.LARGE_INPUT_ELEMENTS,
+)
 
 
 # ----------------------------------------------------------------------------- op

@@ -188,10 +188,17 @@ def _logit_grad_cuda():
     )
 
 
-sigmoid_kernel = Kernel(cpu=_sigmoid_cpu, cuda=_sigmoid_cuda)
-scale_kernel = Kernel(cpu=_scale_cpu, cuda=_scale_cuda)
+sigmoid_kernel = Kernel(
+    cpu=_sigmoid_cpu, cuda=_sigmoid_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
+scale_kernel = Kernel(cpu=_scale_cpu, cuda=_scale_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS)
 # float64_math: the sum over a channel plane or over channels accumulates in float64.
-logit_grad_kernel = Kernel(cpu=_logit_grad_cpu, cuda=_logit_grad_cuda, float64_math=True)
+logit_grad_kernel = Kernel(
+    cpu=_logit_grad_cpu,
+    cuda=_logit_grad_cuda,
+    float64_math=True,
+    parallel_from=device.LARGE_INPUT_ELEMENTS,
+)
 
 
 # ----------------------------------------------------------------------------- op

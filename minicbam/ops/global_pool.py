@@ -190,8 +190,15 @@ def _global_grad_cuda():
 
 
 # float64_math: the plane mean accumulates in float64.
-global_pool_kernel = Kernel(cpu=_global_pool_cpu, cuda=_global_pool_cuda, float64_math=True)
-global_grad_kernel = Kernel(cpu=_global_grad_cpu, cuda=_global_grad_cuda)
+global_pool_kernel = Kernel(
+    cpu=_global_pool_cpu,
+    cuda=_global_pool_cuda,
+    float64_math=True,
+    parallel_from=device.LARGE_INPUT_ELEMENTS,
+)
+global_grad_kernel = Kernel(
+    cpu=_global_grad_cpu, cuda=_global_grad_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
 
 
 # ----------------------------------------------------------------------------- op

@@ -183,10 +183,19 @@ def _index_grad_cuda():
     return device.launcher(index_grad, items=lambda gx, index, gy, K: index.size)
 
 
-max_rows_kernel = Kernel(cpu=_max_rows_cpu, cuda=_max_rows_cuda)
+max_rows_kernel = Kernel(
+    cpu=_max_rows_cpu, cuda=_max_rows_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
 # float64_math: the share gy / #ties divides by an integer count.
-amax_grad_kernel = Kernel(cpu=_amax_grad_cpu, cuda=_amax_grad_cuda, float64_math=True)
-index_grad_kernel = Kernel(cpu=_index_grad_cpu, cuda=_index_grad_cuda)
+amax_grad_kernel = Kernel(
+    cpu=_amax_grad_cpu,
+    cuda=_amax_grad_cuda,
+    float64_math=True,
+    parallel_from=device.LARGE_INPUT_ELEMENTS,
+)
+index_grad_kernel = Kernel(
+    cpu=_index_grad_cpu, cuda=_index_grad_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
 
 
 def max_rows(x, dims):
