@@ -5,7 +5,9 @@
 
 The reduced dimensions are moved last (a gather, skipped when they already are), so
 every reduction is a row reduction of an (R, K) matrix: ``out[r] = sum_k x[r * K + k]``,
-one row per CPU iteration. Reducing *leading* dimensions (a batch: bias gradients,
+one row per CPU iteration; a few long rows (fewer than 8, a loss's sum to one value) are cut
+into fixed ROW_SEGMENT-element segments, one per CPU iteration, whose float64 partials are
+then added in order, so the bits depend on the shape only. Reducing *leading* dimensions (a batch: bias gradients,
 broadcast gradients, per-sample partial sums) instead sums the columns of an (R, J) matrix
 in place, ``out[j] = sum_r x[r * J + j]``, without moving anything. Sums accumulate in
 float64 for float32 inputs too, so results hardly depend on the sizes or the device.
