@@ -364,6 +364,14 @@ def launcher(kernel, items=None, config=None, stages=None):
 # work itself (measured on the 2-core machine).
 PARALLEL_MIN_ELEMENTS = 1 << 15
 
+# A kernel whose parallel version pays only on large inputs declares
+# ``Kernel(..., parallel_from=LARGE_INPUT_ELEMENTS)``: smaller inputs run (and compile) only
+# its serial twin, and the parallel version compiles when the first large input arrives. A
+# parallel compile costs ~3x a serial one (1-8 s per kernel), while splitting the ~0.1-1 M
+# element calls of a small model over 2 cores saved at most a few tens of us per call
+# (benchmarks/README.md, "First run: compile time").
+LARGE_INPUT_ELEMENTS = 1 << 20
+
 
 def _largest_array(out, args):
     largest = out.size
@@ -376,12 +384,11 @@ def _largest_array(out, args):
 def serial_twin(dispatcher):
     """``dispatcher``'s function compiled without ``parallel=True`` (other options kept).
 
-    A small input then skips numba's parallel launch and the thread-count switch around it
-    (together ~10-40 us per call, more than the work), and a kernel that only ever sees
-    small inputs never compiles its parallel version (~3x slower to compile); a kernel whose
-    parallel version was compiled first keeps using that one. The twin is
-    a copy of the function under its own name: numba's cache keys entries by qualified name
-    and signature, not by options, so the two versions need distinct names."""
+    A small input then skips numba's parallel launch (~10-40 us per call, more than the
+    work), and a kernel that only ever sees small inputs never compiles its parallel version
+    (~3x slower to compile). The twin is a copy of the function under its own name: numba's
+    cache keys entries by qualified name and signature, not by options, so the two versions
+    need distinct names."""
     import types
 
     import numba
@@ -423,20 +430,27 @@ class Kernel:
     ``cpu(out, *args)`` is usually an ``@njit`` function; ``cuda`` is a zero-argument factory
     that returns ``launch(out, *args)`` (see ``launcher``); it runs once, on the first CUDA
     call. ``float64_math=True`` declares that the kernel accumulates in float64 on purpose.
-    ``serial_small=True`` runs small inputs through ``serial_twin(cpu)``.
+    ``serial_small=True`` runs inputs smaller than ``parallel_from`` elements (largest array
+    argument; default ``PARALLEL_MIN_ELEMENTS``) through ``serial_twin(cpu)``; giving
+    ``parallel_from`` implies ``serial_small``.
     """
 
-    def __init__(self, cpu, cuda=None, float64_math=False, name=None, serial_small=False):
+    def __init__(
+        self, cpu, cuda=None, float64_math=False, name=None, serial_small=False, parallel_from=None
+    ):
         self.cpu = cpu
         self.cuda_factory = cuda
         self.float64_math = float64_math
         self.name = name or getattr(cpu, "__name__", repr(cpu))
         self._cuda_launch = None
         # serial_small: small inputs run a serial twin of the parallel njit kernel (built on
-        # first use). Opt-in: a kernel that also sees large inputs then compiles twice, which
-        # pays only where small calls are frequent (the elementwise ops of small tensors).
+        # first use, then compiled per signature like any njit function), large ones the
+        # parallel kernel. A kernel that sees both sizes compiles both versions (the serial
+        # one ~3x cheaper), so each kernel says from which size its parallel version pays.
         parallel = getattr(cpu, "targetoptions", {}).get("parallel", False)
+        serial_small = serial_small or parallel_from is not None
         self._parallel = bool(serial_small and parallel)
+        self.parallel_from = PARALLEL_MIN_ELEMENTS if parallel_from is None else parallel_from
         self._serial = None
 
     def __call__(self, out, *args):
@@ -449,12 +463,10 @@ class Kernel:
         largest array argument (an elementwise map: ``out.size``)."""
         if recorded_calls is not None:
             recorded_calls.append((self, (out,) + args))
-        if size < PARALLEL_MIN_ELEMENTS:
+        if size < self.parallel_from:
             if self._serial is not None:  # the common small call: one attribute test
                 return self._serial(out, *args)
-            # once the parallel version is compiled (a kernel that also sees large inputs),
-            # run it on one thread rather than compile a second version
-            if not self._parallel or self.cpu.signatures:
+            if not self._parallel:
                 return _run_single_threaded(self.cpu, out, args)
             self._serial = serial_twin(self.cpu)
             return self._serial(out, *args)

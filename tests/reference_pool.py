@@ -109,6 +109,19 @@ def adaptive_avg_pool2d(x, out):
     return y
 
 
+def adaptive_avg_pool2d_grad(x_shape, out, gy):
+    """gx of adaptive_avg_pool2d: each window's gy / area added to every element it holds."""
+    H, W = x_shape[2:]
+    rows, cols = _adaptive_windows(H, out[0]), _adaptive_windows(W, out[1])
+    gx = np.zeros(x_shape)
+    for (oh, (h0, h1)), (ow, (w0, w1)) in (
+        (a, b) for a in enumerate(rows) for b in enumerate(cols)
+    ):
+        area = (h1 - h0) * (w1 - w0)
+        gx[:, :, h0:h1, w0:w1] += gy[:, :, oh, ow][:, :, None, None].astype(np.float64) / area
+    return gx
+
+
 def adaptive_max_pool2d(x, out):
     N, C, H, W = x.shape
     rows, cols = _adaptive_windows(H, out[0]), _adaptive_windows(W, out[1])

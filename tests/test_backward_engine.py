@@ -21,7 +21,7 @@ from minicbam.kernels.strided import broadcast_array, gather_kernel
 from minicbam.ops.binary import add_kernel, div_kernel, mul_kernel, sub_kernel
 from minicbam.ops.reduce import sum_columns_kernel, sum_rows_kernel
 
-THRESHOLD = device.PARALLEL_MIN_ELEMENTS
+THRESHOLD = add_kernel.parallel_from  # the size where the elementwise kernels go parallel
 DTYPES = st.sampled_from([np.float32, np.float64])
 
 

@@ -1,6 +1,6 @@
-"""Kernel dispatch on the CPU: with ``serial_small``, small inputs take a serial twin of a
-parallel kernel unless its parallel version was compiled first; every path gives the same
-results and IEEE division by zero."""
+"""Kernel dispatch on the CPU: with ``serial_small`` (or ``parallel_from``), inputs below the
+kernel's size take a serial twin of its parallel kernel and larger ones the parallel kernel;
+every path gives the same results and IEEE division by zero."""
 
 import numpy as np
 from numba import njit, prange
@@ -35,12 +35,25 @@ def test_small_inputs_first_build_the_serial_twin_and_keep_it():
     assert kernel._serial is twin
 
 
-def test_large_inputs_first_keep_the_parallel_version_for_small_ones():
+def test_large_inputs_take_the_parallel_version_and_small_ones_the_twin():
     kernel = Kernel(cpu=njit(parallel=True)(_divide.py_func), serial_small=True)
     big = np.random.default_rng(1).uniform(1, 2, (2, BIG))
     np.testing.assert_array_equal(_run(kernel, *big), big[0] / big[1])
-    np.testing.assert_array_equal(_run(kernel, big[0, :5], big[1, :5]), big[0, :5] / big[1, :5])
-    assert kernel._serial is None
+    assert kernel._serial is None and len(kernel.cpu.signatures) == 1
+    # a small input of another dtype compiles the serial twin, not a second parallel version
+    small = big[:, :5].astype(np.float32)
+    np.testing.assert_array_equal(_run(kernel, *small), small[0] / small[1])
+    assert kernel._serial is not None and len(kernel.cpu.signatures) == 1
+
+
+def test_parallel_from_sets_the_size_where_the_parallel_version_starts():
+    kernel = Kernel(cpu=njit(parallel=True)(_divide.py_func), parallel_from=100)
+    x = np.random.default_rng(2).uniform(1, 2, (2, 100))
+    np.testing.assert_array_equal(_run(kernel, x[0, :99], x[1, :99]), x[0, :99] / x[1, :99])
+    assert kernel._serial is not None and not kernel.cpu.signatures  # no parallel compile
+    np.testing.assert_array_equal(_run(kernel, *x), x[0] / x[1])
+    assert len(kernel.cpu.signatures) == 1
+    assert len(kernel._serial.signatures) == 1  # the large call did not use the twin
 
 
 def test_serial_twin_divides_by_zero_as_ieee():

@@ -231,14 +231,27 @@ def _sum_parts_cuda():
     return device.launcher(sum_parts_kernel)
 
 
-conv_kernel = Kernel(cpu=_conv_cpu, cuda=_conv_cuda, name="conv2d_direct")
-input_grad_kernel = Kernel(cpu=_input_grad_cpu, cuda=_input_grad_cuda, name="conv2d_direct_gx")
+# The CPU calls give the work (multiply-adds) as the size: the parallel versions compile and
+# run only from LARGE_INPUT_ELEMENTS of it (device.Kernel), the serial twins below that.
+conv_kernel = Kernel(
+    cpu=_conv_cpu,
+    cuda=_conv_cuda,
+    name="conv2d_direct",
+    parallel_from=device.LARGE_INPUT_ELEMENTS,
+)
+input_grad_kernel = Kernel(
+    cpu=_input_grad_cpu,
+    cuda=_input_grad_cuda,
+    name="conv2d_direct_gx",
+    parallel_from=device.LARGE_INPUT_ELEMENTS,
+)
 # float64_math: P and its sum over samples accumulate in float64 on purpose.
 weight_grad_parts_kernel = Kernel(
     cpu=_weight_grad_parts_cpu,
     cuda=_weight_grad_parts_cuda,
     float64_math=True,
     name="conv2d_direct_gw",
+    parallel_from=device.LARGE_INPUT_ELEMENTS,
 )
 sum_parts_kernel = Kernel(
     cpu=_sum_parts_cpu, cuda=_sum_parts_cuda, float64_math=True, name="conv2d_direct_gw_sum"
@@ -250,17 +263,26 @@ def _geom(geom):
     return tuple(int(g) for g in geom)
 
 
+def _launch(kernel, work, out, *args):
+    """kernel(out, *args); on the CPU with ``work`` (multiply-adds) as the call's size."""
+    if isinstance(out, np.ndarray):
+        return kernel.call_cpu(work, out, *args)
+    return kernel(out, *args)
+
+
 def conv_direct(y, x, w, geom, groups):
     """Fill y (N, CO, OH, OW) with the convolution of x by w (no bias)."""
     if y.size:
-        conv_kernel(y, x, w, _geom(geom), int(groups), x.dtype.type(0))
+        work = y.size * w.shape[1] * w.shape[2] * w.shape[3]
+        _launch(conv_kernel, work, y, x, w, _geom(geom), int(groups), x.dtype.type(0))
     return y
 
 
 def conv_direct_input_grad(gx, gy, w, geom, groups):
     """Fill gx (N, C, H, W) with the input gradient for output gradient gy."""
     if gx.size:
-        input_grad_kernel(gx, gy, w, _geom(geom), int(groups), gx.dtype.type(0))
+        work = gx.size * (w.shape[0] // groups) * w.shape[2] * w.shape[3]
+        _launch(input_grad_kernel, work, gx, gy, w, _geom(geom), int(groups), gx.dtype.type(0))
     return gx
 
 
@@ -271,6 +293,7 @@ def conv_direct_weight_grad(gy, x, w_shape, geom, groups):
         return device.zeros(w_shape, x.dtype, dev)
     gw = device.empty(w_shape, x.dtype, dev)
     part = device.empty((x.shape[0], gw.size), np.float64, dev)
-    weight_grad_parts_kernel(part, gy, x, int(w_shape[1]), _geom(geom), int(groups))
+    work = part.size * gy.shape[2] * gy.shape[3]
+    _launch(weight_grad_parts_kernel, work, part, gy, x, int(w_shape[1]), _geom(geom), int(groups))
     sum_parts_kernel(device.flat(gw), part)
     return gw

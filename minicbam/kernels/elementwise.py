@@ -9,7 +9,8 @@ same expression per element:
 
 ``a`` and ``b`` are scalar parameters (clamp bounds, an exponent, ...), converted to the
 arrays' dtype by the caller so float32 stays float32 on the GPU. Arrays are 1-D views of
-C-contiguous buffers of one shape.
+C-contiguous buffers of one shape. A map runs at memory speed: only arrays of
+``device.LARGE_INPUT_ELEMENTS`` or more take (and compile) the parallel loop.
 """
 
 import numpy as np
@@ -37,7 +38,12 @@ def unary_kernel(body):
 
         return device.launcher(unary)
 
-    return Kernel(cpu=unary_cpu, cuda=unary_cuda, name=f"unary[{body.__name__}]", serial_small=True)
+    return Kernel(
+        cpu=unary_cpu,
+        cuda=unary_cuda,
+        name=f"unary[{body.__name__}]",
+        parallel_from=device.LARGE_INPUT_ELEMENTS,
+    )
 
 
 def binary_kernel(body):
@@ -57,7 +63,10 @@ def binary_kernel(body):
         return device.launcher(binary)
 
     return Kernel(
-        cpu=binary_cpu, cuda=binary_cuda, name=f"binary[{body.__name__}]", serial_small=True
+        cpu=binary_cpu,
+        cuda=binary_cuda,
+        name=f"binary[{body.__name__}]",
+        parallel_from=device.LARGE_INPUT_ELEMENTS,
     )
 
 

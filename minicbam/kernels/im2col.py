@@ -183,8 +183,13 @@ def _col2im_cuda():
     return device.launcher(col2im)
 
 
-im2col_kernel = Kernel(cpu=_im2col_cpu, cuda=_im2col_cuda)
-col2im_kernel = Kernel(cpu=_col2im_cpu, cuda=_col2im_cuda)
+# data movement: threads pay only on large col buffers (device.Kernel)
+im2col_kernel = Kernel(
+    cpu=_im2col_cpu, cuda=_im2col_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
+col2im_kernel = Kernel(
+    cpu=_col2im_cpu, cuda=_col2im_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
 
 
 def im2col(col, x, geom):

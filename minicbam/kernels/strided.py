@@ -42,6 +42,22 @@ def outer_offsets(o, offset, shape, strides):
     return src, o * shape[3] * shape[4] * shape[5]
 
 
+@register_jitable
+def copy_row(to, frm):
+    """to[:] = frm[:] for two 1-D views of one length. A loop, not a slice assignment:
+    numba's slice assignment compiles a formatted shape-mismatch error (str, join and
+    unicode helpers, ~3-8 s once per process), and indices from 0 vectorise as well."""
+    for j in range(to.size):
+        to[j] = frm[j]
+
+
+@register_jitable
+def fill_row(to, value):
+    """to[:] = value, as a loop (see copy_row)."""
+    for j in range(to.size):
+        to[j] = value
+
+
 @njit(parallel=True, cache=True)
 def _gather_cpu(out, src, offset, shape, strides):
     for o in prange(shape[0] * shape[1] * shape[2]):
@@ -50,10 +66,10 @@ def _gather_cpu(out, src, offset, shape, strides):
         for i3 in range(shape[3]):
             for i4 in range(shape[4]):
                 s_row = s + i3 * strides[3] + i4 * strides[4]
-                if strides[5] == 1:  # contiguous rows copy as slices (vectorised)
-                    out[k : k + n] = src[s_row : s_row + n]
+                if strides[5] == 1:  # contiguous rows: a loop over 1-D views (vectorised)
+                    copy_row(out[k : k + n], src[s_row : s_row + n])
                 elif strides[5] == 0:  # a broadcast row (a sum's gradient): a fill
-                    out[k : k + n] = src[s_row]
+                    fill_row(out[k : k + n], src[s_row])
                 else:
                     for i5 in range(n):
                         out[k + i5] = src[s_row + i5 * strides[5]]
@@ -69,7 +85,7 @@ def _scatter_cpu(dst, src, offset, shape, strides):
             for i4 in range(shape[4]):
                 d_row = d + i3 * strides[3] + i4 * strides[4]
                 if strides[5] == 1:
-                    dst[d_row : d_row + n] = src[k : k + n]
+                    copy_row(dst[d_row : d_row + n], src[k : k + n])
                 else:
                     for i5 in range(n):
                         dst[d_row + i5 * strides[5]] = src[k + i5]
@@ -110,9 +126,14 @@ def strided_offset(i, offset, shape, strides):
     return off
 
 
-# serial_small: every view op of a small tensor (a loss's backward, indexing) gathers
-gather_kernel = Kernel(cpu=_gather_cpu, cuda=_gather_cuda, serial_small=True)
-scatter_kernel = Kernel(cpu=_scatter_cpu, cuda=_scatter_cuda, serial_small=True)
+# Every view op gathers; a copy runs at memory speed, so splitting it over threads pays
+# only for large arrays (smaller ones run, and compile, the serial twin alone).
+gather_kernel = Kernel(
+    cpu=_gather_cpu, cuda=_gather_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
+scatter_kernel = Kernel(
+    cpu=_scatter_cpu, cuda=_scatter_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
 
 
 FILL_PARALLEL_MIN = 1 << 20  # elements; below this one thread's fill is as fast
@@ -124,7 +145,7 @@ def _fill_parallel_cpu(out, value):
     # fixed chunks as tasks: every thread writes whole contiguous runs
     v = value[0]
     for j in prange((out.size + FILL_CHUNK - 1) // FILL_CHUNK):
-        out[j * FILL_CHUNK : min(out.size, (j + 1) * FILL_CHUNK)] = v
+        fill_row(out[j * FILL_CHUNK : min(out.size, (j + 1) * FILL_CHUNK)], v)
 
 
 # ----------------------------------------------------------------------------- helpers

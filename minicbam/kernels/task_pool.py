@@ -60,7 +60,11 @@ def run_tasks(fn, arg_lists):
     global _pool
     blas = _blas_controller()
     if len(arg_lists) <= 1 or cpu_workers() <= 1 or blas is False:
-        return [fn(*args) for args in arg_lists]
+        # inline, BLAS single-threaded as in the pool: a lone task (a small Winograd conv) or
+        # a process limited to one numba thread otherwise woke OpenBLAS's spinning threads
+        # (a digits CNN step at one numba thread: ~117 ms against ~23 ms, loaded machine)
+        with single_threaded_blas():
+            return [fn(*args) for args in arg_lists]
     if _pool is None:
         _pool = ThreadPoolExecutor(
             numba.config.NUMBA_NUM_THREADS, "minicbam-cpu", initializer=_mark_worker

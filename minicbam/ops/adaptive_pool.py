@@ -48,12 +48,19 @@ def adaptive_window(y, argmax, x, i, p, oh, ow, g, is_max):
     H, W, OH, OW = g
     h0, h1 = start_index(oh, H, OH), end_index(oh, H, OH)
     w0, w1 = start_index(ow, W, OW), end_index(ow, W, OW)
+    window_reduce(y, argmax, x, i, p * H * W, h0, h1, w0, w1, W, is_max)
+
+
+@register_jitable
+def window_reduce(y, argmax, x, i, base, h0, h1, w0, w1, W, is_max):
+    """y[i] (and argmax[i]) over rows [h0, h1) and columns [w0, w1) of the plane at
+    x[base:], whose rows are W long (the CPU kernel passes bounds it computed once)."""
     acc = y.dtype.type(0)
     best = y.dtype.type(-math.inf)
     best_k = h0 * W + w0
     for ih in range(h0, h1):
         for iw in range(w0, w1):
-            v = x[(p * H + ih) * W + iw]
+            v = x[base + ih * W + iw]
             if is_max:
                 if v > best or math.isnan(v):
                     best, best_k = v, ih * W + iw
@@ -89,42 +96,97 @@ def adaptive_grad_at(gx, gy, argmax, p, ih, iw, g, is_max):
 # CPU copies of the bodies, inlined into the prange loops: as plain calls they cost more
 # than the bodies themselves (array arguments on every element). CUDA kernels call the
 # register_jitable originals.
-adaptive_window_cpu = njit(inline="always")(adaptive_window)
+window_reduce_cpu = njit(inline="always")(window_reduce)
+
+
+@njit(cache=True)
+def window_bounds(size, out_size):
+    """(out_size, 2) int64: [start, end) of every window along one axis. The CPU kernels
+    compute them once per call: the integer divisions per window (64-bit divisions cost
+    tens of cycles each) made the pooling of (128, 64, 4, 4) to 2x2 take ~1 ms."""
+    b = np.empty((out_size, 2), np.int64)
+    for o in range(out_size):
+        b[o, 0] = start_index(o, size, out_size)
+        b[o, 1] = end_index(o, size, out_size)
+    return b
 
 
 # ----------------------------------------------------------------------------- kernels
+# Planes per task of the CPU average pool and its gradient: the loops run across a block
+# of planes, one window element at a time (an output's few elements make inner loops too
+# short to pay; along planes they are long and free of dependencies, ~2x faster).
+PLANE_BLOCK = 128
+
+
 @njit(parallel=True, cache=True)
 def _adaptive_cpu(y, argmax, x, g, is_max):
-    OH, OW = g[2], g[3]
-    for r in prange(y.size // OW):  # one output row (p, oh) per iteration
-        r = int64(r)  # prange indices can be unsigned; unsigned // signed gives a float
-        for ow in range(OW):
-            adaptive_window_cpu(y, argmax, x, r * OW + ow, r // OH, r % OH, ow, g, is_max)
+    H, W, OH, OW = g
+    P = y.size // (OH * OW)
+    hb, wb = window_bounds(H, OH), window_bounds(W, OW)
+    if is_max:
+        for p in prange(P):  # one plane per iteration
+            p = int64(p)  # prange indices can be unsigned; keep the index maths signed
+            for oh in range(OH):
+                for ow in range(OW):
+                    i = (p * OH + oh) * OW + ow
+                    h0, h1, w0, w1 = hb[oh, 0], hb[oh, 1], wb[ow, 0], wb[ow, 1]
+                    window_reduce_cpu(y, argmax, x, i, p * H * W, h0, h1, w0, w1, W, True)
+        return
+    # average: window_reduce's sums (rows, then columns, from 0) for a block of planes
+    x2, y2 = x.reshape(P, H * W), y.reshape(P, OH * OW)
+    for b in prange((P + PLANE_BLOCK - 1) // PLANE_BLOCK):
+        p0 = int64(b) * PLANE_BLOCK
+        p1 = min(P, p0 + PLANE_BLOCK)
+        acc = np.empty(p1 - p0, y.dtype)
+        for oh in range(OH):
+            for ow in range(OW):
+                acc[:] = 0
+                for ih in range(hb[oh, 0], hb[oh, 1]):
+                    for iw in range(wb[ow, 0], wb[ow, 1]):
+                        col = x2[p0:p1, ih * W + iw]
+                        for q in range(acc.size):
+                            acc[q] += col[q]
+                area = y.dtype.type((hb[oh, 1] - hb[oh, 0]) * (wb[ow, 1] - wb[ow, 0]))
+                out = y2[p0:p1, oh * OW + ow]
+                for q in range(acc.size):
+                    out[q] = acc[q] / area
 
 
-# The CPU gradient scatters each window's share into its zeroed plane, one plane per task:
-# the same sums in the same (oh, ow) order as adaptive_grad_at's gather, without the
-# gather's integer divisions per input element (they made it ~10x slower).
+# The CPU gradient scatters each window's share into its zeroed plane: the same sums in
+# the same (oh, ow) order as adaptive_grad_at's gather, without the gather's integer
+# divisions per input element (they made it ~10x slower); the window bounds come from
+# window_bounds, once per call. The average's shares go to a block of planes at a time.
 @njit(parallel=True, cache=True)
 def _adaptive_grad_cpu(gx, gy, argmax, g, is_max):
     H, W, OH, OW = g
     P = gx.size // (H * W)
     gx2, gy2 = gx.reshape(P, H * W), gy.reshape(P, OH * OW)
-    for p in prange(P):
-        plane = gx2[p]
-        plane[:] = 0
+    hb, wb = window_bounds(H, OH), window_bounds(W, OW)
+    if is_max:
+        for p in prange(P):
+            plane = gx2[p]
+            plane[:] = 0
+            for o in range(OH * OW):
+                plane[argmax[p * OH * OW + o]] += gy2[p, o]
+        return
+    for b in prange((P + PLANE_BLOCK - 1) // PLANE_BLOCK):
+        p0 = int64(b) * PLANE_BLOCK
+        p1 = min(P, p0 + PLANE_BLOCK)
+        gx2[p0:p1] = 0
+        v = np.empty(p1 - p0, gx.dtype)
         for oh in range(OH):
-            h0, h1 = start_index(oh, H, OH), end_index(oh, H, OH)
+            h0, h1 = hb[oh, 0], hb[oh, 1]
             for ow in range(OW):
-                o = oh * OW + ow
-                if is_max:
-                    plane[argmax[p * OH * OW + o]] += gy2[p, o]
-                    continue
-                w0, w1 = start_index(ow, W, OW), end_index(ow, W, OW)
-                v = gy2[p, o] / gx.dtype.type((h1 - h0) * (w1 - w0))
+                w0, w1 = wb[ow, 0], wb[ow, 1]
+                g_o = gy2[p0:p1, oh * OW + ow]
+                area = gx.dtype.type((h1 - h0) * (w1 - w0))
+                for q in range(v.size):
+                    v[q] = g_o[q] / area
                 for ih in range(h0, h1):
                     for iw in range(w0, w1):
-                        plane[ih * W + iw] += v
+                        col = gx2[p0:p1, ih * W + iw]
+                        for q in range(v.size):
+                            col[q] += v[q]
 
 
 @device.cuda_factory

@@ -27,6 +27,11 @@ and at least WINOGRAD_MIN_CHANNELS input and output channels use Winograd F(4x4,
 the whole batch. float64 stays on im2col + GEMM (an exact sum, for gradcheck) unless
 WINOGRAD = "always" (the tests' hook, to gradcheck the Winograd path in float64).
 
+On the CPU, convolutions with a kernel larger than 1x1 and at most BATCHED_MAX_DEPTH
+values per group in each product (Cg*KH*KW: a first layer on 1-channel images) take the
+"batched" path: one whole-batch col, kept for the backward, and per-(sample, group)
+products straight into y, as on CUDA; gW sums the per-sample products over n.
+
 The GEMMs run over (sample, group) batches (gemm.py), a chunk of samples at a time. On the
 CPU each chunk is one task on gemm.py's task pool with its col in a thread-local scratch
 buffer (see "CPU" below); on CUDA the chunks run in turn through one col buffer of up to
@@ -58,6 +63,12 @@ DIRECT_MAX_PRODUCT = 8
 WINOGRAD = "auto"
 WINOGRAD_MIN_CHANNELS = 16
 MIN_POOLED_FLOPS = 1 << 27  # smaller convs (the digits CNN's) run on the calling thread
+# CPU convs with a kernel larger than 1x1 whose products reduce over at most this many
+# values per group (Cg*KH*KW: a first layer's 1*3*3) take the "batched" path: im2col of the whole batch into its own
+# (N, C*KH*KW, L) array, kept for the backward, and one product per (sample, group)
+# straight into y, as on CUDA. Such products are too thin for the joined col to pay, and
+# the joined layout's strided scatter of y and gather of gy cost more than the products.
+BATCHED_MAX_DEPTH = 16
 
 # Elements of col per chunk of samples. CPU: a few MiB per task, reused, so it stays cheap
 # to touch (docs/design.md, "Measured facts"). CUDA: 128 MiB in float32.
@@ -113,10 +124,17 @@ class Conv2d(Function):
             yield n0, min(self.chunk, N - n0)
 
     def _algorithm(self, x, w):
-        """ "direct", "winograd" or "im2col" (see the module docstring)."""
+        """ "direct", "batched", "winograd" or "im2col" (see the module docstring)."""
         if w.shape[1] * (w.shape[0] // self.groups) <= DIRECT_MAX_PRODUCT:
             return "direct"
-        if WINOGRAD == "never" or device.device_of(x) != device.CPU:
+        if device.device_of(x) != device.CPU:
+            return "im2col"
+        if (
+            w.shape[2] * w.shape[3] > 1
+            and w.shape[1] * w.shape[2] * w.shape[3] <= BATCHED_MAX_DEPTH
+        ):
+            return "batched"  # (1x1 kernels: no im2col to share, left to the GEMM paths)
+        if WINOGRAD == "never":
             return "im2col"
         if not winograd.eligible(w.shape, self.stride, self.pads, self.dilation, self.groups):
             return "im2col"
@@ -143,6 +161,8 @@ class Conv2d(Function):
         y4, w3 = y.reshape(self.y4_shape), w.reshape(self.w3_shape)
         if self.direct:
             conv_direct(y, x, w, self.geom, self.groups)
+        elif self.algorithm == "batched":
+            self._forward_batched(x, w3, y4)
         elif device.device_of(x) == device.CPU:
             self._forward_cpu(x, w3, y)
         else:
@@ -156,6 +176,8 @@ class Conv2d(Function):
             return self._backward_direct(gy)
         if self.algorithm == "winograd":
             return self._backward_winograd(gy)
+        if self.algorithm == "batched":
+            return self._backward_batched(gy)
         if device.device_of(gy) == device.CPU:
             return self._backward_cpu(gy)
         need_x, need_w = self.needs_input_grad[:2]
@@ -202,6 +224,33 @@ class Conv2d(Function):
             )
         if self.needs_input_grad[1]:
             gw = conv_direct_weight_grad(gy, x, w.shape, self.geom, self.groups)
+        return self._with_bias_grad(gy, (gx, gw))
+
+    # ------------------------------------------------------------------------- batched (CPU)
+    def _forward_batched(self, x, w3, y4):
+        """y4 (N, G, CO/G, L) = w3 (G, CO/G, K) @ col (N, G, K, L), col kept for gW."""
+        N = x.shape[0]
+        col = device.empty((N, x.shape[1] * self.geom[0] * self.geom[1], self.L), x.dtype, "cpu")
+        im2col(col, x, self.geom)
+        gemm(y4, w3, col.reshape((N,) + self.col4_shape))
+        self.col = col if self.needs_input_grad[1] else None
+
+    def _backward_batched(self, gy):
+        """gW = sum_n gy_n col_n^T (per-sample products, then a sum over n); gx = col2im of
+        gcol_n = W^T gy_n."""
+        x, w, N = self.x, self.w, self.x.shape[0]
+        gy4 = gy.reshape(self.y4_shape)
+        gx = gw = None
+        if self.needs_input_grad[1]:
+            parts = device.empty((N,) + self.w3_shape, w.dtype, "cpu")
+            gemm(parts, gy4, self.col.reshape((N,) + self.col4_shape), tb=True)
+            gw = sum_array(parts, (0,)).reshape(w.shape)
+            self.col = None
+        if self.needs_input_grad[0]:
+            gx = device.empty(x.shape, x.dtype, "cpu")
+            gcol = device.empty((N,) + self.col4_shape, x.dtype, "cpu")
+            gemm(gcol, w.reshape(self.w3_shape), gy4, ta=True)
+            col2im(gx, gcol.reshape((N, -1, self.L)), self.geom)
         return self._with_bias_grad(gy, (gx, gw))
 
     # ------------------------------------------------------------------------- CPU

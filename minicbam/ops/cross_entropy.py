@@ -182,8 +182,16 @@ def _check_labels_cuda():
 
 # err, int64 target, C, ignore_index, check number (minicbam/device_errors.py)
 check_labels_kernel = Kernel(cpu=_check_labels_cpu, cuda=_check_labels_cuda)
-loss_kernel = Kernel(cpu=_loss_cpu, cuda=_loss_cuda, float64_math=True)
-loss_grad_kernel = Kernel(cpu=_loss_grad_cpu, cuda=_loss_grad_cuda)
+# one row per sample: a batch of classification logits is far too small to split
+loss_kernel = Kernel(
+    cpu=_loss_cpu,
+    cuda=_loss_cuda,
+    float64_math=True,
+    parallel_from=device.LARGE_INPUT_ELEMENTS,
+)
+loss_grad_kernel = Kernel(
+    cpu=_loss_grad_cpu, cuda=_loss_grad_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
 
 
 class ClassLoss(Function):

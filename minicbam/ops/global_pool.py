@@ -67,6 +67,33 @@ def global_grad_at(gx, gy, argmax, p, k, M, NC, avg_slot, max_slot):
 global_plane_cpu = njit(inline="always")(global_plane)
 
 
+# The CPU forward splits global_plane's loop in two vectorised passes per plane: the
+# float64 sum with reassociation allowed (an accumulator chain does not vectorise), then,
+# when that sum is not NaN (so the plane holds no NaN), the maximum under the no-NaN
+# assumption and its first index (plane[k] == max: global_plane's first maximum). A plane
+# whose sum is NaN (a NaN, or inf - inf) runs global_plane's scan itself, so NaN handling
+# (the last NaN wins) is the body's. Together ~5x faster on 64-element planes.
+@njit(cache=True, fastmath={"reassoc"})
+def plane_sum(plane):
+    """sum of a 1-D plane in float64, in any order (reassociated)."""
+    acc = 0.0
+    for k in range(plane.size):
+        acc += plane[k]
+    return acc
+
+
+@njit(cache=True, fastmath={"nnan"})
+def finite_plane_argmax(plane):
+    """Index of the first maximum of a 1-D plane that holds no NaN."""
+    best = plane[0]
+    for k in range(1, plane.size):
+        best = max(best, plane[k])
+    k = 0
+    while k < plane.size - 1 and plane[k] != best:  # bounded: a NaN would never match
+        k += 1
+    return k
+
+
 # ----------------------------------------------------------------------------- kernels
 # The CPU gradient loop is global_grad_at on a 2-D (plane, element) view: flat
 # ``p * M + k`` indices keep a wraparound check per element and do not vectorise.
@@ -75,7 +102,18 @@ def _global_pool_cpu(y, argmax, x, M, avg_slot, max_slot):
     NC = x.size // M
     x2 = x.reshape(NC, M)
     for p in prange(NC):
-        global_plane_cpu(y, argmax, x2[p], p, NC, avg_slot, max_slot)
+        plane = x2[p]
+        acc = plane_sum(plane)
+        if avg_slot >= 0:
+            y[avg_slot * NC + p] = acc / M
+        if max_slot < 0:
+            continue
+        if math.isnan(acc):
+            global_plane_cpu(y, argmax, plane, p, NC, -1, max_slot)
+        else:
+            k = finite_plane_argmax(plane)
+            y[max_slot * NC + p] = plane[k]
+            argmax[p] = k
 
 
 @njit(parallel=True, cache=True)

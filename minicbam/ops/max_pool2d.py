@@ -272,8 +272,13 @@ def _max_pool_grad_cuda():
     return device.launcher(max_pool_grad)
 
 
-max_pool_kernel = Kernel(cpu=_max_pool_cpu, cuda=_max_pool_cuda)
-max_pool_grad_kernel = Kernel(cpu=_max_pool_grad_cpu, cuda=_max_pool_grad_cuda)
+# a few comparisons per element: threads pay only on large inputs (device.Kernel)
+max_pool_kernel = Kernel(
+    cpu=_max_pool_cpu, cuda=_max_pool_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
+max_pool_grad_kernel = Kernel(
+    cpu=_max_pool_grad_cpu, cuda=_max_pool_grad_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
+)
 
 
 # ----------------------------------------------------------------------------- op

@@ -128,7 +128,10 @@ def _sum_rows_cuda():
 
 
 sum_rows_kernel = Kernel(
-    cpu=_sum_rows_cpu, cuda=_sum_rows_cuda, float64_math=True, serial_small=True
+    cpu=_sum_rows_cpu,
+    cuda=_sum_rows_cuda,
+    float64_math=True,
+    parallel_from=device.LARGE_INPUT_ELEMENTS,
 )
 
 COLUMN_BLOCK = 256  # columns per CPU task: the inner loop runs along contiguous memory
@@ -181,7 +184,10 @@ def _sum_columns_cuda():
 
 
 sum_columns_kernel = Kernel(
-    cpu=_sum_columns_cpu, cuda=_sum_columns_cuda, float64_math=True, serial_small=True
+    cpu=_sum_columns_cpu,
+    cuda=_sum_columns_cuda,
+    float64_math=True,
+    parallel_from=device.LARGE_INPUT_ELEMENTS,
 )
 
 

@@ -26,6 +26,7 @@ ATT_NN = ["tests/nn/test_attention.py"]
 TWO_STAGE = ["tests/kernels/test_two_stage_reductions.py"]
 GEMM_CUDA = ["tests/kernels/test_gemm_cuda.py"]
 ENGINE = ["tests/test_backward_engine.py"]
+SHARED = ["tests/ops/test_shared_bodies.py"]
 
 
 SE = ["tests/ops/test_squeeze_excite.py"]
@@ -327,6 +328,14 @@ MUTANTS = [
         "i1 = o % shape[1]",
         CORE,
         "[cpu] strided gather/scatter: the middle outer index decomposed wrongly",
+    ),
+    m(
+        "strided-copy-row-short",
+        STRIDED,
+        "    for j in range(to.size):\n        to[j] = frm[j]",
+        "    for j in range(to.size - 1):\n        to[j] = frm[j]",
+        CORE,
+        "[cpu] strided gather/scatter: a contiguous row copies one element short",
     ),
     m(
         "strided-cuda-outermost-dim",
@@ -633,16 +642,51 @@ MUTANTS = [
         GPOOL,
         "if v > best or math.isnan(v):\n            best, best_k = v, k",
         "if v >= best or math.isnan(v):\n            best, best_k = v, k",
-        ATT_OPS,
-        "[cpu] global max pool (global_plane): ties go to the last maximum",
+        ATT_OPS + SHARED,
+        "[cpu] global max pool body (global_plane: the CPU's scan of a plane with a NaN sum, "
+        "checked against the CPU kernel by the shared-body test): ties go to the last maximum",
     ),
     m(
         "global-pool-avg-normaliser",
         GPOOL,
         "y[avg_slot * NC + p] = acc / plane.size",
         "y[avg_slot * NC + p] = acc / NC",
-        ATT_OPS,
-        "[cpu] global avg pool (global_plane): divides by the number of planes",
+        ATT_OPS + SHARED,
+        "[cpu] global avg pool body (global_plane, checked against the CPU kernel by the "
+        "shared-body test): divides by the number of planes",
+    ),
+    m(
+        "global-pool-cpu-avg-normaliser",
+        GPOOL,
+        "y[avg_slot * NC + p] = acc / M",
+        "y[avg_slot * NC + p] = acc / NC",
+        ATT_OPS + SHARED,
+        "[cpu] global avg pool CPU kernel: divides by the number of planes",
+    ),
+    m(
+        "global-pool-cpu-no-nan-fallback",
+        GPOOL,
+        "        if math.isnan(acc):\n",
+        "        if math.isinf(acc):\n",
+        ATT_OPS + SHARED,
+        "[cpu] global max pool CPU kernel: a plane with a NaN skips global_plane's scan (the "
+        "no-NaN max pass then misses the NaN)",
+    ),
+    m(
+        "global-pool-cpu-argmax-start",
+        GPOOL,
+        "    k = 0\n    while k < plane.size - 1 and plane[k] != best:",
+        "    k = 1\n    while k < plane.size - 1 and plane[k] != best:",
+        ATT_OPS + SHARED,
+        "[cpu] global max pool CPU kernel: the first-maximum search skips element 0",
+    ),
+    m(
+        "global-pool-cpu-sum-start",
+        GPOOL,
+        "    acc = 0.0\n    for k in range(plane.size):\n        acc += plane[k]\n    return acc",
+        "    acc = 0.0\n    for k in range(1, plane.size):\n        acc += plane[k]\n    return acc",
+        ATT_OPS + SHARED,
+        "[cpu] global avg pool CPU kernel: the plane sum leaves out element 0",
     ),
     m(
         "global-grad-cpu-avg-scale",
@@ -1366,8 +1410,8 @@ MUTANTS = [
     ms(
         "broadcast-fill-chunk-short",
         STRIDED,
-        "out[j * FILL_CHUNK : min(out.size, (j + 1) * FILL_CHUNK)] = v",
-        "out[j * FILL_CHUNK : min(out.size, (j + 1) * FILL_CHUNK) - 1] = v",
+        "fill_row(out[j * FILL_CHUNK : min(out.size, (j + 1) * FILL_CHUNK)], v)",
+        "fill_row(out[j * FILL_CHUNK : min(out.size, (j + 1) * FILL_CHUNK) - 1], v)",
         ["tests/ops/test_long_rows.py"],
         "[cpu] broadcast of one value, parallel fill: each chunk's last element not written",
         None,
@@ -1920,8 +1964,8 @@ MUTANTS = [
     ms(
         "adaptive-grad-cpu-area",
         ADAPTIVE,
-        "v = gy2[p, o] / gx.dtype.type((h1 - h0) * (w1 - w0))",
-        "v = gy2[p, o] / gx.dtype.type((h1 - h0) * (h1 - h0))",
+        "area = gx.dtype.type((h1 - h0) * (w1 - w0))",
+        "area = gx.dtype.type((h1 - h0) * (h1 - h0))",
         POOL,
         "[cpu] adaptive avg pool backward: the window area from its height twice",
         "adaptive",
@@ -1929,8 +1973,8 @@ MUTANTS = [
     ms(
         "adaptive-grad-cpu-overwrite",
         ADAPTIVE,
-        "                        plane[ih * W + iw] += v\n",
-        "                        plane[ih * W + iw] = v\n",
+        "                            col[q] += v[q]\n",
+        "                            col[q] = v[q]\n",
         POOL,
         "[cpu] adaptive avg pool backward: overlapping windows overwrite instead of adding",
         "adaptive",
@@ -1943,6 +1987,92 @@ MUTANTS = [
         POOL,
         "[cpu] adaptive max pool backward: an input that wins two overlapping windows gets "
         "one share",
+        "adaptive",
+    ),
+    # ------------------------------------------------------------------ conv2d, batched CPU path
+    ms(
+        "conv-route-batched-depth",
+        CONV_PY,
+        "and w.shape[1] * w.shape[2] * w.shape[3] <= BATCHED_MAX_DEPTH",
+        "and w.shape[1] * w.shape[2] * w.shape[3] < BATCHED_MAX_DEPTH",
+        CONV,
+        "[cpu] conv2d routing: a depth of exactly BATCHED_MAX_DEPTH leaves the batched path",
+        "batched or algorithm",
+    ),
+    ms(
+        "conv-route-batched-groups",
+        CONV_PY,
+        "and w.shape[1] * w.shape[2] * w.shape[3] <= BATCHED_MAX_DEPTH",
+        "and w.shape[1] * self.groups * w.shape[2] * w.shape[3] <= BATCHED_MAX_DEPTH",
+        CONV,
+        "[cpu] conv2d routing: the batched path's depth counts all groups' input channels",
+        "batched or algorithm",
+    ),
+    ms(
+        "conv-batched-gw-sum-axis",
+        CONV_PY,
+        "gw = sum_array(parts, (0,)).reshape(w.shape)",
+        "gw = (parts[0] if N == 1 else sum_array(parts[1:], (0,))).reshape(w.shape)",
+        CONV,
+        "[cpu] conv2d batched path: the weight gradient leaves out sample 0 of a batch",
+        "batched",
+    ),
+    ms(
+        "conv-batched-gx-transpose",
+        CONV_PY,
+        "gemm(gcol, w.reshape(self.w3_shape), gy4, ta=True)",
+        "gemm(gcol, w.reshape(self.w3_shape)[..., ::-1, :].copy(), gy4, ta=True)",
+        CONV,
+        "[cpu] conv2d batched path: the input gradient with W's output channels reversed",
+        "batched",
+    ),
+    # ------------------------------------------------------------------ CPU task pool
+    ms(
+        "task-pool-inline-threaded-blas",
+        "minicbam/kernels/task_pool.py",
+        "        with single_threaded_blas():\n            return [fn(*args) for args in arg_lists]",
+        "        if True:\n            return [fn(*args) for args in arg_lists]",
+        ["tests/kernels/test_task_pool.py"],
+        "[cpu] task pool: tasks run inline (one task, one numba thread) keep BLAS's threads",
+        None,
+    ),
+    # ------------------------------------------------------------------ adaptive pool, CPU blocks
+    ms(
+        "adaptive-cpu-block-end",
+        ADAPTIVE,
+        "        p1 = min(P, p0 + PLANE_BLOCK)\n        acc = np.empty(p1 - p0, y.dtype)",
+        "        p1 = min(P, p0 + PLANE_BLOCK - 1)\n        acc = np.empty(p1 - p0, y.dtype)",
+        POOL,
+        "[cpu] adaptive avg pool: a block of planes stops one plane short (its last plane "
+        "is never written)",
+        "adaptive",
+    ),
+    ms(
+        "adaptive-cpu-area-rows",
+        ADAPTIVE,
+        "area = y.dtype.type((hb[oh, 1] - hb[oh, 0]) * (wb[ow, 1] - wb[ow, 0]))",
+        "area = y.dtype.type((hb[oh, 1] - hb[oh, 0]) * (hb[oh, 1] - hb[oh, 0]))",
+        POOL,
+        "[cpu] adaptive avg pool: the window area from its height twice",
+        "adaptive",
+    ),
+    ms(
+        "adaptive-grad-cpu-block-start",
+        ADAPTIVE,
+        "        p0 = int64(b) * PLANE_BLOCK\n        p1 = min(P, p0 + PLANE_BLOCK)\n        gx2",
+        "        p0 = int64(b)\n        p1 = min(P, p0 + PLANE_BLOCK)\n        gx2",
+        POOL,
+        "[cpu] adaptive avg pool backward: block b starts at plane b, not b * PLANE_BLOCK",
+        "adaptive",
+    ),
+    ms(
+        "adaptive-cpu-bounds-end",
+        ADAPTIVE,
+        "        b[o, 1] = end_index(o, size, out_size)",
+        "        b[o, 1] = start_index(o + 1, size, out_size)",
+        POOL,
+        "[cpu] adaptive pool window_bounds: window ends rounded down (overlapping windows "
+        "lose their shared row)",
         "adaptive",
     ),
 ]

@@ -1,7 +1,9 @@
 """conv2d: forward vs two oracles (loops, scipy) and PyTorch, gradients, CUDA parity, errors.
 
 All paths are tested on the same drawn shapes: ``path="direct"`` forces conv2d_direct.py for
-every shape, ``path="im2col"`` forces im2col + GEMM (conv2d.DIRECT_MAX_PRODUCT),
+every shape, ``path="im2col"`` forces im2col + GEMM (conv2d.DIRECT_MAX_PRODUCT) with the
+CPU's joined col, ``path="batched"`` the CPU's per-sample products over a whole-batch col
+(conv2d.BATCHED_MAX_DEPTH; CUDA runs im2col + GEMM),
 ``path="winograd"`` sends every eligible shape (3x3, stride 1, dilation 1, one group, padding
 <= 2) to Winograd F(4x4, 3x3) in any dtype (conv2d.WINOGRAD = "always") and the rest to
 im2col. Shapes drawn by ``winograd_cases`` always reach Winograd (checked per example).
@@ -24,21 +26,23 @@ from minicbam.ops.conv2d import conv2d
 conv2d_module = importlib.import_module("minicbam.ops.conv2d")
 winograd_module = importlib.import_module("minicbam.kernels.winograd")
 
-PATHS = ["direct", "im2col", "winograd"]
-GEMM_PATHS = ["direct", "im2col"]  # the CUDA device's (Winograd is CPU-only)
+PATHS = ["direct", "im2col", "winograd", "batched"]
+GEMM_PATHS = ["direct", "im2col", "batched"]  # the CPU side of CUDA parity (CUDA: im2col)
 
 
 @contextlib.contextmanager
 def conv_path(path):
     """Force every conv2d call inside onto one path (a context manager, not a fixture:
     hypothesis runs many examples per test function)."""
-    saved = conv2d_module.DIRECT_MAX_PRODUCT, conv2d_module.WINOGRAD
-    conv2d_module.DIRECT_MAX_PRODUCT = {"direct": 10**9, "im2col": 0, "winograd": 0}[path]
-    conv2d_module.WINOGRAD = "always" if path == "winograd" else "never"
+    m = conv2d_module
+    saved = m.DIRECT_MAX_PRODUCT, m.WINOGRAD, m.BATCHED_MAX_DEPTH
+    m.DIRECT_MAX_PRODUCT = 10**9 if path == "direct" else 0
+    m.WINOGRAD = "always" if path == "winograd" else "never"
+    m.BATCHED_MAX_DEPTH = 10**9 if path == "batched" else 0
     try:
         yield
     finally:
-        conv2d_module.DIRECT_MAX_PRODUCT, conv2d_module.WINOGRAD = saved
+        m.DIRECT_MAX_PRODUCT, m.WINOGRAD, m.BATCHED_MAX_DEPTH = saved
 
 
 @st.composite
@@ -338,11 +342,53 @@ def test_winograd_float32_by_default_matches_float64(x_shape, co, padding):
         ((2, 16, 8, 8), (16, 16, 3, 1), {"padding": 1}, np.float32, "im2col"),
         ((2, 15, 8, 8), (16, 15, 3, 3), {"padding": 1}, np.float32, "im2col"),  # thin GEMMs
         ((2, 2, 8, 8), (1, 2, 3, 3), {"padding": 1}, np.float32, "direct"),
+        ((2, 1, 8, 8), (32, 1, 3, 3), {"padding": 1}, np.float32, "batched"),  # a first layer
+        ((2, 1, 8, 8), (32, 1, 4, 4), {"padding": 1}, np.float64, "batched"),  # depth 16
+        ((2, 2, 8, 8), (8, 2, 3, 3), {"padding": 1}, np.float32, "im2col"),  # depth 18
+        ((2, 4, 8, 8), (12, 2, 2, 2), {"groups": 2}, np.float32, "batched"),  # per group 8
     ],
 )
 def test_algorithm_rule(x_shape, w_shape, kwargs, dtype, algorithm):
     x, w = leaf(arrays(x_shape, 1, dtype=dtype)), leaf(arrays(w_shape, 2, dtype=dtype))
     assert conv2d(x, w, **kwargs).creator.algorithm == algorithm
+
+
+@st.composite
+def batched_threshold_cases(draw):
+    """conv_cases' tuple for depths Cg*KH*KW just under, at and over BATCHED_MAX_DEPTH, more
+    output channels than DIRECT_MAX_PRODUCT allows per input channel, batch 1 to 3 and odd
+    or even sides (H*W odd included)."""
+    limit = conv2d_module.BATCHED_MAX_DEPTH
+    kh, kw = draw(st.sampled_from([(1, 1), (2, 2), (3, 3), (4, 4), (3, 2), (1, 5), (2, 3)]))
+    depth = draw(st.sampled_from([limit - 1, limit, limit + 1, limit + 2]))
+    cg = max(1, depth // (kh * kw))
+    groups = draw(st.integers(1, 2))
+    cout = groups * draw(st.integers(conv2d_module.DIRECT_MAX_PRODUCT // cg + 1, 10))
+    pad = (draw(st.integers(0, 1)), draw(st.integers(0, 1)))
+    h = draw(st.integers(max(1, kh - 2 * pad[0]), 7))
+    w = draw(st.integers(max(1, kw - 2 * pad[1]), 7))
+    x_shape = (draw(st.integers(1, 3)), groups * cg, h, w)
+    return x_shape, (cout, cg, kh, kw), draw(st.booleans()), (1, 1), pad, (1, 1), groups
+
+
+@settings(max_examples=25)
+@given(case=batched_threshold_cases(), seed=st.integers(0, 2**31))
+def test_batched_route_threshold(case, seed):
+    """The default rule around BATCHED_MAX_DEPTH: the batched path at or under it (kernels
+    larger than 1x1), im2col + GEMM (joined col) over it, both against the loop oracle (values and all gradients)."""
+    w_shape = case[1]
+    depth = w_shape[1] * w_shape[2] * w_shape[3]
+    arrays_in = _inputs(case, seed, np.float64)
+    leaves = [leaf(a) for a in arrays_in]
+    y = _fn(case)(*leaves)
+    small = depth <= conv2d_module.BATCHED_MAX_DEPTH and w_shape[2] * w_shape[3] > 1
+    want = "batched" if small else "im2col"
+    assert y.creator.algorithm == want
+    tol = {"rtol": 1e-12, "atol": 1e-12}
+    assert_matches_oracle(_fn(case), arrays_in, conv_oracle(case), "cpu", **tol)
+    y32 = _fn(case)(*(leaf(a.astype(np.float32), requires_grad=False) for a in arrays_in))
+    expected = ref.conv2d(*arrays_in, **_oracle_kwargs(case))
+    np.testing.assert_allclose(y32.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_winograd_transforms_match_their_matrices():

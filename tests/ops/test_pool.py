@@ -15,7 +15,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import minicbam as mc
-from minicbam.ops.adaptive_pool import adaptive_avg_pool2d, adaptive_max_pool2d
+from minicbam.ops.adaptive_pool import PLANE_BLOCK, adaptive_avg_pool2d, adaptive_max_pool2d
 from minicbam.ops.avg_pool2d import avg_pool2d
 from minicbam.ops.max_pool2d import max_pool2d
 
@@ -279,6 +279,30 @@ def test_adaptive_gradcheck(case, seed):
     x = distinct(shape, seed)
     assert_gradcheck(lambda t: adaptive_avg_pool2d(t, out), x)
     assert_gradcheck(lambda t: adaptive_max_pool2d(t, out), x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=12)
+@given(
+    planes=st.sampled_from([PLANE_BLOCK - 1, PLANE_BLOCK, PLANE_BLOCK + 1, 2 * PLANE_BLOCK + 3]),
+    batch_outer=st.booleans(),
+    side=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+    out=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    seed=seeds,
+)
+def test_adaptive_avg_across_plane_blocks(dtype, planes, batch_outer, side, out, seed):
+    """The CPU average pool and its gradient run over blocks of PLANE_BLOCK planes: plane
+    counts just under, at, over and past two blocks, against the loop oracles."""
+    shape = ((planes, 1) if batch_outer else (1, planes)) + side
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    t = leaf(x)
+    y = adaptive_avg_pool2d(t, out)
+    np.testing.assert_allclose(y.numpy(), ref.adaptive_avg_pool2d(x, out), **TOL[dtype])
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    y.backward(mc.tensor(gy))
+    gx = ref.adaptive_avg_pool2d_grad(shape, out, gy)
+    np.testing.assert_allclose(t.grad.numpy(), gx, **TOL[dtype])
 
 
 def test_adaptive_output_one_and_none():

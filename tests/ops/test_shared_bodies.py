@@ -20,6 +20,7 @@ from numba import njit
 # the modules (``minicbam.ops`` exports functions of the same names)
 cp = importlib.import_module("minicbam.ops.channel_pool")
 gate = importlib.import_module("minicbam.ops.gate")
+gp = importlib.import_module("minicbam.ops.global_pool")
 
 
 @njit(cache=True)
@@ -69,6 +70,51 @@ def test_channel_pool_body_and_cpu_kernel_agree_on_nan():
         run(y, a, x.ravel(), 6, 1)
         outs.append((np.isnan(y[1]), a[0]))
     assert outs[0] == outs[1] == (True, 3)  # a NaN wins; the last NaN seen is kept
+
+
+@njit(cache=True)
+def global_pool_by_body(y, argmax, x, M, avg_slot, max_slot):
+    NC = x.size // M
+    for p in range(NC):  # one plane per iteration, global_plane's single pass
+        gp.global_plane(y, argmax, x[p * M : (p + 1) * M], p, NC, avg_slot, max_slot)
+
+
+SPECIALS = (np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0)
+
+
+@given(
+    st.integers(1, 4),
+    st.integers(1, 70),
+    dtypes,
+    st.integers(0, 2**31),
+    st.sampled_from(["normal", "ties", "specials"]),
+    st.sampled_from([(0, 1), (1, 0), (0, -1), (-1, 0)]),
+)
+def test_global_pool_cpu_kernel_matches_the_shared_body(planes, M, dtype, seed, kind, slots):
+    """The CPU global pool sums (reassociated) and takes the max in separate passes, and
+    falls back to global_plane for a plane whose sum is NaN: same argmax and max as the
+    body (first maximum, last NaN, -0.0 vs 0.0 as the body sees them), sums to rounding.
+    Planes of 1-70 elements straddle the vector widths; ``specials`` puts NaN, +-inf and
+    signed zeros at random places (inf - inf makes a NaN sum without a NaN)."""
+    rng = np.random.default_rng(seed)
+    if kind == "specials":
+        x = rng.choice(np.array(SPECIALS + (2.0, -3.0), dtype), size=planes * M)
+    else:
+        x = _input((planes, M), dtype, seed, kind == "ties").ravel()
+    y_cpu, y_body = (np.full(2 * planes, 7.0, dtype) for _ in range(2))
+    a_cpu, a_body = (np.full(planes, -1, np.int64) for _ in range(2))
+    gp._global_pool_cpu(y_cpu, a_cpu, x, M, *slots)
+    global_pool_by_body(y_body, a_body, x, M, *slots)
+    if slots[1] >= 0:
+        np.testing.assert_array_equal(a_cpu, a_body)
+        max_cpu, max_body = (
+            y_cpu[slots[1] * planes :][:planes],
+            y_body[slots[1] * planes :][:planes],
+        )
+        np.testing.assert_array_equal(max_cpu, max_body)
+        np.testing.assert_array_equal(np.signbit(max_cpu), np.signbit(max_body))
+    rtol = 1e-12 if dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(y_cpu, y_body, rtol=rtol, atol=1e-30)
 
 
 @given(shapes, dtypes, st.integers(0, 2**31))
