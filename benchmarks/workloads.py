@@ -371,6 +371,35 @@ register("small_add", _small_describe(1), _mc_small(1), _torch_small(1))
 register("small_chain100", _small_describe(100), _mc_small(100), _torch_small(100))
 
 
+# ----------------------------------------------------------------------------- memory
+COPY_MIB = 16  # the size of one (64, 64, 32, 32) float32 activation
+
+
+def _copy_describe(quick):
+    mib = 4 if quick else COPY_MIB
+    return f"copy {mib} MiB float32 (read + write)", "GB/s", 2 * (mib << 20) / 1e9
+
+
+def _copy_arrays(quick):
+    x = _x(((4 if quick else COPY_MIB) << 20) // 4)
+    return x, np.empty_like(x)
+
+
+def _mc_copy(quick):
+    """The machine's copy bandwidth as minicbam's CPU arrays see it (they are NumPy arrays):
+    the yardstick for memory-bound rows such as se_fwd_bwd (bytes moved / time)."""
+    x, y = _copy_arrays(quick)
+    return lambda: np.copyto(y, x)
+
+
+def _torch_copy(torch, quick):
+    x, y = (torch.from_numpy(a) for a in _copy_arrays(quick))
+    return lambda: y.copy_(x)
+
+
+register("copy_16mib", _copy_describe, _mc_copy, _torch_copy)
+
+
 # ----------------------------------------------------------------------------- models
 def _digits_describe(quick):
     return "digits-cnn-cbam train step batch 128", "img/s", 128

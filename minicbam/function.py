@@ -131,6 +131,9 @@ class Function:
     # False for ops whose backward reads neither their inputs nor their output (add, sum,
     # reshape, ...): changing those in place between forward and backward is harmless.
     saves_tensors = True
+    # True for ops whose backward returns new arrays, each one referenced nowhere else (one
+    # per input): a leaf's first gradient then keeps the array instead of copying it
+    fresh_input_grads = False
     # attributes that outlive release(): the graph edges and what name() and repr() show
     graph_fields = ("inputs", "needs_input_grad", "output_shape")
 
@@ -339,7 +342,7 @@ def _sweep(order, grads, hooked, retain_graph):
                 check_grad_shape(fn, t, gx)
             creator = t.creator
             if creator is None:
-                _accumulate_leaf(t, gx, fresh_leaf_grads, add_into)
+                _accumulate_leaf(t, gx, fresh_leaf_grads, add_into, fn.fresh_input_grads)
                 if hooked and id(t) in hooked:
                     hooked[id(t)][2] = True
             elif creator in summed:
@@ -355,14 +358,15 @@ def _sweep(order, grads, hooked, retain_graph):
             _edges_done(fn, hooked)
 
 
-def _accumulate_leaf(t, gx, fresh, add_into):
+def _accumulate_leaf(t, gx, fresh, add_into, owned=False):
     """``t.grad += gx``. The first gradient of a sweep makes a new array (the old ``.grad``
-    may be held elsewhere, e.g. by the user); later ones in the same sweep add into it."""
+    may be held elsewhere, e.g. by the user), or keeps ``gx`` when the op says nothing else
+    holds it (``owned``); later ones in the same sweep add into it."""
     grad = t.grad
     if grad is not None and fresh.get(id(t)) is grad.data:
         add_into(grad.data, gx)
         return
-    t.accumulate_grad(gx)
+    t.accumulate_grad(gx, owned)
     fresh[id(t)] = t.grad.data
 
 

@@ -197,10 +197,11 @@ class Tensor:
         for hook in self._post_accumulate_hooks:
             hook(self)
 
-    def accumulate_grad(self, g):
+    def accumulate_grad(self, g, owned=False):
         if self.grad is None:
-            # A copy: backward may hand the same array to several inputs (add's gy).
-            self.grad = Tensor(device.copy(g))
+            # A copy: backward may hand the same array to several inputs (add's gy), unless
+            # the caller says that nothing else holds g (``owned``).
+            self.grad = Tensor(g if owned else device.copy(g))
         else:
             self.grad = Tensor(_ops().binary.add_arrays(self.grad.data, g))
 

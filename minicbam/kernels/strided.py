@@ -51,6 +51,13 @@ def copy_row(to, frm):
         to[j] = frm[j]
 
 
+@register_jitable
+def fill_row(to, value):
+    """to[:] = value, as a loop (see copy_row)."""
+    for j in range(to.size):
+        to[j] = value
+
+
 @njit(parallel=True, cache=True)
 def _gather_cpu(out, src, offset, shape, strides):
     for o in prange(shape[0] * shape[1] * shape[2]):
@@ -61,6 +68,8 @@ def _gather_cpu(out, src, offset, shape, strides):
                 s_row = s + i3 * strides[3] + i4 * strides[4]
                 if strides[5] == 1:  # contiguous rows: a loop over 1-D views (vectorised)
                     copy_row(out[k : k + n], src[s_row : s_row + n])
+                elif strides[5] == 0:  # a broadcast row (a sum's gradient): a fill
+                    fill_row(out[k : k + n], src[s_row])
                 else:
                     for i5 in range(n):
                         out[k + i5] = src[s_row + i5 * strides[5]]
@@ -127,6 +136,18 @@ scatter_kernel = Kernel(
 )
 
 
+FILL_PARALLEL_MIN = 1 << 20  # elements; below this one thread's fill is as fast
+FILL_CHUNK = 1 << 16
+
+
+@njit(parallel=True, cache=True)
+def _fill_parallel_cpu(out, value):
+    # fixed chunks as tasks: every thread writes whole contiguous runs
+    v = value[0]
+    for j in prange((out.size + FILL_CHUNK - 1) // FILL_CHUNK):
+        fill_row(out[j * FILL_CHUNK : min(out.size, (j + 1) * FILL_CHUNK)], v)
+
+
 # ----------------------------------------------------------------------------- helpers
 def contiguous_strides(shape):
     """Row-major element strides of ``shape``."""
@@ -177,6 +198,13 @@ def permute_array(a, dims):
 def broadcast_array(a, shape):
     """``a`` broadcast to ``shape`` (NumPy rules) as a new contiguous array."""
     shape = tuple(shape)
+    if isinstance(a, np.ndarray) and a.size == 1:  # a loss's gradient: one value, a fill
+        out = np.empty(shape, a.dtype)
+        if out.size >= FILL_PARALLEL_MIN:
+            _fill_parallel_cpu(out.reshape(-1), a.reshape(-1))
+        else:
+            out.fill(a.reshape(())[()])
+        return out
     lead = len(shape) - a.ndim
     src_strides = contiguous_strides(a.shape)
     strides = [0] * lead

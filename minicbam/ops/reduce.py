@@ -5,7 +5,9 @@
 
 The reduced dimensions are moved last (a gather, skipped when they already are), so
 every reduction is a row reduction of an (R, K) matrix: ``out[r] = sum_k x[r * K + k]``,
-one row per CPU iteration. Reducing *leading* dimensions (a batch: bias gradients,
+one row per CPU iteration; a few long rows (fewer than 8, a loss's sum to one value) are cut
+into fixed ROW_SEGMENT-element segments, one per CPU iteration, whose float64 partials are
+then added in order, so the bits depend on the shape only. Reducing *leading* dimensions (a batch: bias gradients,
 broadcast gradients, per-sample partial sums) instead sums the columns of an (R, J) matrix
 in place, ``out[j] = sum_r x[r * J + j]``, without moving anything. Sums accumulate in
 float64 for float32 inputs too, so results hardly depend on the sizes or the device.
@@ -33,12 +35,35 @@ from minicbam.kernels.strided import broadcast_array, permute_array
 cuda = None  # numba.cuda, bound on first CUDA use (device.cuda_factory)
 
 
-@njit(parallel=True, cache=True)
+ROW_SEGMENT = 1 << 16  # elements per CPU task when a few long rows (a loss's sum) are summed
+
+
+# reassoc lets the row loops vectorise (a fixed order, set by the compiled code); NaN and
+# inf keep their meaning (no nnan / ninf flags)
+@njit(parallel=True, cache=True, fastmath={"reassoc", "nsz"})
 def _sum_rows_cpu(out, x, K, zero):
-    for r in prange(out.size):
+    R = out.size
+    S = (K + ROW_SEGMENT - 1) // ROW_SEGMENT
+    if R >= 8 or S < 2:  # enough rows to share out, or short ones: one task per row
+        for r in prange(R):
+            acc = zero
+            for k in range(K):
+                acc += x[r * K + k]
+            out[r] = acc
+        return
+    # few long rows: fixed segments of ROW_SEGMENT as tasks, their partials added in order,
+    # so the bits depend on the shape only (not on the thread count)
+    partials = np.full(R * S, zero)
+    for p in prange(R * S):
+        r, j = p // S, p % S
         acc = zero
-        for k in range(K):
+        for k in range(j * ROW_SEGMENT, min(K, (j + 1) * ROW_SEGMENT)):
             acc += x[r * K + k]
+        partials[p] = acc
+    for r in range(R):
+        acc = zero
+        for j in range(S):
+            acc += partials[r * S + j]
         out[r] = acc
 
 

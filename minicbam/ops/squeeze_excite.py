@@ -17,10 +17,23 @@ Gradients, for gy = dL/dy:
     gx[n, c, m] = gy[n, c, m] s[n, c] + gz[n, c] / M
 
 Work is per sample: its (C, M) block is pooled, the tiny MLP runs on its C means, and the
-block is scaled while it is still in cache. The forward reads x once from memory and writes
-y (2 N C M elements moved); the backward reads gy and x once and writes gx (3 N C M). The
-weight gradients are a gather over samples of the saved (N, C) / (N, K) rows, no atomics.
-Sums accumulate in float64.
+block is scaled while it is still in cache. The weight gradients are a gather over samples
+of the saved (N, C) / (N, K) rows, no atomics. Sums accumulate in float64.
+
+Bytes per pass (B = N C M * itemsize; 16 MiB for (64, 64, 32, 32) float32). A sample's block
+is C M * itemsize (256 KiB there; 512 KiB for gy and x together), well inside one core's L2,
+so the second touch of a block inside a task is served from cache:
+
+    forward   read x (the pool), read x again from cache, write y        2 B from memory
+    backward  read gy and x (the dots), read gy again from cache,
+              write gx = gy s + gz / M (both shares in one write)         3 B from memory
+
+A write to memory that is not in cache first reads its line (write-allocate), as a plain copy
+does too: a copy of B bytes moves 2 B by this count, so the forward costs about one copy of x
+and the backward about 1.5. No other array the size of x is allocated or touched (the (N, C)
+and (N, K) rows are a few KiB). The leaf keeps gx as its ``.grad`` without a copy
+(``fresh_input_grads``). benchmarks/README.md ("Memory-bound rows") gives the commands that
+compare these bytes with the machine's copy bandwidth.
 """
 
 import math
@@ -143,37 +156,98 @@ weight_grad_at_cpu = njit(inline="always")(weight_grad_at)
 
 # ----------------------------------------------------------------------------- CPU kernels
 # x3, y3, gy3, gx3 are (N, C, M) views: 1-D plane views indexed from 0 let the plane loops
-# vectorise (flat ``base + m`` indexing keeps a wraparound check per element).
-@njit(parallel=True, cache=True, fastmath=True)
-def _se_forward_cpu(y3, s, h, z, x3, w1, b1, w2, b2):
-    N, C, M = x3.shape
-    for n in prange(N):
-        for c in range(C):
-            z[n, c] = plane_sum_cpu(x3[n, c]) / M
-        for k in range(h.shape[1]):
-            hidden_at_cpu(h, z, w1, b1, n, k)
-        for c in range(C):
-            excite_at_cpu(s, h, w2, b2, n, c)
-            sc = s[n, c]
-            yp, xp = y3[n, c], x3[n, c]
-            for m in range(M):
-                yp[m] = xp[m] * sc
+# vectorise (flat ``base + m`` indexing keeps a wraparound check per element). FAST lets the
+# plane sums vectorise, in an order fixed by the compiled code; without nnan / ninf, NaN and
+# inf keep their meaning. error_model "numpy": no zero-division branch in the loops
+# (1 + e^-l is never 0).
+FAST = {"reassoc", "nsz"}
 
 
-@njit(parallel=True, cache=True, fastmath=True)
-def _se_backward_cpu(gx3, gl, ga, gz, gy3, x3, s, h, w1, w2):
-    N, C, M = x3.shape
+# Tasks: with many samples (``by_plane`` False) one task is a sample, pooled, excited and
+# scaled while its (C, M) block is still in cache. With few samples (N < PLANE_TASKS_BELOW)
+# samples would split unevenly over the threads (batch 1: one thread idle), so the planes
+# (n, c) are the tasks of two parallel loops and the tiny MLP runs between them. The rule
+# looks at the shape only, not at the thread count, so a given shape always gives the same
+# bits (the two layouts' compiled plane sums may differ in the last bit).
+@njit(inline="always")
+def _pool_plane(z, x3, n, c):
+    z[n, c] = plane_sum_cpu(x3[n, c]) / x3.shape[2]
+
+
+@njit(inline="always")
+def _scale_plane(y3, x3, s, n, c):
+    sc = s[n, c]
+    yp, xp = y3[n, c], x3[n, c]
+    for m in range(xp.size):
+        yp[m] = xp[m] * sc
+
+
+@njit(inline="always")
+def _excite_sample(s, h, z, w1, b1, w2, b2, n):
+    for k in range(h.shape[1]):
+        hidden_at_cpu(h, z, w1, b1, n, k)
+    for c in range(s.shape[1]):
+        excite_at_cpu(s, h, w2, b2, n, c)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
+def _se_forward_cpu(y3, s, h, z, x3, w1, b1, w2, b2, by_plane):
+    N, C = x3.shape[:2]
+    if by_plane:
+        for p in prange(N * C):
+            _pool_plane(z, x3, p // C, p % C)
+        for n in range(N):
+            _excite_sample(s, h, z, w1, b1, w2, b2, n)
+        for p in prange(N * C):
+            _scale_plane(y3, x3, s, p // C, p % C)
+        return
     for n in prange(N):
         for c in range(C):
-            logit_grad_at_cpu(gl, s, plane_dot_cpu(gy3[n, c], x3[n, c]), n, c)
-        for k in range(h.shape[1]):
-            hidden_grad_at_cpu(ga, gl, w2, h, n, k)
+            _pool_plane(z, x3, n, c)
+        _excite_sample(s, h, z, w1, b1, w2, b2, n)
         for c in range(C):
-            squeeze_grad_at_cpu(gz, ga, w1, n, c, M)
-            sc, g0 = s[n, c], gz[n, c]
-            gxp, gyp = gx3[n, c], gy3[n, c]
-            for m in range(M):
-                gxp[m] = gyp[m] * sc + g0
+            _scale_plane(y3, x3, s, n, c)
+
+
+@njit(inline="always")
+def _logit_grad_plane(gl, gy3, x3, s, n, c):
+    logit_grad_at_cpu(gl, s, plane_dot_cpu(gy3[n, c], x3[n, c]), n, c)
+
+
+@njit(inline="always")
+def _input_grad_plane(gx3, gy3, s, gz, n, c):
+    """gx = gy s + gz: the scale's and the squeeze's shares in one write."""
+    sc, g0 = s[n, c], gz[n, c]
+    gxp, gyp = gx3[n, c], gy3[n, c]
+    for m in range(gxp.size):
+        gxp[m] = gyp[m] * sc + g0
+
+
+@njit(inline="always")
+def _squeeze_grad_sample(ga, gz, gl, w1, w2, h, n, M):
+    for k in range(h.shape[1]):
+        hidden_grad_at_cpu(ga, gl, w2, h, n, k)
+    for c in range(gz.shape[1]):
+        squeeze_grad_at_cpu(gz, ga, w1, n, c, M)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
+def _se_backward_cpu(gx3, gl, ga, gz, gy3, x3, s, h, w1, w2, by_plane):
+    N, C, M = x3.shape
+    if by_plane:
+        for p in prange(N * C):
+            _logit_grad_plane(gl, gy3, x3, s, p // C, p % C)
+        for n in range(N):
+            _squeeze_grad_sample(ga, gz, gl, w1, w2, h, n, M)
+        for p in prange(N * C):
+            _input_grad_plane(gx3, gy3, s, gz, p // C, p % C)
+        return
+    for n in prange(N):
+        for c in range(C):
+            _logit_grad_plane(gl, gy3, x3, s, n, c)
+        _squeeze_grad_sample(ga, gz, gl, w1, w2, h, n, M)
+        for c in range(C):
+            _input_grad_plane(gx3, gy3, s, gz, n, c)
 
 
 @njit(cache=True)
@@ -192,7 +266,7 @@ def _se_weight_grad_cpu(gw1, gb1, gw2, gb2, gl, ga, z, h):
 def _se_forward_cuda():
 
     @cuda.jit
-    def se_forward(y3, s, h, z, x3, w1, b1, w2, b2):
+    def se_forward(y3, s, h, z, x3, w1, b1, w2, b2, by_plane):  # by_plane: CPU only
         N, C, M = x3.shape
         t, nt = cuda.threadIdx.x, cuda.blockDim.x
         for n in range(cuda.blockIdx.x, N, cuda.gridDim.x):
@@ -217,7 +291,7 @@ def _se_forward_cuda():
 def _se_backward_cuda():
 
     @cuda.jit
-    def se_backward(gx3, gl, ga, gz, gy3, x3, s, h, w1, w2):
+    def se_backward(gx3, gl, ga, gz, gy3, x3, s, h, w1, w2, by_plane):  # CPU only
         N, C, M = x3.shape
         t, nt = cuda.threadIdx.x, cuda.blockDim.x
         for n in range(cuda.blockIdx.x, N, cuda.gridDim.x):
@@ -266,7 +340,17 @@ se_weight_grad_kernel = Kernel(
 
 
 # ----------------------------------------------------------------------------- op
+PLANE_TASKS_BELOW = 8  # samples under which the CPU kernels' tasks are planes (n, c)
+
+
+def plane_tasks(N):
+    """True when the CPU kernels split the work by planes (n, c) rather than by samples."""
+    return N < PLANE_TASKS_BELOW
+
+
 class SqueezeExcite(Function):
+    fresh_input_grads = True  # backward's five arrays are new and returned once each
+
     def forward(self, x, w1, b1, w2, b2):
         N, C, H, W = x.shape
         K = w1.shape[0]
@@ -277,7 +361,8 @@ class SqueezeExcite(Function):
         y = device.empty(x.shape, x.dtype, dev)
         if y.size:
             x3, y3 = x.reshape(N, C, H * W), y.reshape(N, C, H * W)
-            se_forward_kernel(y3, self.s, self.h, self.z, x3, w1, b1, w2, b2)
+            by_plane = plane_tasks(N)
+            se_forward_kernel(y3, self.s, self.h, self.z, x3, w1, b1, w2, b2, by_plane)
         self.x, self.w1, self.w2 = x, w1, w2
         return y
 
@@ -295,7 +380,8 @@ class SqueezeExcite(Function):
         x3, M = x.reshape(N, C, H * W), H * W
         if gx.size:
             gx3, gy3 = gx.reshape(N, C, M), gy.reshape(N, C, M)
-            se_backward_kernel(gx3, gl, ga, gz, gy3, x3, self.s, self.h, self.w1, self.w2)
+            args = (gy3, x3, self.s, self.h, self.w1, self.w2, plane_tasks(N))
+            se_backward_kernel(gx3, gl, ga, gz, *args)
         # with N = 0 the sums over samples are empty: zero weight gradients
         se_weight_grad_kernel(gw1, gb1, gw2, gb2, gl, ga, self.z, self.h)
         need = self.needs_input_grad

@@ -1,6 +1,9 @@
 """Fused Squeeze-and-Excitation op: forward vs a loop oracle and PyTorch, float64 gradient
 checks on drawn shapes, CUDA parity and CUDA vs the oracle, errors."""
 
+import contextlib
+import importlib
+
 import numpy as np
 import pytest
 import reference_pool as ref
@@ -10,6 +13,8 @@ from hypothesis import strategies as st
 
 import minicbam as mc
 from minicbam.ops.squeeze_excite import squeeze_excite, squeeze_excite_with_weights
+
+SE_MODULE = importlib.import_module("minicbam.ops.squeeze_excite")  # (ops re-exports the op)
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: {"rtol": 2e-5, "atol": 1e-6}, np.float64: {"rtol": 1e-12, "atol": 1e-14}}
@@ -129,3 +134,75 @@ def test_nan_in_the_hidden_layer_propagates(dtype):
     arrays[2][0] = np.nan  # b1[0]: hidden unit 0 is NaN for every sample
     y = squeeze_excite(*tensors(arrays))
     assert np.isnan(y.numpy()).all()
+
+
+# ----------------------------------------------------------------------------- task layouts
+# The CPU kernels split the work by samples (many samples) or by planes (n, c) (few): both
+# layouts must agree with each other and with the oracle (their compiled plane sums may
+# differ in the last bit). Odd H W, C = 1, N = 1 and N not a multiple of the thread count
+# are all drawn.
+layout_shapes = st.tuples(
+    st.integers(1, 6), st.integers(1, 9), st.integers(1, 7), st.integers(1, 9)
+)
+
+
+@contextlib.contextmanager
+def task_layout(by_plane):
+    saved = SE_MODULE.PLANE_TASKS_BELOW
+    SE_MODULE.PLANE_TASKS_BELOW = 10**9 if by_plane else 0
+    try:
+        yield
+    finally:
+        SE_MODULE.PLANE_TASKS_BELOW = saved
+
+
+def forward_backward(arrays, gy):
+    """(y, s, gx, gW1, gb1, gW2, gb2) as NumPy arrays."""
+    ours = [leaf(a) for a in arrays]
+    y, s = squeeze_excite_with_weights(*ours)
+    y.backward(mc.tensor(gy, dtype=gy.dtype))
+    return [y.numpy(), np.asarray(s)] + [t.grad.numpy() for t in ours]
+
+
+def test_layout_rule_looks_at_the_batch_only():
+    below = SE_MODULE.PLANE_TASKS_BELOW
+    assert SE_MODULE.plane_tasks(1) and SE_MODULE.plane_tasks(below - 1)
+    assert not SE_MODULE.plane_tasks(below) and not SE_MODULE.plane_tasks(64)
+
+
+@settings(max_examples=30)
+@given(shape=layout_shapes, K=hidden, seed=seeds, dtype=st.sampled_from(DTYPES))
+def test_task_layouts_agree(shape, K, seed, dtype):
+    arrays = se_arrays(shape, K, seed, dtype)
+    gy = np.random.default_rng(seed + 1).standard_normal(shape).astype(dtype)
+    with task_layout(by_plane=True):
+        by_plane = forward_backward(arrays, gy)
+    with task_layout(by_plane=False):
+        by_sample = forward_backward(arrays, gy)
+    for a, b in zip(by_plane, by_sample):
+        np.testing.assert_allclose(a, b, **TOL[dtype])
+    y_ref, s_ref = ref.squeeze_excite(*arrays)
+    np.testing.assert_allclose(by_sample[0], y_ref, **TOL[dtype])
+    np.testing.assert_allclose(by_sample[1], s_ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("by_plane", [True, False])
+@settings(max_examples=15)
+@given(shape=layout_shapes, K=hidden, seed=seeds)
+def test_gradcheck_in_each_layout(by_plane, shape, K, seed):
+    with task_layout(by_plane):
+        assert_gradcheck(squeeze_excite, *se_arrays(shape, K, seed))
+
+
+def test_leaf_keeps_the_gradient_array_without_a_copy():
+    """backward's arrays are new, so x.grad is gx itself; a second backward adds into a new
+    array and leaves the first one alone (the engine's usual accumulation)."""
+    arrays = se_arrays((2, 3, 2, 2), 2, 5)
+    x = leaf(arrays[0])
+    weights = [leaf(a) for a in arrays[1:]]
+    squeeze_excite(x, *weights).sum().backward()
+    first = x.grad
+    first_values = first.numpy()
+    squeeze_excite(x, *weights).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * first_values, rtol=1e-12)
+    np.testing.assert_array_equal(first.numpy(), first_values)
