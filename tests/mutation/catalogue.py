@@ -1505,8 +1505,8 @@ MUTANTS = [
     ms(
         "dropout-not-inverted",
         DROPOUT_PY,
-        "self.mask = device.to_device((keep * scale).astype(x.dtype), device.device_of(x))",
-        "self.mask = device.to_device(keep.astype(x.dtype), device.device_of(x))",
+        "    m = scale if keep_bits(seed, i) >= threshold else scale - scale",
+        "    m = scale * 0 + 1 if keep_bits(seed, i) >= threshold else scale - scale",
         DROPOUT,
         "[both] dropout: survivors not rescaled by 1 / (1 - p)",
         None,
