@@ -33,14 +33,15 @@ configured = False  # whether configure() changed malloc's settings in this proc
 
 
 def _glibc():
-    """The process's C library when it is glibc, else None."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    """The process's C library when it is glibc (it alone exports gnu_get_libc_version),
+    else None."""
+    if platform.system() != "Linux":
         return None
     try:
         libc = ctypes.CDLL(None)  # the symbols already loaded into the process
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None
     except OSError:
         return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None
 
 
 def configure():
