@@ -18,8 +18,9 @@ def _out_size(size, k, s, p, d, ceil_mode):
 
 
 def max_pool2d(x, k, s, p, d, ceil_mode):
-    """(y, indices) with the first maximum of each window (scan order kh, kw); a window that
-    lies entirely in the padding (possible with dilation) gives (-inf, -1)."""
+    """(y, indices) with the first maximum of each window (scan order kh, kw), or its last
+    NaN if it holds one; a window that lies entirely in the padding (possible with dilation)
+    gives (-inf, -1)."""
     (KH, KW), (SH, SW), (PH, PW), (DH, DW) = k, s, p, d
     N, C, H, W = x.shape
     OH, OW = _out_size(H, KH, SH, PH, DH, ceil_mode), _out_size(W, KW, SW, PW, DW, ceil_mode)
@@ -30,8 +31,11 @@ def max_pool2d(x, k, s, p, d, ceil_mode):
         for kh in range(KH):
             for kw in range(KW):
                 ih, iw = oh * SH - PH + kh * DH, ow * SW - PW + kw * DW
-                if 0 <= ih < H and 0 <= iw < W and (best_k < 0 or x[n, c, ih, iw] > best):
-                    best, best_k = x[n, c, ih, iw], ih * W + iw
+                if not (0 <= ih < H and 0 <= iw < W):
+                    continue
+                v = x[n, c, ih, iw]
+                if best_k < 0 or v > best or np.isnan(v):
+                    best, best_k = v, ih * W + iw
         y[n, c, oh, ow], idx[n, c, oh, ow] = best, best_k
     return y, idx
 

@@ -78,6 +78,7 @@ def fit(config, resume=None, progress=False, stop_after=0, log=print):
 
 def _fit(config, resume, progress, stop_after, log):
     from minicbam.app.config import UserError, check_device
+    from minicbam.app.train import draw_curves
 
     config.validate()
     check_device(config.device)
@@ -99,9 +100,13 @@ def _fit(config, resume, progress, stop_after, log):
             f"{world} processes x {config.batch_size // world} samples per batch -> {out}"
         )
     done = 0
-    while run.run.epoch < config.epochs and not (stop_after and done >= stop_after):
-        run.epoch(out, progress and root, log if root else None)
-        done += 1
+    try:
+        while run.run.epoch < config.epochs and not (stop_after and done >= stop_after):
+            run.epoch(out, progress and root, log if root else None)
+            done += 1
+    finally:
+        if root:
+            draw_curves(run.run, out)
     history = run.run.history if root else []
     return {"history": history, "best_acc": run.run.best_acc, "out": out}
 

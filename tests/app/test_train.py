@@ -212,6 +212,33 @@ def test_fit_in_process_with_sgd_step_and_se(tmp_path):
     assert (tmp_path / "checkpoint.safetensors").exists()
 
 
+def test_an_interrupted_run_still_draws_the_curves_of_its_finished_epochs(tmp_path):
+    """curves.png is drawn once, when the run ends: also when it ends by Ctrl-C."""
+    config = TrainConfig(epochs=3, batch_size=16, limit_train=32, limit_test=16, out=str(tmp_path))
+
+    def log(line):
+        if line.startswith("epoch   2/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, log=log)
+    assert (tmp_path / "curves.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert [int(r["epoch"]) for r in read_metrics(tmp_path / "metrics.csv")] == [1, 2]
+
+
+def test_a_run_that_fails_before_its_first_epoch_draws_no_curves(tmp_path, monkeypatch):
+    import minicbam.app.train as train
+
+    def broken_loader(*args, **kwargs):
+        raise RuntimeError("broken loader")
+
+    monkeypatch.setattr(train, "run_epoch", broken_loader)
+    config = TrainConfig(epochs=1, batch_size=16, limit_train=32, limit_test=16, out=str(tmp_path))
+    with pytest.raises(RuntimeError, match="broken loader"):
+        fit(config, log=lambda line: None)
+    assert not (tmp_path / "curves.png").exists()
+
+
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_resnets_take_the_datasets_channels(name):
     # Forward only: a full-width ResNet's backward takes tens of seconds on 2 cores.

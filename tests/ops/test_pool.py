@@ -135,6 +135,23 @@ def test_max_pool_gradcheck(case, seed):
     assert_gradcheck(lambda t: max_pool2d(t, k, s, p, d, ceil_mode), x)
 
 
+SPECIAL = np.array([np.nan, -0.0, 0.0, 1.0, -1.0, np.inf, -np.inf])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(case=pool_cases(kinds=("general", "fast2x2", "fast2x2")), seed=seeds)
+def test_max_pool_special_values_match_oracle(dtype, case, seed):
+    """NaN, signed zeros and infinities, mostly tied: the index is the first maximum or the
+    last NaN, and the value is that element itself (bit for bit: -0.0 stays -0.0)."""
+    shape, k, s, p, d, ceil_mode = case
+    x = np.random.default_rng(seed).choice(SPECIAL, size=shape).astype(dtype)
+    y, idx = max_pool2d(mc.tensor(x), k, s, p, d, ceil_mode, return_indices=True)
+    y_ref, idx_ref = ref.max_pool2d(x, k, s, p, d, ceil_mode)
+    np.testing.assert_array_equal(idx.numpy(), idx_ref)
+    np.testing.assert_array_equal(y.numpy(), y_ref)  # NaN == NaN here
+    np.testing.assert_array_equal(np.signbit(y.numpy()), np.signbit(y_ref))
+
+
 def test_max_pool_ties_route_to_first_maximum():
     x = np.ones((1, 1, 4, 4))
     t = leaf(x)
