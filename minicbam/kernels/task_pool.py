@@ -51,15 +51,16 @@ def cpu_workers():
     return 1 if getattr(_in_worker, "active", False) else numba.get_num_threads()
 
 
-def run_tasks(fn, arg_lists):
+def run_tasks(fn, arg_lists, pooled=True):
     """fn(*args) for every args in arg_lists, on the CPU pool (results in order).
 
     While they run, BLAS is single-threaded and each worker runs numba's parallel loops on
     its own thread (numba's thread count is per thread), so tasks may call Kernels and
-    gemm freely; a task calling run_tasks runs its tasks inline."""
+    gemm freely; a task calling run_tasks runs its tasks inline. ``pooled=False`` runs
+    them inline too, the same way (for work smaller than a hand-off to the pool costs)."""
     global _pool
     blas = _blas_controller()
-    if len(arg_lists) <= 1 or cpu_workers() <= 1 or blas is False:
+    if not pooled or len(arg_lists) <= 1 or cpu_workers() <= 1 or blas is False:
         # inline, BLAS single-threaded as in the pool: a lone task (a small Winograd conv) or
         # a process limited to one numba thread otherwise woke OpenBLAS's spinning threads
         # (a digits CNN step at one numba thread: ~117 ms against ~23 ms, loaded machine)

@@ -85,6 +85,10 @@ TILE, ALPHA = 4, 6  # output tile side, input patch side (TILE + 3 - 1)
 
 BLOCK_BYTES = 3 << 19  # V + M of one block: about an L2 cache
 MIN_BLOCK, MAX_BLOCK = 32, 256  # tiles per block (rows of the block's GEMMs)
+# Work below this many GEMM flops runs on the calling thread: a hand-off to the task pool
+# and back cost 0.3-0.6 ms, more than a digits-CNN-sized conv's blocks (32 -> 64 channels
+# at 4x4, batch 128: 19 MFLOP, its forward 2.4 ms through the pool, see benchmarks/README.md).
+MIN_POOLED_FLOPS = 1 << 27
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -293,11 +297,22 @@ def _tiles(OH, OW, N):
     return th, tw, N * th * tw
 
 
-def _blocks(P, channels, itemsize):
+def _pooled(flops):
+    """Whether work of this many flops is worth handing to the task pool."""
+    return flops >= MIN_POOLED_FLOPS and cpu_workers() > 1
+
+
+def _conv_flops(P, C, CO):
+    """Flops of a pass's 36 GEMMs over P tiles."""
+    return 2 * ALPHA * ALPHA * P * C * CO
+
+
+def _blocks(P, channels, itemsize, pooled):
     """[(t0, t1)] covering P tiles: about BLOCK_BYTES of V + M per block, at least one block
-    per worker (when there are enough tiles), MIN_BLOCK..MAX_BLOCK tiles each."""
+    per worker (when pooled and there are enough tiles), MIN_BLOCK..MAX_BLOCK tiles each."""
+    workers = cpu_workers() if pooled else 1
     size = BLOCK_BYTES // (ALPHA * ALPHA * channels * itemsize)
-    size = min(MAX_BLOCK, max(MIN_BLOCK, size), -(-P // max(1, cpu_workers())))
+    size = min(MAX_BLOCK, max(MIN_BLOCK, size), -(-P // workers))
     size = max(1, size)
     return [(t0, min(P, t0 + size)) for t0 in range(0, P, size)]
 
@@ -325,12 +340,14 @@ def transform_weight(w, flip=False):
     # pieces of columns on the task pool: single-threaded BLAS (a short multi-threaded call
     # waits for a time slice when the machine is loaded: 50-90 ms for this 0.1 ms product)
     U2 = U.reshape(ALPHA * ALPHA, CO * C)
-    run_tasks(_product_piece, [(GGm, w9.T, U2, lo, hi, 1) for lo, hi in _pieces(CO * C)])
+    pooled = _pooled(2 * ALPHA * ALPHA * 9 * CO * C)
+    pieces = _pieces(CO * C, pooled)
+    run_tasks(_product_piece, [(GGm, w9.T, U2, lo, hi, 1) for lo, hi in pieces], pooled)
     return U
 
 
-def _pieces(size):
-    workers = max(1, min(cpu_workers(), size))
+def _pieces(size, pooled):
+    workers = max(1, min(cpu_workers() if pooled else 1, size))
     bounds = [size * i // workers for i in range(workers + 1)]
     return [(lo, hi) for lo, hi in itertools.pairwise(bounds) if hi > lo]
 
@@ -364,8 +381,9 @@ def _winograd(x, U, pads):
     y = np.empty((N, CO, OH, OW), x.dtype)
     th, tw, P = _tiles(OH, OW, N)
     geom = (th, tw, pt, pl)
-    blocks = _blocks(P, C + CO, x.dtype.itemsize)
-    run_tasks(_forward_block, [(x, U, y, t0, t1, geom) for t0, t1 in blocks])
+    pooled = _pooled(_conv_flops(P, C, CO))
+    blocks = _blocks(P, C + CO, x.dtype.itemsize, pooled)
+    run_tasks(_forward_block, [(x, U, y, t0, t1, geom) for t0, t1 in blocks], pooled)
     return y
 
 
@@ -399,19 +417,24 @@ def weight_grad(x, gy, pads):
     if P == 0 or C == 0 or CO == 0:
         return np.zeros((CO, C, 3, 3), x.dtype)
     geom = (th, tw, pads[0], pads[2])
-    ranges = _pieces(P)
+    pooled = _pooled(_conv_flops(P, C, CO))
+    ranges = _pieces(P, pooled)
     # each range's gU (36, CO, C) in one buffer, so that summing them is part of the last
     # GEMM: gw (CO*C, 9) = [gU_0; gU_1; ...]^T (CO*C, R*36) @ [GG; GG; ...] (R*36, 9)
     gU = np.empty((len(ranges), ALPHA * ALPHA, CO, C), x.dtype)
     run_tasks(
-        _weight_grad_range, [(x, gy, gU[r], lo, hi, geom) for r, (lo, hi) in enumerate(ranges)]
+        _weight_grad_range,
+        [(x, gy, gU[r], lo, hi, geom) for r, (lo, hi) in enumerate(ranges)],
+        pooled,
     )
     GGs = np.ascontiguousarray(np.tile(_matrices(x.dtype)["GG"], (len(ranges), 1)))
     gw = np.empty((CO, C, 3, 3), x.dtype)
     gU2t = gU.reshape(len(ranges) * ALPHA * ALPHA, CO * C).T
+    pooled = _pooled(2 * ALPHA * ALPHA * len(ranges) * 9 * CO * C)
     run_tasks(
         _product_piece,
-        [(gU2t, GGs, gw.reshape(CO * C, 9), lo, hi, 0) for lo, hi in _pieces(CO * C)],
+        [(gU2t, GGs, gw.reshape(CO * C, 9), lo, hi, 0) for lo, hi in _pieces(CO * C, pooled)],
+        pooled,
     )
     return gw
 

@@ -415,8 +415,11 @@ def test_winograd_empty_batch():
     np.testing.assert_array_equal(mw.grad.numpy(), np.zeros((4, 3, 3, 3)))
 
 
-def test_winograd_blocks_of_tiles(monkeypatch):
-    # blocks of 1 and 3 tiles (many tasks, a remainder block) give the same result
+@pytest.mark.parametrize("pooled_from", [0, winograd_module.MIN_POOLED_FLOPS])
+def test_winograd_blocks_of_tiles(monkeypatch, pooled_from):
+    # blocks of 1 and 3 tiles (many tasks, a remainder block) give the same result, on the
+    # task pool (pieces and weight-gradient ranges per worker) and on the calling thread
+    monkeypatch.setattr(winograd_module, "MIN_POOLED_FLOPS", pooled_from)
     case = ((3, 4, 9, 6), (5, 4, 3, 3), True, (1, 1), (1, 1), (1, 1), 1)
     arrays_in = _inputs(case, 9, np.float64)
     expected = ref.conv2d(*arrays_in, pads=(1, 1, 1, 1))
