@@ -1221,8 +1221,8 @@ MUTANTS = [
     ms(
         "conv-route-float64-winograd",
         CONV_PY,
-        'return "winograd" if wide and x.dtype == np.float32 else "im2col"',
-        'return "winograd" if wide else "im2col"',
+        'return "winograd" if wide and big and x.dtype == np.float32 else "im2col"',
+        'return "winograd" if wide and big else "im2col"',
         CONV,
         "[cpu] conv2d routing: float64 sent to Winograd (inexact) by default",
         CONV_ROUTE_SELECT,
