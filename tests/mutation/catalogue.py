@@ -554,10 +554,26 @@ MUTANTS = [
     m(
         "maxpool-fast-tie-last",
         MAXPOOL,
-        "v = x3[p, ih, iw + 1]\n                if v > best",
-        "v = x3[p, ih, iw + 1]\n                if v >= best",
+        "    greater = v > best\n",
+        "    greater = v >= best\n",
         POOL,
-        "[cpu] 2x2 max-pool fast path: a tie goes to the later column",
+        "[cpu] 2x2 max-pool fast path: a tie goes to the later element (the select's >=)",
+    ),
+    m(
+        "maxpool-fast-nan-lane-dropped",
+        MAXPOOL,
+        "if (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3):",
+        "if (v0 != v0) | (v1 != v1) | (v2 != v2):",
+        POOL,
+        "[cpu] 2x2 max-pool fast path: a NaN in the window's last element skips the NaN rule",
+    ),
+    m(
+        "maxpool-fast-select-max",
+        MAXPOOL,
+        "return (v if greater else best), best_k",
+        "return max(v, best), best_k",
+        POOL,
+        "[cpu] 2x2 max-pool fast path: max() for the value select (a tied -0.0/0.0 flips sign)",
     ),
     m(
         "maxpool-cpu-tie-last",
@@ -742,8 +758,8 @@ MUTANTS = [
     m(
         "channel-pool-tie-last",
         CPOOL,
-        "    return v > best or math.isnan(v)",
-        "    return v >= best or math.isnan(v)",
+        "    return (v > best) | math.isnan(v)",
+        "    return (v >= best) | math.isnan(v)",
         ATT_OPS,
         "[both] channel pool max_wins: ties go to the last channel",
     ),
@@ -1218,6 +1234,15 @@ MUTANTS = [
         WINO_SELECT,
     ),
     # ------------------------------------------------------------------ conv2d routing
+    ms(
+        "conv-route-winograd-min-flops-boundary",
+        CONV_PY,
+        ">= WINOGRAD_MIN_FLOPS",
+        "> WINOGRAD_MIN_FLOPS",
+        CONV,
+        "[cpu] conv2d routing: a conv of exactly WINOGRAD_MIN_FLOPS stays on im2col",
+        CONV_ROUTE_SELECT + " or minimum",
+    ),
     ms(
         "conv-route-float64-winograd",
         CONV_PY,
