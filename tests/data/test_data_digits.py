@@ -69,3 +69,20 @@ def test_stratified_split_small_example():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         load_digits(**kwargs)
+
+
+def test_the_bundled_csv_read_directly_equals_sklearns_loader(sk, monkeypatch):
+    from minicbam.data import datasets
+
+    datasets._sklearn_digits.cache_clear()
+    direct = datasets._sklearn_digits()
+    assert datasets._bundled_digits_csv() is not None  # the fast path is the one taken
+    datasets._sklearn_digits.cache_clear()
+    monkeypatch.setattr(datasets, "_bundled_digits_csv", lambda: None)  # the file moved
+    fallback = datasets._sklearn_digits()
+    datasets._sklearn_digits.cache_clear()
+    for got in (direct, fallback):
+        np.testing.assert_array_equal(got[0].reshape(-1, 64), sk.data.astype(np.uint8))
+        np.testing.assert_array_equal(got[1], sk.target)
+        assert got[0].dtype == np.uint8 and got[1].dtype == np.int64
+        assert not got[0].flags.writeable and not got[1].flags.writeable
