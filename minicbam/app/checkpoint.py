@@ -8,10 +8,10 @@ continues exactly; ``write_metrics`` rewrites ``metrics.csv`` atomically.
 import csv
 import dataclasses
 import os
-import tempfile
 
 from minicbam.app.config import TrainConfig, UserError
 from minicbam.app.factories import make_model
+from minicbam.app.files import write_atomic
 from minicbam.io.serialization import load
 from minicbam.tensor import generator
 
@@ -113,19 +113,6 @@ def load_model(path, device="cpu"):
     return model.to(device).eval(), config, tree
 
 
-def _write_atomic(path, write):
-    from minicbam.app.plots import public_mode
-
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        os.chmod(tmp, public_mode())  # mkstemp makes it 0600; metrics are meant to be read
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def write_metrics(path, history):
@@ -136,4 +123,4 @@ def write_metrics(path, history):
         writer.writeheader()
         writer.writerows(history)
 
-    _write_atomic(path, write)
+    write_atomic(path, write)

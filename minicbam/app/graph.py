@@ -15,16 +15,9 @@ with matplotlib's Agg backend; ``.dot`` writes the DOT text instead, for Graphvi
 """
 
 import os
-import tempfile
-
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 
 from minicbam.app.config import ATTENTIONS, MODELS, UserError
-from minicbam.app.plots import public_mode, save_figure
+from minicbam.app.files import write_atomic
 
 __all__ = ["add_graph", "draw_graph", "layered_layout"]
 
@@ -67,6 +60,8 @@ def _depth(key, consumers, depth):
 
 def draw_graph(nodes, edges, path):
     """Write the layered drawing of (nodes, edges) to ``path`` (.svg or .png), atomically."""
+    from minicbam.app.plots import plt, save_figure  # matplotlib: only when drawing
+
     pos = layered_layout(nodes, edges)
     width = max(sum(1 for p in pos.values() if p[1] == d) for d in {p[1] for p in pos.values()})
     height = 1 + max(p[1] for p in pos.values())
@@ -101,17 +96,7 @@ def draw_graph(nodes, edges, path):
 
 
 def _write_text(text, path):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".dot")
-    try:
-        os.chmod(tmp, public_mode())
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: f.write(text))
 
 
 # ----------------------------------------------------------------------------- command

@@ -19,7 +19,6 @@ Files are written to a temporary name and renamed, so a reader never sees half a
 
 import math
 import os
-import tempfile
 
 import matplotlib
 
@@ -29,34 +28,24 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import minicbam as mc
+from minicbam.app.files import write_atomic
 
 __all__ = ["attention_maps", "grad_cam", "plot_attention", "plot_curves", "upsample"]
 
 
 def save_figure(fig, path):
     """Write ``fig`` atomically to ``path`` (PNG or SVG, from the suffix) and close it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     suffix = os.path.splitext(path)[1].lower() or ".png"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
-    try:
-        os.chmod(tmp, public_mode())  # mkstemp makes it 0600; a plot is meant to be shared
+
+    def write(f):
         # svg.fonttype "none": SVG labels stay <text> (searchable, small), not glyph outlines
-        with os.fdopen(fd, "wb") as f, matplotlib.rc_context({"svg.fonttype": "none"}):
+        with matplotlib.rc_context({"svg.fonttype": "none"}):
             fig.savefig(f, format=suffix[1:], dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    try:
+        write_atomic(path, write, binary=True)
     finally:
         plt.close(fig)
-
-
-def public_mode():
-    """0o666 minus the process umask: the mode ``open()`` would have given a new file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 # ----------------------------------------------------------------------------- curves

@@ -171,3 +171,13 @@ def test_compile_notice_only_while_the_kernel_cache_is_empty(tmp_path, monkeypat
     assert notice.startswith("first run: compiling kernels") and str(tmp_path) in notice
     (tmp_path / "gate._scale_cpu-79.py311.nbi").write_bytes(b"")
     assert compile_notice() is None
+
+
+def test_the_command_line_does_not_import_matplotlib_until_it_draws():
+    """matplotlib costs ~0.5 s to import: `minicbam train` imports it once, at its end."""
+    code = (
+        "import sys, minicbam.app.cli, minicbam.app.train, minicbam.app.checkpoint; "
+        "print('matplotlib' in sys.modules, 'sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
