@@ -85,7 +85,9 @@ def _split(out_shape, threads):
 
 def threaded_matmul(a, b, out):
     """np.matmul(a, b, out=out) for arrays of one ndim (size-1 batch dims broadcast), split
-    over the pool when it is big enough; the products are the same either way."""
+    over the pool when it is big enough. The pieces compute the same product; whether it
+    rounds identically to the whole is the BLAS kernel's business (OpenBLAS's SkylakeX sgemm:
+    bit for bit; its Haswell kernel: the last bits may differ)."""
     threads = cpu_workers()
     flops = out.size * a.shape[-1]
     plan = _split(out.shape, threads) if threads > 1 and flops >= MIN_THREADED_FLOPS else None
