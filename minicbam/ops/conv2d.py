@@ -22,8 +22,7 @@ forward). So when Cg * COg <= DIRECT_MAX_PRODUCT (channels per group, input time
 kernel size cancels out) conv2d_direct.py computes y, gx and gw directly, on both devices.
 
 On the CPU, float32 3x3 convolutions with stride 1, dilation 1, one group, padding <= 2
-and at least WINOGRAD_MIN_CHANNELS input and output channels, WINOGRAD_MIN_FLOPS of work,
-use Winograd F(4x4, 3x3)
+and at least WINOGRAD_MIN_CHANNELS input and output channels use Winograd F(4x4, 3x3)
 (kernels/winograd.py) for y, gx and gW: 4x fewer multiplies than im2col + GEMM, batched over
 the whole batch. float64 stays on im2col + GEMM (an exact sum, for gradcheck) unless
 WINOGRAD = "always" (the tests' hook, to gradcheck the Winograd path in float64).
@@ -73,11 +72,6 @@ DIRECT_MAX_PRODUCT = 8
 # float dtype (tests); "never": off. Below WINOGRAD_MIN_CHANNELS the GEMMs are too thin to pay.
 WINOGRAD = "auto"
 WINOGRAD_MIN_CHANNELS = 16
-# ... and below this many flops (2 N OH OW CO C 9) im2col + GEMM: at the digits CNN's
-# 32 -> 64 conv on 4x4 maps (batch 128, 75 MFLOP) both took 21.7 ms per train step
-# (alternating in one process), and the Winograd transforms cost ~5 s of compiling on a
-# first run. ResNet-18's smallest (512 channels at 4x4, batch 64) is 4.8 GFLOP.
-WINOGRAD_MIN_FLOPS = 1 << 28
 POINTWISE = "auto"  # 1x1 convs as batch-wide GEMMs: "auto" (CUDA), "always" or "never"
 MIN_POOLED_FLOPS = 1 << 27  # smaller convs (the digits CNN's) run on the calling thread
 # CPU convs with a kernel larger than 1x1 whose products reduce over at most this many
@@ -162,8 +156,7 @@ class Conv2d(Function):
         if WINOGRAD == "always":
             return "winograd"
         wide = min(w.shape[0], w.shape[1]) >= WINOGRAD_MIN_CHANNELS
-        big = 2 * x.shape[0] * self.L * w.shape[0] * w.shape[1] * 9 >= WINOGRAD_MIN_FLOPS
-        return "winograd" if wide and big and x.dtype == np.float32 else "im2col"
+        return "winograd" if wide and x.dtype == np.float32 else "im2col"
 
     def forward(self, x, w, b=None):
         shape = self._setup(x, w)

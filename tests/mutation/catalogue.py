@@ -1235,19 +1235,10 @@ MUTANTS = [
     ),
     # ------------------------------------------------------------------ conv2d routing
     ms(
-        "conv-route-winograd-min-flops-boundary",
-        CONV_PY,
-        ">= WINOGRAD_MIN_FLOPS",
-        "> WINOGRAD_MIN_FLOPS",
-        CONV,
-        "[cpu] conv2d routing: a conv of exactly WINOGRAD_MIN_FLOPS stays on im2col",
-        CONV_ROUTE_SELECT + " or minimum",
-    ),
-    ms(
         "conv-route-float64-winograd",
         CONV_PY,
-        'return "winograd" if wide and big and x.dtype == np.float32 else "im2col"',
-        'return "winograd" if wide and big else "im2col"',
+        'return "winograd" if wide and x.dtype == np.float32 else "im2col"',
+        'return "winograd" if wide else "im2col"',
         CONV,
         "[cpu] conv2d routing: float64 sent to Winograd (inexact) by default",
         CONV_ROUTE_SELECT,

@@ -304,10 +304,9 @@ def test_winograd_gradcheck(case, seed):
     "x_shape, co, padding",
     [((2, 17, 9, 10), 19, 1), ((1, 16, 4, 4), 32, 2), ((3, 20, 5, 13), 16, 0)],
 )
-def test_winograd_float32_by_default_matches_float64(x_shape, co, padding, monkeypatch):
-    # the default rule (with no minimum of work) sends these float32 convs to Winograd; y
-    # and all gradients vs float64 im2col + GEMM (float64 stays there by default)
-    monkeypatch.setattr(conv2d_module, "WINOGRAD_MIN_FLOPS", 0)
+def test_winograd_float32_by_default_matches_float64(x_shape, co, padding):
+    # the default rule sends these float32 convs to Winograd; y and all gradients vs float64
+    # im2col + GEMM (float64 stays there by default)
     x, w, b = arrays(x_shape, 1), arrays((co, x_shape[1], 3, 3), 2), arrays((co,), 3)
     results = {}
     for dtype in (np.float32, np.float64):
@@ -350,28 +349,9 @@ def test_winograd_float32_by_default_matches_float64(x_shape, co, padding, monke
         ((2, 4, 8, 8), (12, 2, 2, 2), {"groups": 2}, np.float32, "batched"),  # per group 8
     ],
 )
-def test_algorithm_rule(x_shape, w_shape, kwargs, dtype, algorithm, monkeypatch):
-    monkeypatch.setattr(conv2d_module, "WINOGRAD_MIN_FLOPS", 0)  # the work rule: below
+def test_algorithm_rule(x_shape, w_shape, kwargs, dtype, algorithm):
     x, w = leaf(arrays(x_shape, 1, dtype=dtype)), leaf(arrays(w_shape, 2, dtype=dtype))
     assert conv2d(x, w, **kwargs).creator.algorithm == algorithm
-
-
-@pytest.mark.parametrize("extra", [-1, 0])
-def test_winograd_needs_its_minimum_of_work(extra, monkeypatch):
-    # (2, 16, 8, 8) * (16, 16, 3, 3): 2 N OH OW CO C 9 = 589,824 flops; at the minimum
-    # Winograd, one flop short im2col (the digits CNN's 4x4 maps stay on im2col by default)
-    flops = 2 * 2 * 64 * 16 * 16 * 9
-    monkeypatch.setattr(conv2d_module, "WINOGRAD_MIN_FLOPS", flops - extra)
-    x = leaf(arrays((2, 16, 8, 8), 1, dtype=np.float32))
-    w = leaf(arrays((16, 16, 3, 3), 2, dtype=np.float32))
-    expected = "winograd" if extra == 0 else "im2col"
-    assert conv2d(x, w, padding=1).creator.algorithm == expected
-
-
-def test_digits_cnn_second_conv_is_not_winograd_by_default():
-    x = leaf(arrays((128, 32, 4, 4), 1, dtype=np.float32))
-    w = leaf(arrays((64, 32, 3, 3), 2, dtype=np.float32))
-    assert conv2d(x, w, padding=1).creator.algorithm == "im2col"
 
 
 @st.composite
