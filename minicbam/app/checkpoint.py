@@ -113,8 +113,6 @@ def load_model(path, device="cpu"):
     return model.to(device).eval(), config, tree
 
 
-
-
 def write_metrics(path, history):
     """Rewrite the metrics CSV at ``path`` (atomically) with the rows of ``history``."""
 

@@ -194,6 +194,8 @@ def _max_pool_cpu(y, argmax, x, g):
         # comparisons are unpredictable, and a mispredicted branch per window cost ~2.5x the
         # whole pass (1.2 vs 0.43 ms for (128, 32, 8, 8)). _greater_wins keeps the first
         # maximum as the scan does; a window with a NaN (rare) takes the scan's own rule.
+        # (The NaN test inside the select, ``(v > best) | isnan(v)``, compiled back into
+        # branches: 1.35 ms again. The channel pool's pixel loop vectorises with it.)
         for r in prange(P * OH):
             p, oh = r // OH, r % OH
             ih = oh * SH
