@@ -58,7 +58,7 @@ def fill_row(to, value):
         to[j] = value
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _gather_cpu(out, src, offset, shape, strides):
     for o in prange(shape[0] * shape[1] * shape[2]):
         s, k = outer_offsets(o, offset, shape, strides)
@@ -76,7 +76,7 @@ def _gather_cpu(out, src, offset, shape, strides):
                 k += n
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _scatter_cpu(dst, src, offset, shape, strides):
     for o in prange(shape[0] * shape[1] * shape[2]):
         d, k = outer_offsets(o, offset, shape, strides)
