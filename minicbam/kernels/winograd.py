@@ -91,6 +91,13 @@ MIN_BLOCK, MAX_BLOCK = 32, 256  # tiles per block (rows of the block's GEMMs)
 # and back cost 0.3-0.6 ms, more than a digits-CNN-sized conv's blocks (32 -> 64 channels
 # at 4x4, batch 128: 19 MFLOP, its forward 2.4 ms through the pool, see benchmarks/README.md).
 MIN_POOLED_FLOPS = 1 << 27
+# By planes (_by_planes) once U has at least 1/16 of the elements of V + M, and V + M fit in
+# PLANES_MAX_BYTES. Measured (2 cores, batch 64, forward / input grad / weight grad in ms,
+# by blocks -> by planes): 128 ch at 16x16 (U/(V+M) = 1/16) 16.7/13.6/11.3 -> 12.2/11.7/11.2;
+# 256 at 8x8 15.9/12.0/14.1 -> 9.4/9.0/7.7; 512 at 4x4 17.3/13.3/19.0 -> 13.0/11.6/10.6;
+# 64 at 32x32 (1/128) 22.6/18.0/14.1 -> 31.6/24.9/26.9; at 1/16 and below the two tie.
+PLANES_FROM = 1 / 16
+PLANES_MAX_BYTES = 128 << 20
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -139,8 +146,8 @@ def _a4(g0, g1, g2, g3, k):
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def _input_transform(V, x, t0, t1, th, tw, pt, pl, k, patch, tmp):
-    """V[:, :, t - t0, :] = B^T d_t B for tiles t0 <= t < t1 (patch, tmp: (6, 6, C))."""
+def _input_transform(V, x, t0, t1, row0, th, tw, pt, pl, k, patch, tmp):
+    """V[:, :, row0 + t - t0, :] = B^T d_t B for tiles t0 <= t < t1 (patch, tmp: (6, 6, C))."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     for t in range(t0, t1):
         n, rest = t // (th * tw), t % (th * tw)
@@ -182,21 +189,21 @@ def _input_transform(V, x, t0, t1, th, tw, pt, pl, k, patch, tmp):
                     tmp[i, 5, c],
                     k,
                 )
-                V[i, 0, t - t0, c] = e[0]
-                V[i, 1, t - t0, c] = e[1]
-                V[i, 2, t - t0, c] = e[2]
-                V[i, 3, t - t0, c] = e[3]
-                V[i, 4, t - t0, c] = e[4]
-                V[i, 5, t - t0, c] = e[5]
+                V[i, 0, row0 + t - t0, c] = e[0]
+                V[i, 1, row0 + t - t0, c] = e[1]
+                V[i, 2, row0 + t - t0, c] = e[2]
+                V[i, 3, row0 + t - t0, c] = e[3]
+                V[i, 4, row0 + t - t0, c] = e[4]
+                V[i, 5, row0 + t - t0, c] = e[5]
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def _output_transform(y, M, t0, t1, th, tw, k, ytile, tmp):
-    """y's 4x4 tiles t0 <= t < t1 (clipped at its edges) = A^T M[:, :, t - t0, :] A
+def _output_transform(y, M, t0, t1, row0, th, tw, k, ytile, tmp):
+    """y's 4x4 tiles t0 <= t < t1 (clipped at its edges) = A^T M[:, :, row0 + t - t0, :] A
     (ytile (4, 4, CO), tmp (6, 6, CO) scratch)."""
     CO, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     for t in range(t0, t1):
-        tt = t - t0
+        tt = row0 + t - t0
         for v in range(6):
             for co in range(CO):
                 e = _at6(
@@ -237,8 +244,8 @@ def _output_transform(y, M, t0, t1, th, tw, k, ytile, tmp):
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def _grad_tile_transform(Mg, gy, t0, t1, th, tw, k, gtile, tmp):
-    """Mg[:, :, t - t0, :] = A gy_t A^T (gy's 4x4 tile, zeros beyond its edges; gtile
+def _grad_tile_transform(Mg, gy, t0, t1, row0, th, tw, k, gtile, tmp):
+    """Mg[:, :, row0 + t - t0, :] = A gy_t A^T (gy's 4x4 tile, zeros beyond its edges; gtile
     (4, 4, CO), tmp (6, 6, CO) scratch)."""
     CO, OH, OW = gy.shape[1], gy.shape[2], gy.shape[3]
     for t in range(t0, t1):
@@ -264,12 +271,12 @@ def _grad_tile_transform(Mg, gy, t0, t1, th, tw, k, gtile, tmp):
         for i in range(6):
             for co in range(CO):
                 e = _a4(tmp[i, 0, co], tmp[i, 1, co], tmp[i, 2, co], tmp[i, 3, co], k)
-                Mg[i, 0, t - t0, co] = e[0]
-                Mg[i, 1, t - t0, co] = e[1]
-                Mg[i, 2, t - t0, co] = e[2]
-                Mg[i, 3, t - t0, co] = e[3]
-                Mg[i, 4, t - t0, co] = e[4]
-                Mg[i, 5, t - t0, co] = e[5]
+                Mg[i, 0, row0 + t - t0, co] = e[0]
+                Mg[i, 1, row0 + t - t0, co] = e[1]
+                Mg[i, 2, row0 + t - t0, co] = e[2]
+                Mg[i, 3, row0 + t - t0, co] = e[3]
+                Mg[i, 4, row0 + t - t0, co] = e[4]
+                Mg[i, 5, row0 + t - t0, co] = e[5]
 
 
 # ----------------------------------------------------------------------------- scratch
@@ -309,6 +316,15 @@ def _conv_flops(P, C, CO):
     return 2 * ALPHA * ALPHA * P * C * CO
 
 
+def _by_planes(P, C, CO, itemsize):
+    """Whether to run a pass by planes (see _forward_by_planes) rather than by blocks of
+    tiles: when the transformed weights U (36 C CO) are large next to V and M (36 P (C + CO)),
+    every block streams all of U again, and the planes' GEMMs have P rows instead of a
+    block's 32-256."""
+    vm_bytes = ALPHA * ALPHA * (P + 1) * (C + CO) * itemsize
+    return C * CO >= PLANES_FROM * P * (C + CO) and vm_bytes <= PLANES_MAX_BYTES
+
+
 def _blocks(P, channels, itemsize, pooled):
     """[(t0, t1)] covering P tiles: about BLOCK_BYTES of V + M per block, at least one block
     per worker (when pooled and there are enough tiles), MIN_BLOCK..MAX_BLOCK tiles each."""
@@ -331,12 +347,15 @@ def eligible(w_shape, stride, pads, dilation, groups):
 
 
 # ----------------------------------------------------------------------------- forward
-def transform_weight(w, flip=False):
+def transform_weight(w, flip=False, out=None):
     """U (36, CO, C) for w (CO, C, 3, 3): U[k] = (G g G^T)[k], as one GEMM with G (x) G
-    (36, 9); ``flip`` uses the kernel rotated by 180 degrees (the input gradient's)."""
+    (36, 9); ``flip`` uses the kernel rotated by 180 degrees (the input gradient's). Into
+    ``out`` when given (conv3x3 and input_grad pass a reused buffer: a fresh U of a 512 ->
+    512 conv is 36 MiB, above malloc's mmap threshold, and its page faults made the
+    transform take 10 ms instead of 5)."""
     CO, C = w.shape[:2]
     GGm = _matrices(w.dtype)["GG"]
-    U = np.empty((ALPHA * ALPHA, CO, C), w.dtype)
+    U = np.empty((ALPHA * ALPHA, CO, C), w.dtype) if out is None else out
     w9 = np.ascontiguousarray(w).reshape(CO * C, 9)
     GGm = np.ascontiguousarray(GGm[:, ::-1]) if flip else GGm
     # pieces of columns on the task pool: single-threaded BLAS (a short multi-threaded call
@@ -364,13 +383,19 @@ def _product_piece(a, b, out, lo, hi, axis):
 
 def conv3x3(x, w, pads):
     """y = conv2d(x, w) for a 3x3 kernel, stride 1, padding (top, bottom, left, right)."""
-    return _winograd(x, transform_weight(w).swapaxes(1, 2), pads)
+    return _winograd(x, transform_weight(w, out=_weight_buffer(w)).swapaxes(1, 2), pads)
 
 
 def input_grad(gy, w, pads):
     """gx for y = conv3x3(x, w, pads): the full correlation of gy with the flipped,
     channel-transposed kernel, padded by 2 - p."""
-    return _winograd(gy, transform_weight(w, flip=True), tuple(2 - p for p in pads))
+    U = transform_weight(w, flip=True, out=_weight_buffer(w))
+    return _winograd(gy, U, tuple(2 - p for p in pads))
+
+
+def _weight_buffer(w):
+    """This thread's buffer for U (36, CO, C): used within one pass only."""
+    return _scratch("U", (ALPHA * ALPHA,) + tuple(w.shape[:2]), w.dtype)
 
 
 def _winograd(x, U, pads):
@@ -384,9 +409,50 @@ def _winograd(x, U, pads):
     th, tw, P = _tiles(OH, OW, N)
     geom = (th, tw, pt, pl)
     pooled = _pooled(_conv_flops(P, C, CO))
+    if _by_planes(P, C, CO, x.dtype.itemsize):
+        _forward_by_planes(x, U, y, P, geom, pooled)
+        return y
     blocks = _blocks(P, C + CO, x.dtype.itemsize, pooled)
     run_tasks(_forward_block, [(x, U, y, t0, t1, geom) for t0, t1 in blocks], pooled)
     return y
+
+
+def _forward_by_planes(x, U, y, P, geom, pooled):
+    """Few tiles, many channels: transform every tile into V (36, P, C), run the 36 GEMMs
+    split by plane (each task reads only its planes of U), then inverse-transform M."""
+    C, CO, dtype = x.shape[1], y.shape[1], x.dtype
+    V = np.empty((ALPHA, ALPHA, P + 1, C), dtype)  # one spare tile row, as in a block
+    M = np.empty((ALPHA, ALPHA, P + 1, CO), dtype)
+    ranges = _pieces(P, pooled)
+    run_tasks(_input_range, [(V, x, lo, hi, geom) for lo, hi in ranges], pooled)
+    V36 = V.reshape(ALPHA * ALPHA, P + 1, C)[:, :P]
+    M36 = M.reshape(ALPHA * ALPHA, P + 1, CO)[:, :P]
+    planes = _pieces(ALPHA * ALPHA, pooled)
+    run_tasks(_planes_product, [(V36, U, M36, k0, k1) for k0, k1 in planes], pooled)
+    run_tasks(_output_range, [(y, M, lo, hi, geom) for lo, hi in ranges], pooled)
+
+
+def _input_range(V, x, lo, hi, geom):
+    """V's tile rows lo..hi-1 = the input transforms of tiles lo..hi-1."""
+    th, tw, pt, pl = geom
+    C, dtype = x.shape[1], x.dtype
+    patch = _scratch("patch", (ALPHA, ALPHA, C), dtype)
+    tmp = _scratch("tmp", (ALPHA, ALPHA, C), dtype)
+    _input_transform(V, x, lo, hi, lo, th, tw, pt, pl, _matrices(dtype)["k"], patch, tmp)
+
+
+def _output_range(y, M, lo, hi, geom):
+    """y's tiles lo..hi-1 from M's tile rows lo..hi-1."""
+    th, tw = geom[:2]
+    CO, dtype = y.shape[1], y.dtype
+    ytile = _scratch("ytile", (TILE, TILE, CO), dtype)
+    tmp = _scratch("tmp", (ALPHA, ALPHA, CO), dtype)
+    _output_transform(y, M, lo, hi, lo, th, tw, _matrices(dtype)["k"], ytile, tmp)
+
+
+def _planes_product(a, b, out, k0, k1):
+    """out[k] = a[k] @ b[k] for the planes k0 <= k < k1."""
+    np.matmul(a[k0:k1], b[k0:k1], out=out[k0:k1])
 
 
 def _forward_block(x, U, y, t0, t1, geom):
@@ -397,7 +463,7 @@ def _forward_block(x, U, y, t0, t1, geom):
     M = _scratch("M", (ALPHA, ALPHA, nb + 1, CO), x.dtype)
     tmp = _scratch("tmp", (ALPHA, ALPHA, max(C, CO)), x.dtype)
     _input_transform(
-        V, x, t0, t1, th, tw, pt, pl, m["k"], _scratch("patch", (ALPHA, ALPHA, C), x.dtype), tmp
+        V, x, t0, t1, 0, th, tw, pt, pl, m["k"], _scratch("patch", (ALPHA, ALPHA, C), x.dtype), tmp
     )
     np.matmul(
         V.reshape(ALPHA * ALPHA, nb + 1, C)[:, :nb],
@@ -405,7 +471,7 @@ def _forward_block(x, U, y, t0, t1, geom):
         out=M.reshape(ALPHA * ALPHA, nb + 1, CO)[:, :nb],
     )
     _output_transform(
-        y, M, t0, t1, th, tw, m["k"], _scratch("ytile", (TILE, TILE, CO), x.dtype), tmp
+        y, M, t0, t1, 0, th, tw, m["k"], _scratch("ytile", (TILE, TILE, CO), x.dtype), tmp
     )
 
 
@@ -420,6 +486,8 @@ def weight_grad(x, gy, pads):
         return np.zeros((CO, C, 3, 3), x.dtype)
     geom = (th, tw, pads[0], pads[2])
     pooled = _pooled(_conv_flops(P, C, CO))
+    if _by_planes(P, C, CO, x.dtype.itemsize):
+        return _weight_grad_by_planes(x, gy, P, geom, pooled)
     ranges = _pieces(P, pooled)
     # each range's gU (36, CO, C) in one buffer, so that summing them is part of the last
     # GEMM: gw (CO*C, 9) = [gU_0; gU_1; ...]^T (CO*C, R*36) @ [GG; GG; ...] (R*36, 9)
@@ -429,16 +497,49 @@ def weight_grad(x, gy, pads):
         [(x, gy, gU[r], lo, hi, geom) for r, (lo, hi) in enumerate(ranges)],
         pooled,
     )
-    GGs = np.ascontiguousarray(np.tile(_matrices(x.dtype)["GG"], (len(ranges), 1)))
-    gw = np.empty((CO, C, 3, 3), x.dtype)
-    gU2t = gU.reshape(len(ranges) * ALPHA * ALPHA, CO * C).T
-    pooled = _pooled(2 * ALPHA * ALPHA * len(ranges) * 9 * CO * C)
+    return _inverse_weight_transform(gU)
+
+
+def _inverse_weight_transform(gU):
+    """gw (CO, C, 3, 3) = sum over r of G^T gU[r, :, co, c] G for gU (R, 36, CO, C), as one
+    GEMM (CO*C, R*36) @ [GG; GG; ...] (R*36, 9)."""
+    R, _, CO, C = gU.shape
+    GGs = np.ascontiguousarray(np.tile(_matrices(gU.dtype)["GG"], (R, 1)))
+    gw = np.empty((CO, C, 3, 3), gU.dtype)
+    gU2t = gU.reshape(R * ALPHA * ALPHA, CO * C).T
+    pooled = _pooled(2 * ALPHA * ALPHA * R * 9 * CO * C)
     run_tasks(
         _product_piece,
         [(gU2t, GGs, gw.reshape(CO * C, 9), lo, hi, 0) for lo, hi in _pieces(CO * C, pooled)],
         pooled,
     )
     return gw
+
+
+def _weight_grad_by_planes(x, gy, P, geom, pooled):
+    """The weight gradient by planes (few tiles, many channels): V and Mg of every tile,
+    then gU[k] = Mg[k]^T V[k] split by plane, so gU is computed once, not once per range."""
+    C, CO, dtype = x.shape[1], gy.shape[1], x.dtype
+    V = np.empty((ALPHA, ALPHA, P + 1, C), dtype)
+    Mg = np.empty((ALPHA, ALPHA, P + 1, CO), dtype)
+    ranges = _pieces(P, pooled)
+    run_tasks(_grad_inputs_range, [(V, Mg, x, gy, lo, hi, geom) for lo, hi in ranges], pooled)
+    V36 = V.reshape(ALPHA * ALPHA, P + 1, C)[:, :P]
+    Mgt = Mg.reshape(ALPHA * ALPHA, P + 1, CO)[:, :P].swapaxes(1, 2)
+    gU = np.empty((1, ALPHA * ALPHA, CO, C), dtype)
+    planes = _pieces(ALPHA * ALPHA, pooled)
+    run_tasks(_planes_product, [(Mgt, V36, gU[0], k0, k1) for k0, k1 in planes], pooled)
+    return _inverse_weight_transform(gU)
+
+
+def _grad_inputs_range(V, Mg, x, gy, lo, hi, geom):
+    """V's and Mg's tile rows lo..hi-1: the transforms of x's and gy's tiles lo..hi-1."""
+    _input_range(V, x, lo, hi, geom)
+    th, tw = geom[:2]
+    CO, dtype = gy.shape[1], gy.dtype
+    gtile = _scratch("gtile", (TILE, TILE, CO), dtype)
+    tmp = _scratch("tmp", (ALPHA, ALPHA, CO), dtype)
+    _grad_tile_transform(Mg, gy, lo, hi, lo, th, tw, _matrices(dtype)["k"], gtile, tmp)
 
 
 def _weight_grad_range(x, gy, gU, lo, hi, geom):
@@ -453,10 +554,10 @@ def _weight_grad_range(x, gy, gU, lo, hi, geom):
         V = _scratch("V", (ALPHA, ALPHA, nb + 1, C), dtype)
         Mg = _scratch("M", (ALPHA, ALPHA, nb + 1, CO), dtype)
         _input_transform(
-            V, x, t0, t1, th, tw, pt, pl, m["k"], _scratch("patch", (ALPHA, ALPHA, C), dtype), tmp
+            V, x, t0, t1, 0, th, tw, pt, pl, m["k"], _scratch("patch", (ALPHA, ALPHA, C), dtype), tmp
         )
         _grad_tile_transform(
-            Mg, gy, t0, t1, th, tw, m["k"], _scratch("gtile", (TILE, TILE, CO), dtype), tmp
+            Mg, gy, t0, t1, 0, th, tw, m["k"], _scratch("gtile", (TILE, TILE, CO), dtype), tmp
         )
         V36 = V.reshape(ALPHA * ALPHA, nb + 1, C)[:, :nb]
         Mgt = Mg.reshape(ALPHA * ALPHA, nb + 1, CO)[:, :nb].swapaxes(1, 2)

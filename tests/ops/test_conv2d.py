@@ -6,7 +6,9 @@ CPU's joined col, ``path="batched"`` the CPU's per-sample products over a whole-
 (conv2d.BATCHED_MAX_DEPTH; CUDA runs im2col + GEMM),
 ``path="winograd"`` sends every eligible shape (3x3, stride 1, dilation 1, one group, padding
 <= 2) to Winograd F(4x4, 3x3) in any dtype (conv2d.WINOGRAD = "always") and the rest to
-im2col. Shapes drawn by ``winograd_cases`` always reach Winograd (checked per example).
+im2col. Shapes drawn by ``winograd_cases`` always reach Winograd (checked per example);
+``winograd_schedule`` picks how a Winograd pass is cut up (by blocks of tiles or by the 36
+planes), so that each schedule sees every drawn shape.
 """
 
 import contextlib
@@ -44,6 +46,18 @@ def conv_path(path):
         yield
     finally:
         m.DIRECT_MAX_PRODUCT, m.WINOGRAD, m.BATCHED_MAX_DEPTH, m.POINTWISE = saved
+
+
+@contextlib.contextmanager
+def winograd_schedule(schedule):
+    """Run every Winograd pass inside by blocks of tiles or by planes (winograd._by_planes)."""
+    m = winograd_module
+    saved = m.PLANES_FROM, m.PLANES_MAX_BYTES
+    m.PLANES_FROM, m.PLANES_MAX_BYTES = (0.0, 1 << 62) if schedule == "planes" else (1e30, 0)
+    try:
+        yield
+    finally:
+        m.PLANES_FROM, m.PLANES_MAX_BYTES = saved
 
 
 @st.composite
@@ -271,12 +285,13 @@ def _scale(x, w, pads):
     ).max()
 
 
+@pytest.mark.parametrize("schedule", ["blocks", "planes"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @given(case=winograd_cases(), seed=st.integers(0, 2**31))
-def test_winograd_forward_matches_oracle(dtype, case, seed):
+def test_winograd_forward_matches_oracle(dtype, schedule, case, seed):
     _, _, _, _, padding, _, _ = case
     arrays_in = _inputs(case, seed, dtype)
-    with conv_path("winograd"):
+    with conv_path("winograd"), winograd_schedule(schedule):
         y = _fn(case)(*(leaf(a) for a in arrays_in))
     assert y.creator.algorithm == "winograd" and y.dtype == dtype
     expected = ref.conv2d(
@@ -292,10 +307,11 @@ def test_winograd_forward_matches_oracle(dtype, case, seed):
         np.testing.assert_allclose(y.numpy(), expected, rtol=0, atol=atol)
 
 
+@pytest.mark.parametrize("schedule", ["blocks", "planes"])
 @given(case=winograd_cases(), seed=st.integers(0, 2**31))
-def test_winograd_gradcheck(case, seed):
+def test_winograd_gradcheck(schedule, case, seed):
     arrays_in = _inputs(case, seed, np.float64)
-    with conv_path("winograd"):
+    with conv_path("winograd"), winograd_schedule(schedule):
         assert _fn(case)(*(leaf(a) for a in arrays_in)).creator.algorithm == "winograd"
         assert_gradcheck(_fn(case), *arrays_in)
 
@@ -420,6 +436,7 @@ def test_winograd_blocks_of_tiles(monkeypatch, pooled_from):
     # blocks of 1 and 3 tiles (many tasks, a remainder block) give the same result, on the
     # task pool (pieces and weight-gradient ranges per worker) and on the calling thread
     monkeypatch.setattr(winograd_module, "MIN_POOLED_FLOPS", pooled_from)
+    monkeypatch.setattr(winograd_module, "PLANES_FROM", 1e30)
     case = ((3, 4, 9, 6), (5, 4, 3, 3), True, (1, 1), (1, 1), (1, 1), 1)
     arrays_in = _inputs(case, 9, np.float64)
     expected = ref.conv2d(*arrays_in, pads=(1, 1, 1, 1))
@@ -431,6 +448,31 @@ def test_winograd_blocks_of_tiles(monkeypatch, pooled_from):
             assert y.creator.algorithm == "winograd"
             np.testing.assert_allclose(y.numpy(), expected, rtol=1e-12, atol=1e-12)
             assert_gradcheck(_fn(case), *arrays_in)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_winograd_by_planes_on_the_pool(monkeypatch, n):
+    # by planes with the task pool forced on: tile ranges and plane pieces per worker (the
+    # last ones short: 13 or 39 tiles, 36 planes over the workers), against the oracle
+    monkeypatch.setattr(winograd_module, "MIN_POOLED_FLOPS", 0)
+    case = ((n, 3, 13, 11), (4, 3, 3, 3), True, (1, 1), (1, 2), (1, 1), 1)
+    arrays_in = _inputs(case, 4, np.float64)
+    expected = ref.conv2d(*arrays_in, pads=(1, 1, 2, 2))
+    with conv_path("winograd"), winograd_schedule("planes"):
+        y = _fn(case)(*(leaf(a) for a in arrays_in))
+        assert y.creator.algorithm == "winograd"
+        np.testing.assert_allclose(y.numpy(), expected, rtol=1e-12, atol=1e-12)
+        assert_gradcheck(_fn(case), *arrays_in)
+
+
+def test_winograd_schedule_rule():
+    # the deep layers of a ResNet at batch 64 go by planes, the wide early ones by blocks,
+    # and by planes never takes more than PLANES_MAX_BYTES of V + M
+    wm = winograd_module
+    assert not wm._by_planes(64 * 8 * 8, 64, 64, 4)  # 64 channels at 32x32: 4,096 tiles
+    assert wm._by_planes(64 * 4 * 4, 128, 128, 4)  # 128 at 16x16
+    assert wm._by_planes(64, 512, 512, 4)  # 512 at 4x4
+    assert not wm._by_planes(4096, 512, 512, 4)  # batch 4096 at 4x4: V + M too large
 
 
 @pytest.mark.cuda
