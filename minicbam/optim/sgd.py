@@ -12,7 +12,9 @@ For each parameter p with gradient g (PyTorch's formulas, ``maximize=False``), a
 Nesterov needs ``momentum > 0`` and ``dampening == 0``.
 """
 
-from minicbam.optim.optimizer import Optimizer, check_non_negative, clone
+from minicbam.kernels.sgd_update import sgd_update_
+from minicbam.optim.optimizer import Optimizer, check_non_negative
+from minicbam.tensor import zeros_like
 
 
 class SGD(Optimizer):
@@ -36,22 +38,26 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum > 0 and zero dampening")
 
     def _update_group(self, group):
+        # One fused in-place kernel per parameter (minicbam/kernels/sgd_update.py carries the
+        # same formulas as this module's docstring).
         for p in group["params"]:
-            if p.grad is not None:
-                p.data = (p - group["lr"] * self._direction(p, group)).data
-
-    def _direction(self, p, group):
-        g = p.grad
-        if group["weight_decay"] != 0:
-            g = g + group["weight_decay"] * p
-        momentum = group["momentum"]
-        if momentum == 0:
-            return g
-        state = self.state.setdefault(p, {})
-        buf = state.get("momentum_buffer")
-        if buf is None:
-            buf = clone(g)  # PyTorch's first step: the buffer is the gradient, undamped
-        else:
-            buf = momentum * buf + (1 - group["dampening"]) * g
-        state["momentum_buffer"] = buf
-        return g + momentum * buf if group["nesterov"] else buf
+            if p.grad is None:
+                continue
+            buf, first = None, False
+            if group["momentum"] != 0:
+                state = self.state.setdefault(p, {})
+                first = state.get("momentum_buffer") is None
+                if first:  # PyTorch's first step: the buffer is the gradient, undamped
+                    state["momentum_buffer"] = zeros_like(p)
+                buf = state["momentum_buffer"].data
+            sgd_update_(
+                p.data,
+                p.grad.data,
+                buf,
+                first,
+                group["lr"],
+                group["momentum"],
+                group["dampening"],
+                group["weight_decay"],
+                group["nesterov"],
+            )
