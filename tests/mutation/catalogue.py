@@ -88,6 +88,7 @@ BN_PY, SOFTMAX_PY, CE_PY = (
     "minicbam/ops/cross_entropy.py",
 )
 ADAM_K, SGD, VAR = "minicbam/kernels/adam_update.py", "minicbam/optim/sgd.py", "minicbam/ops/var.py"
+SGD_K = "minicbam/kernels/sgd_update.py"
 ATTN = "minicbam/nn/attention.py"
 WINO, SE_PY = "minicbam/kernels/winograd.py", "minicbam/ops/squeeze_excite.py"
 LOSSES_PY, DROPOUT_PY = "minicbam/ops/losses.py", "minicbam/ops/dropout.py"
@@ -1033,27 +1034,44 @@ MUTANTS = [
     ),
     m(
         "sgd-nesterov-dropped",
-        SGD,
-        'return g + momentum * buf if group["nesterov"] else buf',
-        "return buf",
+        SGD_K,
+        "d = gi + c[1] * b[i] if flags[3] else b[i]",
+        "d = b[i]",
         OPTIM,
         "[both] SGD: Nesterov momentum ignored",
     ),
     m(
         "sgd-dampening-dropped",
-        SGD,
-        '(1 - group["dampening"]) * g',
-        "g",
+        SGD_K,
+        "b[i] = c[1] * b[i] + c[2] * gi",
+        "b[i] = c[1] * b[i] + gi",
         OPTIM,
         "[both] SGD: dampening ignored",
     ),
     m(
         "sgd-weight-decay-sign",
-        SGD,
-        'g = g + group["weight_decay"] * p',
-        'g = g - group["weight_decay"] * p',
+        SGD_K,
+        "gi = gi + c[0] * p[i]",
+        "gi = gi - c[0] * p[i]",
         OPTIM,
         "[both] SGD: weight decay with the wrong sign",
+    ),
+    m(
+        "sgd-cuda-last",
+        SGD_K,
+        "for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):",
+        "for i in range(cuda.grid(1), p.size - 1, cuda.gridsize(1)):",
+        OPTIM,
+        "[cuda] fused SGD kernel: the last element never updated",
+    ),
+    ms(
+        "sgd-first-step-flag-kept",
+        SGD,
+        "first = state.get(\"momentum_buffer\") is None\n",
+        "first = True\n",
+        OPTIM,
+        "SGD: every step treated as the first (the momentum buffer restarts from g)",
+        None,
     ),
     # ------------------------------------------------------------------ attention modules
     m(
@@ -1191,8 +1209,8 @@ MUTANTS = [
     ms(
         "wino-forward-u-untransposed",
         WINO,
-        "transform_weight(w).swapaxes(1, 2), pads)",
-        "transform_weight(w), pads)",
+        "transform_weight(w, out=_weight_buffer(w)).swapaxes(1, 2), pads)",
+        "transform_weight(w, out=_weight_buffer(w)), pads)",
         CONV,
         "[cpu] Winograd forward: U used as (36, CO, C) where the GEMM needs (36, C, CO)",
         WINO_SELECT,
@@ -1231,6 +1249,42 @@ MUTANTS = [
         "bounds = [size * i // workers for i in range(workers)]",
         CONV,
         "[cpu] Winograd task pieces: the last piece of columns / tiles dropped",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-planes-last-plane",
+        WINO,
+        "planes = _pieces(ALPHA * ALPHA, pooled)\n    run_tasks(_planes_product, [(V36, U,",
+        "planes = _pieces(ALPHA * ALPHA - 1, pooled)\n    run_tasks(_planes_product, [(V36, U,",
+        CONV,
+        "[cpu] Winograd forward by planes: the 36th plane's GEMM never runs (M left unset)",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-planes-input-rows",
+        WINO,
+        "_input_transform(V, x, lo, hi, lo, th, tw, pt, pl,",
+        "_input_transform(V, x, lo, hi, 0, th, tw, pt, pl,",
+        CONV,
+        "[cpu] Winograd by planes: every tile range writes V from row 0 (ranges overwrite)",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-planes-grad-rows",
+        WINO,
+        "_grad_tile_transform(Mg, gy, lo, hi, lo, th, tw,",
+        "_grad_tile_transform(Mg, gy, lo, hi, 0, th, tw,",
+        CONV,
+        "[cpu] Winograd weight grad by planes: gy's tile ranges all written from row 0",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-planes-output-rows",
+        WINO,
+        "_output_transform(y, M, lo, hi, lo, th, tw,",
+        "_output_transform(y, M, lo, hi, 0, th, tw,",
+        CONV,
+        "[cpu] Winograd forward by planes: each tile range reads M from row 0",
         WINO_SELECT,
     ),
     # ------------------------------------------------------------------ conv2d routing
@@ -1658,9 +1712,9 @@ MUTANTS = [
     ),
     ms(
         "sgd-first-step-damped",
-        SGD,
-        "buf = clone(g)  # PyTorch's first step: the buffer is the gradient, undamped",
-        'buf = (1 - group["dampening"]) * g',
+        SGD_K,
+        "        if flags[2]:\n            b[i] = gi\n",
+        "        if flags[2]:\n            b[i] = c[2] * gi\n",
         OPTIM,
         "[both] SGD: dampening applied to the first momentum buffer",
         None,
