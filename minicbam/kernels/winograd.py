@@ -30,12 +30,15 @@ reusing the forward's input transform (recomputed per block rather than stored).
 CPU layout: every transform loops innermost over channels, which are contiguous in V, U and M
 (numba vectorises those loops); patches are gathered into a small (6, 6, C) scratch first.
 Work is split into blocks of tiles, one task each on the CPU task pool (task_pool.py: BLAS
-single-threaded per worker; the pool's workers are Python threads, so the transforms are
-compiled ``nogil``: holding the GIL, they ran one worker at a time, 26-29 ms a pass instead
-of 15-19 ms for a 64 -> 64 conv at 32x32, batch 64, on 2 cores): a block transforms its tiles, runs its 36 GEMMs and
-inverse-transforms while V and M are still in cache. The tile axis of V and M has one spare
-row, so that their 36 planes are not a power of two apart (planes that far apart share cache
-sets, and the transforms ran 3-4x slower).
+single-threaded per worker): a block transforms its tiles, runs its 36 GEMMs and
+inverse-transforms while V and M are still in cache. The pool's workers are Python threads,
+so the transforms are compiled ``nogil``: holding the GIL, they ran one worker at a time
+(26-29 ms a pass instead of 15-19 ms for a 64 -> 64 conv at 32x32, batch 64, on 2 cores).
+Deep layers (few tiles, many channels: _by_planes) go by planes instead: every tile is
+transformed into one V, the 36 GEMMs are split by plane over the pool, so that each task
+reads only its planes of U rather than every block reading all of it. The tile axis of V
+and M has one spare row, so that their 36 planes are not a power of two apart (planes that
+far apart share cache sets, and the transforms ran 3-4x slower).
 
 Accuracy: F(4x4, 3x3) in float32 rounds a little more than a direct sum (its matrices have
 entries up to 8 and 1/24): docs/performance.md gives the measured errors. The algorithm is
@@ -424,30 +427,39 @@ def _forward_by_planes(x, U, y, P, geom, pooled):
     V = np.empty((ALPHA, ALPHA, P + 1, C), dtype)  # one spare tile row, as in a block
     M = np.empty((ALPHA, ALPHA, P + 1, CO), dtype)
     ranges = _pieces(P, pooled)
-    run_tasks(_input_range, [(V, x, lo, hi, geom) for lo, hi in ranges], pooled)
+    run_tasks(_input_range, [(V, x, lo, hi, lo, geom) for lo, hi in ranges], pooled)
     V36 = V.reshape(ALPHA * ALPHA, P + 1, C)[:, :P]
     M36 = M.reshape(ALPHA * ALPHA, P + 1, CO)[:, :P]
     planes = _pieces(ALPHA * ALPHA, pooled)
     run_tasks(_planes_product, [(V36, U, M36, k0, k1) for k0, k1 in planes], pooled)
-    run_tasks(_output_range, [(y, M, lo, hi, geom) for lo, hi in ranges], pooled)
+    run_tasks(_output_range, [(y, M, lo, hi, lo, geom) for lo, hi in ranges], pooled)
 
 
-def _input_range(V, x, lo, hi, geom):
-    """V's tile rows lo..hi-1 = the input transforms of tiles lo..hi-1."""
+def _input_range(V, x, lo, hi, row0, geom):
+    """V's tile rows row0.. = the input transforms of tiles lo..hi-1 (this thread's scratch)."""
     th, tw, pt, pl = geom
     C, dtype = x.shape[1], x.dtype
     patch = _scratch("patch", (ALPHA, ALPHA, C), dtype)
     tmp = _scratch("tmp", (ALPHA, ALPHA, C), dtype)
-    _input_transform(V, x, lo, hi, lo, th, tw, pt, pl, _matrices(dtype)["k"], patch, tmp)
+    _input_transform(V, x, lo, hi, row0, th, tw, pt, pl, _matrices(dtype)["k"], patch, tmp)
 
 
-def _output_range(y, M, lo, hi, geom):
-    """y's tiles lo..hi-1 from M's tile rows lo..hi-1."""
+def _output_range(y, M, lo, hi, row0, geom):
+    """y's tiles lo..hi-1 from M's tile rows row0.. (this thread's scratch)."""
     th, tw = geom[:2]
     CO, dtype = y.shape[1], y.dtype
     ytile = _scratch("ytile", (TILE, TILE, CO), dtype)
     tmp = _scratch("tmp", (ALPHA, ALPHA, CO), dtype)
-    _output_transform(y, M, lo, hi, lo, th, tw, _matrices(dtype)["k"], ytile, tmp)
+    _output_transform(y, M, lo, hi, row0, th, tw, _matrices(dtype)["k"], ytile, tmp)
+
+
+def _grad_range(Mg, gy, lo, hi, row0, geom):
+    """Mg's tile rows row0.. = the transforms of gy's tiles lo..hi-1 (this thread's scratch)."""
+    th, tw = geom[:2]
+    CO, dtype = gy.shape[1], gy.dtype
+    gtile = _scratch("gtile", (TILE, TILE, CO), dtype)
+    tmp = _scratch("tmp", (ALPHA, ALPHA, CO), dtype)
+    _grad_tile_transform(Mg, gy, lo, hi, row0, th, tw, _matrices(dtype)["k"], gtile, tmp)
 
 
 def _planes_product(a, b, out, k0, k1):
@@ -456,23 +468,16 @@ def _planes_product(a, b, out, k0, k1):
 
 
 def _forward_block(x, U, y, t0, t1, geom):
-    th, tw, pt, pl = geom
     C, CO, nb = x.shape[1], y.shape[1], t1 - t0
-    m = _matrices(x.dtype)
     V = _scratch("V", (ALPHA, ALPHA, nb + 1, C), x.dtype)
     M = _scratch("M", (ALPHA, ALPHA, nb + 1, CO), x.dtype)
-    tmp = _scratch("tmp", (ALPHA, ALPHA, max(C, CO)), x.dtype)
-    _input_transform(
-        V, x, t0, t1, 0, th, tw, pt, pl, m["k"], _scratch("patch", (ALPHA, ALPHA, C), x.dtype), tmp
-    )
+    _input_range(V, x, t0, t1, 0, geom)
     np.matmul(
         V.reshape(ALPHA * ALPHA, nb + 1, C)[:, :nb],
         U,
         out=M.reshape(ALPHA * ALPHA, nb + 1, CO)[:, :nb],
     )
-    _output_transform(
-        y, M, t0, t1, 0, th, tw, m["k"], _scratch("ytile", (TILE, TILE, CO), x.dtype), tmp
-    )
+    _output_range(y, M, t0, t1, 0, geom)
 
 
 # ----------------------------------------------------------------------------- weight grad
@@ -534,31 +539,20 @@ def _weight_grad_by_planes(x, gy, P, geom, pooled):
 
 def _grad_inputs_range(V, Mg, x, gy, lo, hi, geom):
     """V's and Mg's tile rows lo..hi-1: the transforms of x's and gy's tiles lo..hi-1."""
-    _input_range(V, x, lo, hi, geom)
-    th, tw = geom[:2]
-    CO, dtype = gy.shape[1], gy.dtype
-    gtile = _scratch("gtile", (TILE, TILE, CO), dtype)
-    tmp = _scratch("tmp", (ALPHA, ALPHA, CO), dtype)
-    _grad_tile_transform(Mg, gy, lo, hi, lo, th, tw, _matrices(dtype)["k"], gtile, tmp)
+    _input_range(V, x, lo, hi, lo, geom)
+    _grad_range(Mg, gy, lo, hi, lo, geom)
 
 
 def _weight_grad_range(x, gy, gU, lo, hi, geom):
     """gU (36, CO, C) = this range's sum over tiles, a block of tiles at a time."""
-    th, tw, pt, pl = geom
     C, CO, dtype = x.shape[1], gy.shape[1], x.dtype
-    m = _matrices(dtype)
     part = None
-    tmp = _scratch("tmp", (ALPHA, ALPHA, max(C, CO)), dtype)
     for t0, t1 in _sub_blocks(lo, hi, C + CO, dtype.itemsize):
         nb = t1 - t0
         V = _scratch("V", (ALPHA, ALPHA, nb + 1, C), dtype)
         Mg = _scratch("M", (ALPHA, ALPHA, nb + 1, CO), dtype)
-        _input_transform(
-            V, x, t0, t1, 0, th, tw, pt, pl, m["k"], _scratch("patch", (ALPHA, ALPHA, C), dtype), tmp
-        )
-        _grad_tile_transform(
-            Mg, gy, t0, t1, 0, th, tw, m["k"], _scratch("gtile", (TILE, TILE, CO), dtype), tmp
-        )
+        _input_range(V, x, t0, t1, 0, geom)
+        _grad_range(Mg, gy, t0, t1, 0, geom)
         V36 = V.reshape(ALPHA * ALPHA, nb + 1, C)[:, :nb]
         Mgt = Mg.reshape(ALPHA * ALPHA, nb + 1, CO)[:, :nb].swapaxes(1, 2)
         if part is None:

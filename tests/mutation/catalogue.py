@@ -1067,7 +1067,7 @@ MUTANTS = [
     ms(
         "sgd-first-step-flag-kept",
         SGD,
-        "first = state.get(\"momentum_buffer\") is None\n",
+        'first = state.get("momentum_buffer") is None\n',
         "first = True\n",
         OPTIM,
         "SGD: every step treated as the first (the momentum buffer restarts from g)",
@@ -1263,8 +1263,8 @@ MUTANTS = [
     ms(
         "wino-planes-input-rows",
         WINO,
-        "_input_transform(V, x, lo, hi, lo, th, tw, pt, pl,",
-        "_input_transform(V, x, lo, hi, 0, th, tw, pt, pl,",
+        "(V, x, lo, hi, lo, geom) for lo, hi in ranges",
+        "(V, x, lo, hi, 0, geom) for lo, hi in ranges",
         CONV,
         "[cpu] Winograd by planes: every tile range writes V from row 0 (ranges overwrite)",
         WINO_SELECT,
@@ -1272,8 +1272,8 @@ MUTANTS = [
     ms(
         "wino-planes-grad-rows",
         WINO,
-        "_grad_tile_transform(Mg, gy, lo, hi, lo, th, tw,",
-        "_grad_tile_transform(Mg, gy, lo, hi, 0, th, tw,",
+        "_grad_range(Mg, gy, lo, hi, lo, geom)",
+        "_grad_range(Mg, gy, lo, hi, 0, geom)",
         CONV,
         "[cpu] Winograd weight grad by planes: gy's tile ranges all written from row 0",
         WINO_SELECT,
@@ -1281,8 +1281,8 @@ MUTANTS = [
     ms(
         "wino-planes-output-rows",
         WINO,
-        "_output_transform(y, M, lo, hi, lo, th, tw,",
-        "_output_transform(y, M, lo, hi, 0, th, tw,",
+        "(y, M, lo, hi, lo, geom) for lo, hi in ranges",
+        "(y, M, lo, hi, 0, geom) for lo, hi in ranges",
         CONV,
         "[cpu] Winograd forward by planes: each tile range reads M from row 0",
         WINO_SELECT,
