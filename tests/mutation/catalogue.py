@@ -11,6 +11,11 @@ with no kernel body (modules, schedulers, clipping, converters, gradcheck, dtype
 the same way whatever the device.
 """
 
+from mutant import m, ms
+from mutants_data_app import DATA_APP_MUTANTS
+from mutants_modules import MODULE_MUTANTS
+from mutants_tensor import TENSOR_MUTANTS
+
 CORE = ["tests/ops/test_core_ops.py"]
 MATMUL = ["tests/ops/test_matmul.py", "tests/ops/test_linear.py"]
 CONV = ["tests/ops/test_conv2d.py"]
@@ -47,25 +52,6 @@ WINO_SELECT = "test_winograd"
 # the written-out 1-D transforms checked against B^T, A^T and A themselves (no compile)
 WINO_TRANSFORMS = ["tests/ops/test_conv2d.py::test_winograd_transforms_match_their_matrices"]
 CONV_ROUTE_SELECT = "path_rule or algorithm or winograd_float32"
-
-
-def m(id, file, original, replacement, tests, description):
-    return {
-        "id": id,
-        "file": file,
-        "original": original,
-        "replacement": replacement,
-        "tests": tests,
-        "description": description,
-    }
-
-
-def ms(id, file, original, replacement, tests, description, select):
-    """A mutant with its own ``-k`` selection (None: the whole test files)."""
-    entry = m(id, file, original, replacement, tests, description)
-    if select:
-        entry["select"] = select
-    return entry
 
 
 UNARY, BINARY = "minicbam/ops/unary.py", "minicbam/ops/binary.py"
@@ -2217,6 +2203,11 @@ for _m in MUTANTS:
         if "select" not in _m and _m["id"].startswith(_prefix):
             _m["select"] = _select
             break
+
+# Host-side Python (tensor and shape ops, autograd; modules, models, optimisers, file formats;
+# data pipeline and the app), one file a part of the package; their own selections, added
+# after the prefix rules above.
+MUTANTS += TENSOR_MUTANTS + MODULE_MUTANTS + DATA_APP_MUTANTS
 
 # Why a survivor that is kept is equivalent or out of reach (filled in from the results).
 NOTES = {}
