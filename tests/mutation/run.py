@@ -44,9 +44,20 @@ sys.path.insert(0, HERE)
 from catalogue import MUTANTS, NOTES
 
 MODES = {"sim": "1", "cpu": "0"}
-IGNORED = shutil.ignore_patterns(
-    ".git", ".venv", "__pycache__", ".hypothesis", ".pytest_cache", "runs", "*.egg-info", "data"
+_IGNORED_ANYWHERE = shutil.ignore_patterns(
+    ".git", ".venv", "__pycache__", ".hypothesis", ".pytest_cache", "*.egg-info"
 )
+_IGNORED_AT_ROOT = {"runs", "data"}  # training outputs and downloads; minicbam/data is code
+
+
+def ignored(folder, names):
+    """copytree's ignore: caches everywhere, the root's ``runs``/``data`` folders."""
+    skip = set(_IGNORED_ANYWHERE(folder, names))
+    if os.path.abspath(folder) == ROOT:
+        skip |= _IGNORED_AT_ROOT & set(names)
+    return skip
+
+
 KILLED = ("killed", "error", "timeout")
 
 
@@ -58,7 +69,7 @@ def make_scratch(parent, k):
     path = os.path.join(parent, f"scratch-{k}")
     for sub in ("minicbam", "tests"):
         shutil.rmtree(os.path.join(path, sub), ignore_errors=True)
-    shutil.copytree(ROOT, path, ignore=IGNORED, symlinks=True, dirs_exist_ok=True)
+    shutil.copytree(ROOT, path, ignore=ignored, symlinks=True, dirs_exist_ok=True)
     os.makedirs(os.path.join(path, ".numba-cache"), exist_ok=True)
     return path
 
