@@ -100,6 +100,15 @@ def test_tensor_like_leaves_and_numpy_scalars(tmp_path, suffix):
 
 
 @pytest.mark.parametrize("suffix", FORMATS)
+def test_big_endian_arrays_come_back_native_endian(tmp_path, suffix):
+    save({"be": np.arange(3, dtype=">i4"), "le": np.ones(2, "<f8")}, tmp_path / f"b{suffix}")
+    out = load(tmp_path / f"b{suffix}")
+    assert out["be"].dtype == np.dtype("int32") and out["be"].dtype.isnative
+    assert out["le"].dtype == np.dtype("float64") and out["le"].dtype.isnative
+    np.testing.assert_array_equal(out["be"], [0, 1, 2])
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
 def test_loaded_arrays_are_writable(tmp_path, suffix):
     save({"w": np.zeros(3)}, tmp_path / f"w{suffix}")
     w = load(tmp_path / f"w{suffix}")["w"]
@@ -122,6 +131,16 @@ def test_flat_files_from_other_tools(tmp_path):
     np.savez(tmp_path / "x.npz", **arrays)
     for name in ("x.safetensors", "x.npz"):
         assert_tree_equal(load(tmp_path / name), arrays)
+
+
+def test_flat_safetensors_load_in_name_order(tmp_path):
+    # safetensors.deserialize lists the tensors in no fixed order (it varies call to call)
+    names = ["z", "a", "m", "b", "y"]
+    dtypes = [np.float64, np.float16, np.float32, np.int8, np.int64]
+    arrays = {n: np.ones(i + 1, d) for i, (n, d) in enumerate(zip(names, dtypes))}
+    safetensors.numpy.save_file(arrays, tmp_path / "x.safetensors")
+    for _ in range(5):
+        assert list(load(tmp_path / "x.safetensors")) == sorted(names)
 
 
 def test_safetensors_bfloat16_from_torch(tmp_path):
@@ -179,6 +198,18 @@ def test_failed_fsync_keeps_the_old_file(tmp_path, monkeypatch, suffix):
         save({"v": np.ones(1000)}, path)
     monkeypatch.undo()
     np.testing.assert_array_equal(load(path)["v"], np.zeros(3))
+    _only_file_is(tmp_path, path.name)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_save_keeps_an_existing_files_mode(tmp_path, suffix):
+    path = tmp_path / f"ckpt{suffix}"
+    save({"v": np.zeros(3)}, path)
+    assert os.stat(path).st_mode & 0o777 == 0o644  # a new file: the usual mode, not 0600
+    os.chmod(path, 0o600)
+    save({"v": np.ones(3)}, path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
     _only_file_is(tmp_path, path.name)
 
 
@@ -508,6 +539,15 @@ def test_garbage_and_mislabelled_files(tmp_path):
     os.replace(tmp_path / "real.npz", tmp_path / "mislabelled.safetensors")
     with pytest.raises(CorruptFileError, match="not a safetensors file.*zip archive"):
         load(tmp_path / "mislabelled.safetensors")
+
+
+def test_an_unreferenced_array_in_the_file_is_refused(tmp_path):
+    path = tmp_path / "x.npz"
+    save({"a": np.zeros(2)}, path)
+    with zipfile.ZipFile(path, "a") as zf, zf.open("b.npy", "w") as member:
+        np.lib.format.write_array(member, np.ones(3), allow_pickle=False)
+    with pytest.raises(CorruptFileError, match=r"unreferenced: \['b'\]"):
+        load(path)
 
 
 @pytest.mark.parametrize("suffix", FORMATS)

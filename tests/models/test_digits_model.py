@@ -50,6 +50,23 @@ def test_attention_options():
     assert isinstance(DigitsCNN(attention="sam").block2.attn, SpatialAttention)
 
 
+def test_block_attention_sees_the_rectified_features():
+    from minicbam import nn
+    from minicbam.models.digits import ConvBlock
+
+    class Record(nn.Module):
+        def forward(self, x):
+            self.seen = x
+            return x * -1.0  # the block's output is the attention's, unrectified
+
+    blk = ConvBlock(1, 4, Record()).double()
+    x = mc.tensor(np.random.default_rng(1).standard_normal((2, 1, 5, 5)))
+    y = blk(x).numpy()
+    seen = blk.attn.seen.numpy()
+    assert (seen >= 0).all() and (seen > 0).any()  # conv -> BN -> ReLU -> attention
+    np.testing.assert_array_equal(y, -seen)
+
+
 def test_attention_maps_after_forward():
     model = DigitsCNN().eval()
     model(mc.randn(4, 1, 8, 8))

@@ -143,6 +143,14 @@ def test_torchvision_initialisation():
     assert zero.layer1[0].bn1.weight.numpy().all()
 
 
+def test_zero_init_residual_zeroes_each_blocks_last_bn():
+    model = resnet50(zero_init_residual=True, width=2)
+    for name, blk in model.named_modules():
+        if isinstance(blk, Bottleneck):
+            assert not blk.bn3.weight.numpy().any(), name
+            assert blk.bn2.weight.numpy().all() and blk.bn1.weight.numpy().all(), name
+
+
 # ----------------------------------------------------------------------------- placement
 class Zero(nn.Module):
     def forward(self, x):

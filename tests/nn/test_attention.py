@@ -228,6 +228,16 @@ def test_official_preset():
     assert abs(conv.std() - np.sqrt(2 / 49)) < 0.3 * np.sqrt(2 / 49)  # fan_out = 1 * 7 * 7
 
 
+def test_official_spatial_conv_is_kaiming_normal_fan_out():
+    # fan_out = 1 * k * k (one output map), fan_in = 2 * k * k: the stds differ by sqrt(2)
+    mc.manual_seed(3)
+    w = np.concatenate(
+        [CBAM.official(8, 2, 7).spatial.conv.weight.numpy().ravel() for _ in range(20)]
+    )
+    assert w.std() == pytest.approx(np.sqrt(2 / 49), rel=0.1)
+    assert abs(w.mean()) < 0.05
+
+
 @pytest.mark.parametrize("c, r, hidden", [(64, 16, 4), (24, 16, 2), (40, 16, 3), (8, 16, 1)])
 def test_timm_preset(c, r, hidden):
     assert timm_hidden(c, r) == hidden  # make_divisible(c / r, 1, round_limit=0.)
@@ -316,6 +326,7 @@ def test_input_errors(module, shape, message):
         (lambda: SqueezeExcitation(8, 2.5), "reduction must be a positive int, got 2.5"),
         (lambda: ChannelAttention(8, pool_types=("lse",)), "pool_types must be distinct"),
         (lambda: ChannelAttention(8, pool_types=()), "pool_types must be distinct"),
+        (lambda: ChannelAttention(8, pool_types=("avg", "avg")), "pool_types must be distinct"),
         (lambda: CBAM(8, kernel_size=4), "kernel_size must be 3 or 7, got 4"),
         (lambda: make_attention("bam", 8), "attention must be one of"),
         (lambda: make_attention("cbam", 8, "keras"), "attention_variant must be one of"),

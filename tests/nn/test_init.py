@@ -50,6 +50,13 @@ def test_kaiming_normal_and_xavier_statistics():
     assert a.mean() == pytest.approx(3.0, abs=0.01) and a.std() == pytest.approx(0.5, rel=0.01)
 
 
+def test_xavier_normal_statistics():
+    mc.manual_seed(2)
+    a = init.xavier_normal_(mc.zeros(300, 200), gain=1.5).numpy()
+    assert a.std() == pytest.approx(1.5 * math.sqrt(2 / 500), rel=0.02)
+    assert abs(a.mean()) < 0.01
+
+
 def test_constant_inits_and_in_place_identity():
     p = nn.Parameter(mc.zeros(2, 3))
     array = p.data
@@ -68,6 +75,8 @@ def test_layer_defaults_match_pytorch_formulas():
     assert np.abs(conv.weight.numpy()).max() <= bound
     assert np.abs(conv.weight.numpy()).max() > 0.95 * bound
     assert np.abs(conv.bias.numpy()).max() <= bound
+    # the bias's bound is the weight's (fan_in), not 1 / sqrt(fan_out) (half of it here)
+    assert np.abs(conv.bias.numpy()).max() > 0.6 * bound
     lin = nn.Linear(100, 50)
     assert np.abs(lin.weight.numpy()).max() <= 0.1 and np.abs(lin.bias.numpy()).max() <= 0.1
     assert np.abs(lin.bias.numpy()).max() > 0.09  # the bound is 1 / sqrt(fan_in), not less

@@ -222,3 +222,16 @@ def test_dropout_modes():
     np.testing.assert_array_equal(drop(x).numpy(), y)  # reproducible under manual_seed
     drop.eval()
     np.testing.assert_array_equal(drop(x).numpy(), x.numpy())
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 5), (3, 2, 4), (2, 3, 2, 2)])
+def test_softmax_without_dim_uses_torch_legacy_dim(shape):
+    x = np.random.default_rng(5).standard_normal(shape)
+    legacy = 0 if len(shape) in (1, 3) else 1  # torch's _get_softmax_dim
+    e = np.exp(x - x.max(axis=legacy, keepdims=True))
+    want = e / e.sum(axis=legacy, keepdims=True)
+    np.testing.assert_allclose(nn.Softmax()(mc.tensor(x)).numpy(), want, rtol=1e-12)
+    np.testing.assert_allclose(nn.LogSoftmax()(mc.tensor(x)).numpy(), np.log(want), rtol=1e-10)
+    with pytest.warns(UserWarning):
+        ref = tnn.Softmax()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(want, ref, rtol=1e-12)

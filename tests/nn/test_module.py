@@ -556,3 +556,26 @@ def test_torch_also_names_the_key_of_a_non_tensor_value():
     if torch is not None:
         with pytest.raises(RuntimeError, match='"weight".*str'):
             torch.nn.Linear(2, 2).load_state_dict({"weight": "x", "bias": torch.zeros(2)})
+
+
+def test_pop_defaults_to_the_last_child_as_list():
+    a, b, c = nn.ReLU(), nn.Tanh(), nn.Sigmoid()
+    for kind in (nn.Sequential(a, b, c), nn.ModuleList([a, b, c])):
+        assert kind.pop() is c  # list.pop() semantics: the last one
+        assert list(kind) == [a, b] and list(kind._modules) == ["0", "1"]
+
+
+def test_a_parameter_tied_between_two_modules_is_listed_once():
+    a, b = nn.Linear(3, 3), nn.Linear(3, 3)
+    b.weight = a.weight  # weight tying: two modules, one Parameter
+    seq = nn.Sequential(a, b)
+    assert [n for n, _ in seq.named_parameters()] == ["0.weight", "0.bias", "1.bias"]
+    assert seq.num_parameters() == 9 + 3 + 3
+    names = [n for n, _ in seq.named_parameters(remove_duplicate=False)]
+    assert names == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    if torch is not None:
+        ta, tb = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+        tb.weight = ta.weight
+        assert [n for n, _ in torch.nn.Sequential(ta, tb).named_parameters()] == names[:2] + [
+            "1.bias"
+        ]

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 import minicbam as mc
 from minicbam import optim
-from minicbam.optim import lr_scheduler
 from minicbam.io.serialization import load, save
+from minicbam.optim import lr_scheduler
 
 EPOCHS = 25
 
@@ -164,6 +164,15 @@ def test_state_dict_round_trip(build, tmp_path):
     np.testing.assert_array_equal(lr_sequence(fresh, 4), lr_sequence(scheduler, 4))
 
 
+def test_load_state_dict_refuses_a_state_with_missing_entries():
+    scheduler = lr_scheduler.StepLR(make_optimizer(), 2, 0.5)
+    state = scheduler.state_dict()
+    del state["gamma"]
+    with pytest.raises(ValueError, match=r"missing: \['gamma'\]"):
+        scheduler.load_state_dict(state)
+    assert scheduler.gamma == 0.5
+
+
 def test_resuming_needs_initial_lr():
     with pytest.raises(KeyError, match="initial_lr"):
         lr_scheduler.StepLR(make_optimizer(), 2, last_epoch=4)
@@ -179,6 +188,14 @@ def test_resuming_needs_initial_lr():
         (
             lambda o: lr_scheduler.SequentialLR(o, [lr_scheduler.StepLR(o, 1)], [2]),
             "expected 0 milestones",
+        ),
+        (
+            lambda o: lr_scheduler.SequentialLR(
+                o,
+                [lr_scheduler.StepLR(o, 1), lr_scheduler.StepLR(o, 1), lr_scheduler.StepLR(o, 1)],
+                [3, 2],
+            ),
+            "positive and increasing",
         ),
         (
             lambda o: lr_scheduler.SequentialLR(

@@ -189,6 +189,20 @@ def test_step_with_closure_and_backward():
     np.testing.assert_allclose(p.numpy(), [1.5, -0.5])  # p - 0.25 * 2p
 
 
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adam])
+def test_step_bumps_the_version_of_updated_params(cls):
+    p = mc.tensor([3.0, -1.0], dtype=mc.float64, requires_grad=True)
+    frozen = mc.tensor([1.0], dtype=mc.float64, requires_grad=True)  # no grad: not updated
+    opt = cls([p, frozen], lr=0.1)
+    loss = (p * p).sum()  # saves p
+    p.grad = mc.ones_like(p)
+    before = (p._version, frozen._version)
+    opt.step()
+    assert (p._version, frozen._version) == (before[0] + 1, before[1])
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()  # as torch: the graph saved the old p
+
+
 # ----------------------------------------------------------------------------- vs torch
 def run_torch(torch, cls_name, kwargs, arrays, grads):
     params = [torch.tensor(a, requires_grad=True) for a in arrays]
