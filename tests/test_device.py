@@ -93,6 +93,29 @@ def test_cuda_index_past_the_devices_is_refused(monkeypatch):
     assert device._cuda_index is None  # nothing was selected
 
 
+class _OneGpu:
+    """A stand-in for numba.cuda with a single device (no GPU or simulator needed)."""
+
+    def __init__(self):
+        self.gpus = [object()]
+        self.selected = []
+
+    def select_device(self, index):
+        self.selected.append(index)
+
+
+def test_cuda_index_past_the_devices_is_refused_on_any_machine(monkeypatch):
+    fake = _OneGpu()
+    monkeypatch.setattr(device, "cuda_is_available", lambda: True)
+    monkeypatch.setattr(device, "cuda_module", lambda: fake)
+    monkeypatch.setattr(device, "cuda_backend", lambda: "gpu")
+    monkeypatch.setattr(device, "_cuda_index", None)
+    with pytest.raises(ValueError, match=r"only 1 CUDA device\(s\) found \(cuda:0..0\)"):
+        device.normalize_device("cuda:1")
+    assert fake.selected == [] and device._cuda_index is None
+    assert device.normalize_device("cuda:0") == "cuda" and fake.selected == [0]
+
+
 def test_cpu_stays_cpu():
     assert device.normalize_device("cpu") == "cpu"
     assert device.device_of(np.zeros(3)) == "cpu"

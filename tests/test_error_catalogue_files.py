@@ -240,6 +240,16 @@ def _(tmp_path):
     return ["--resume", checkpoint(tmp_path / "c.safetensors", epoch="one")]
 
 
+@case("resume-epoch-negative", r"damaged checkpoint: 'epoch' is -1")
+def _(tmp_path):
+    return ["--resume", checkpoint(tmp_path / "c.safetensors", epoch=-1)]
+
+
+@case("resume-config-bool-for-an-int", r"damaged checkpoint: config 'epochs' is True")
+def _(tmp_path):
+    return ["--resume", checkpoint(tmp_path / "c.safetensors", e=set_config(epochs=True))]
+
+
 @case("resume-history-not-rows", r"damaged checkpoint: 'history'")
 def _(tmp_path):
     return ["--resume", checkpoint(tmp_path / "c.safetensors", history=[1, 2])]

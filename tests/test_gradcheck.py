@@ -89,6 +89,12 @@ def test_argument_errors():
         mc.gradcheck(lambda t: t * 2, x32)
 
 
+def test_a_gradient_the_inputs_already_hold_is_not_counted():
+    x = _leaf((2, 3), 12)
+    (x * 3.0).sum().backward()  # a stale .grad from an earlier step
+    assert mc.gradcheck(lambda t: t * t, x)
+
+
 def test_leaves_inputs_unchanged():
     x = _leaf((2, 2), 11)
     before = x.numpy()

@@ -35,6 +35,9 @@ def test_stamp_follows_kernel_sources_only(tmp_path):
         assert kernel_cache.source_stamp(str(copy)) != stamp, name
         path.write_text(original)
     assert kernel_cache.source_stamp(str(copy)) == stamp
+    # a kernel file renamed, contents unchanged: another module name, another stamp
+    (copy / "ops" / "unary.py").rename(copy / "ops" / "unary_renamed.py")
+    assert kernel_cache.source_stamp(str(copy)) != stamp
 
 
 def test_numba_caches_into_the_stamped_folder():

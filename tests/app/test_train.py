@@ -6,6 +6,7 @@ module takes seconds; they check plumbing and exact reproducibility, not accurac
 
 import csv
 import math
+import os
 
 import numpy as np
 import pytest
@@ -166,8 +167,15 @@ def test_config_validation_names_the_setting():
         TrainConfig(model="lenet").validate()
     with pytest.raises(UserError, match="--batch-size must be at least 1"):
         TrainConfig(batch_size=0).validate()
-    with pytest.raises(UserError, match="--lr must be a positive number"):
-        TrainConfig(lr=float("nan")).validate()
+    for lr in (float("nan"), float("inf"), 0.0, -1e-3):
+        with pytest.raises(UserError, match="--lr must be a positive number"):
+            TrainConfig(lr=lr).validate()
+
+
+def test_default_output_folder_names_model_attention_dataset():
+    config = TrainConfig(model="resnet18", attention="se", dataset="cifar10")
+    assert config.out_dir() == os.path.join("runs", "resnet18-se-cifar10")
+    assert TrainConfig(out="elsewhere").out_dir() == "elsewhere"
 
 
 def scheduled_lrs(**settings):
@@ -263,3 +271,30 @@ def test_resume_can_extend_a_run_and_keeps_its_settings(full_run, tmp_path, caps
     assert float(rows[2]["lr"]) == pytest.approx(expected, rel=1e-6)
     for row, old in zip(rows[:2], read_metrics(full_run / "metrics.csv")):
         assert row["lr"] == old["lr"]  # the epochs already trained keep their lrs
+
+
+def test_rng_state_round_trips_through_a_checkpoint_file(tmp_path):
+    from minicbam.app.checkpoint import rng_state, set_rng_state
+    from minicbam.io.serialization import load, save
+    from minicbam.tensor import generator
+
+    mc.manual_seed(3)
+    generator().integers(0, 2**32, dtype=np.uint32)  # leaves half a 64-bit word buffered
+    save({"rng": rng_state()}, str(tmp_path / "r.safetensors"))
+    expected = generator().integers(0, 2**32, 5, dtype=np.uint32), generator().random(3)
+    mc.manual_seed(99)
+    set_rng_state(load(str(tmp_path / "r.safetensors"))["rng"])
+    got = generator().integers(0, 2**32, 5, dtype=np.uint32), generator().random(3)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_best_epoch_is_the_first_with_the_highest_accuracy():
+    import types
+
+    from minicbam.app.train import record_epoch
+
+    run = types.SimpleNamespace(epoch=0, history=[], best_acc=-1.0)
+    flags = [record_epoch(run, (1.0, 0.5), (1.0, acc), 0.1, 0.0)[1] for acc in (0.5, 0.7, 0.7, 0.6)]
+    assert flags == [True, True, False, False]  # a tie keeps the earlier best.safetensors
+    assert run.best_acc == 0.7 and [row["epoch"] for row in run.history] == [1, 2, 3, 4]

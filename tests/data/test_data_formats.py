@@ -68,9 +68,10 @@ def test_read_idx_round_trips_every_type(tmp_path, gz, dtype, type_byte):
     np.testing.assert_array_equal(got, array)
 
 
-def test_read_idx_rejects_bad_magic(tmp_path):
+@pytest.mark.parametrize("position", [0, 1])
+def test_read_idx_rejects_bad_magic(tmp_path, position):
     payload = bytearray(idx_bytes(np.zeros((2, 3), np.uint8)))
-    payload[0] = 1
+    payload[position] = 1  # either of the two leading zero bytes
     path = write(tmp_path / "bad", bytes(payload), gz=False)
     with pytest.raises(ValueError, match="bad IDX magic"):
         read_idx(path)
@@ -159,6 +160,17 @@ def test_mnist_missing_files_lists_expected_names(tmp_path):
     assert "train-images-idx3-ubyte" in str(info.value)  # the expected list
     with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte, t10k-labels"):
         MNIST(tmp_path, train=False)
+
+
+def test_the_plain_file_wins_over_its_gz_and_root_over_raw(tmp_path):
+    # find_files' documented order: in each folder name before name.gz; root first.
+    write_mnist(tmp_path, "train", 3, gz=True)
+    write_mnist(tmp_path, "train", 2, gz=False)
+    write_mnist(tmp_path / "MNIST" / "raw", "train", 4, gz=False)
+    assert len(MNIST(tmp_path)) == 2
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (tmp_path / name).unlink()
+    assert len(MNIST(tmp_path)) == 3
 
 
 def test_mnist_count_mismatch(tmp_path):

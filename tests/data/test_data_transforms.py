@@ -143,6 +143,12 @@ def test_transformed_dataset_matches_its_documented_generator():
     assert ds[3][1] == 3  # the target is untouched without target_transform
     bare = TransformedDataset(np.arange(3), lambda v: v + 10)
     assert bare[2] == 12  # non-tuple samples are transformed whole
+    both = TransformedDataset(
+        TensorDataset(x, np.arange(4)), lambda v: v * 0, target_transform=lambda y: y + 100
+    )
+    image_out, target = both[2]
+    assert target == 102  # target_transform sees the target, not the image
+    np.testing.assert_array_equal(image_out, x[2] * 0)
 
 
 def run_epochs(dataset, epochs, start=0):

@@ -555,6 +555,8 @@ def test_dtype_mismatch():
 def test_bias_shape():
     with pytest.raises(ValueError, match=r"conv2d.*bias.*\(2,\).*\(3,\)"):
         conv2d(_t((1, 3, 5, 5)), _t((2, 3, 3, 3)), _t((3,)))
+    with pytest.raises(ValueError, match=r"conv2d.*bias.*\(2,\).*\(1, 2\)"):
+        conv2d(_t((1, 3, 5, 5)), _t((2, 3, 3, 3)), _t((1, 2)))  # the right size, not shape
 
 
 @pytest.mark.cuda

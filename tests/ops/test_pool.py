@@ -331,6 +331,7 @@ def test_adaptive_output_one_and_none():
     assert y.shape == idx.shape == (2, 3, 1, 1)
     np.testing.assert_array_equal(idx.numpy()[..., 0, 0], x.reshape(2, 3, -1).argmax(axis=2))
     assert adaptive_avg_pool2d(mc.tensor(x), (None, 2)).shape == (2, 3, 5, 2)
+    assert adaptive_avg_pool2d(mc.tensor(x), (2, None)).shape == (2, 3, 2, 4)  # W kept, not H
     assert adaptive_max_pool2d(mc.tensor(x[0]), 2).shape == (3, 2, 2)
 
 
