@@ -323,7 +323,9 @@ def _load_safetensors(data, path):
         name: _safetensors_array(info, name, path) for name, info in safetensors.deserialize(data)
     }
     if not isinstance(metadata, dict) or _TREE_KEY not in metadata:
-        return dict(sorted(flat.items()))  # safetensors orders tensors by offset, not by name
+        # safetensors.deserialize lists the tensors in no fixed order (it differs between
+        # calls on one file): sort by name, so a file loads in the same order every time
+        return dict(sorted(flat.items()))
     return _decode_file_tree(metadata[_TREE_KEY], flat, path)
 
 

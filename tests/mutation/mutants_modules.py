@@ -701,7 +701,7 @@ MODULE_MUTANTS = [
     ms(
         "n-ser-flat-unsorted",
         SER,
-        "return dict(sorted(flat.items()))  # safetensors orders tensors by offset, not by name",
+        "return dict(sorted(flat.items()))",
         "return flat",
         T_SER,
         "load (flat safetensors): the keys in deserialize's (unordered) order instead of by name",
