@@ -310,6 +310,10 @@ def markdown(results, modes, command, started, wall):
             )
     skipped = [r for r in results if r["status"] != "applied"]
     lines.append(f"- not applicable (snippet missing, not counted): {len(skipped)}")
+    provenance = os.path.join(HERE, "PROVENANCE.md")
+    if os.path.exists(provenance):  # which tree and which run each group of records came from
+        with open(provenance, encoding="utf-8") as f:
+            lines += ["", f.read().strip()]
     lines += [
         "",
         "| id | file | " + " | ".join(modes) + " | description |",
