@@ -21,9 +21,8 @@ values, as much work as the products when COg is small (im2col was ~6 ms of a 17
 forward). So when Cg * COg <= DIRECT_MAX_PRODUCT (channels per group, input times output; the
 kernel size cancels out) conv2d_direct.py computes y, gx and gw directly, on both devices.
 
-On the CPU, float32 3x3 convolutions with stride 1, dilation 1, one group, padding <= 2,
-at least WINOGRAD_MIN_CHANNELS input and output channels and at least WINOGRAD_MIN_FLOPS
-of work (a ResNet's convs, not a digits CNN's) use Winograd F(4x4, 3x3)
+On the CPU, float32 3x3 convolutions with stride 1, dilation 1, one group, padding <= 2
+and at least WINOGRAD_MIN_CHANNELS input and output channels use Winograd F(4x4, 3x3)
 (kernels/winograd.py) for y, gx and gW: 4x fewer multiplies than im2col + GEMM, batched over
 the whole batch. float64 stays on im2col + GEMM (an exact sum, for gradcheck) unless
 WINOGRAD = "always" (the tests' hook, to gradcheck the Winograd path in float64).
@@ -73,11 +72,6 @@ DIRECT_MAX_PRODUCT = 8
 # float dtype (tests); "never": off. Below WINOGRAD_MIN_CHANNELS the GEMMs are too thin to pay.
 WINOGRAD = "auto"
 WINOGRAD_MIN_CHANNELS = 16
-# ... and only convs of at least this many direct multiply-add flops (2 N CO C 9 OH OW): below
-# it im2col + GEMM was as fast (fwd + bwd within +-7%, 75-600 MFLOP, docs/performance.md), and
-# a small model that never reaches Winograd does not compile its three transforms (~3.5 s of
-# a first run's compiling: the digits CNN's 32 -> 64 conv at 4x4 is 75 MFLOP at batch 128).
-WINOGRAD_MIN_FLOPS = 1 << 28
 POINTWISE = "auto"  # 1x1 convs as batch-wide GEMMs: "auto" (CUDA), "always" or "never"
 MIN_POOLED_FLOPS = 1 << 27  # smaller convs (the digits CNN's) run on the calling thread
 # CPU convs with a kernel larger than 1x1 whose products reduce over at most this many
@@ -162,8 +156,7 @@ class Conv2d(Function):
         if WINOGRAD == "always":
             return "winograd"
         wide = min(w.shape[0], w.shape[1]) >= WINOGRAD_MIN_CHANNELS
-        big = 2 * x.shape[0] * w.shape[0] * w.shape[1] * 9 * self.L >= WINOGRAD_MIN_FLOPS
-        return "winograd" if wide and big and x.dtype == np.float32 else "im2col"
+        return "winograd" if wide and x.dtype == np.float32 else "im2col"
 
     def forward(self, x, w, b=None):
         shape = self._setup(x, w)

@@ -51,7 +51,7 @@ GEMM_T = ["tests/kernels/test_gemm.py"]
 WINO_SELECT = "test_winograd"
 # the written-out 1-D transforms checked against B^T, A^T and A themselves (no compile)
 WINO_TRANSFORMS = ["tests/ops/test_conv2d.py::test_winograd_transforms_match_their_matrices"]
-CONV_ROUTE_SELECT = "path_rule or algorithm or winograd_float32 or size_floor"
+CONV_ROUTE_SELECT = "path_rule or algorithm or winograd_float32"
 
 
 UNARY, BINARY = "minicbam/ops/unary.py", "minicbam/ops/binary.py"
@@ -1277,8 +1277,8 @@ MUTANTS = [
     ms(
         "conv-route-float64-winograd",
         CONV_PY,
-        'return "winograd" if wide and big and x.dtype == np.float32 else "im2col"',
-        'return "winograd" if wide and big else "im2col"',
+        'return "winograd" if wide and x.dtype == np.float32 else "im2col"',
+        'return "winograd" if wide else "im2col"',
         CONV,
         "[cpu] conv2d routing: float64 sent to Winograd (inexact) by default",
         CONV_ROUTE_SELECT,
@@ -1290,24 +1290,6 @@ MUTANTS = [
         "wide = max(w.shape[0], w.shape[1]) >= WINOGRAD_MIN_CHANNELS",
         CONV,
         "[cpu] conv2d routing: Winograd once either side is wide (thin GEMMs included)",
-        CONV_ROUTE_SELECT,
-    ),
-    ms(
-        "conv-route-min-flops-strict",
-        CONV_PY,
-        "* 9 * self.L >= WINOGRAD_MIN_FLOPS",
-        "* 9 * self.L > WINOGRAD_MIN_FLOPS",
-        CONV,
-        "[cpu] conv2d routing: a conv of exactly WINOGRAD_MIN_FLOPS kept off Winograd",
-        CONV_ROUTE_SELECT,
-    ),
-    ms(
-        "conv-route-min-flops-per-sample",
-        CONV_PY,
-        "big = 2 * x.shape[0] * w.shape[0]",
-        "big = 2 * w.shape[0]",
-        CONV,
-        "[cpu] conv2d routing: the size floor counts one sample, not the batch",
         CONV_ROUTE_SELECT,
     ),
     ms(

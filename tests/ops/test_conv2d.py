@@ -320,10 +320,9 @@ def test_winograd_gradcheck(schedule, case, seed):
     "x_shape, co, padding",
     [((2, 17, 9, 10), 19, 1), ((1, 16, 4, 4), 32, 2), ((3, 20, 5, 13), 16, 0)],
 )
-def test_winograd_float32_by_default_matches_float64(monkeypatch, x_shape, co, padding):
-    # the default rule (without its size floor) sends these float32 convs to Winograd; y and
-    # all gradients vs float64 im2col + GEMM (float64 stays there by default)
-    monkeypatch.setattr(conv2d_module, "WINOGRAD_MIN_FLOPS", 0)
+def test_winograd_float32_by_default_matches_float64(x_shape, co, padding):
+    # the default rule sends these float32 convs to Winograd; y and all gradients vs float64
+    # im2col + GEMM (float64 stays there by default)
     x, w, b = arrays(x_shape, 1), arrays((co, x_shape[1], 3, 3), 2), arrays((co,), 3)
     results = {}
     for dtype in (np.float32, np.float64):
@@ -366,33 +365,9 @@ def test_winograd_float32_by_default_matches_float64(monkeypatch, x_shape, co, p
         ((2, 4, 8, 8), (12, 2, 2, 2), {"groups": 2}, np.float32, "batched"),  # per group 8
     ],
 )
-def test_algorithm_rule(monkeypatch, x_shape, w_shape, kwargs, dtype, algorithm):
-    # the geometry and dtype rules on small shapes; the size floor: the next test
-    monkeypatch.setattr(conv2d_module, "WINOGRAD_MIN_FLOPS", 0)
+def test_algorithm_rule(x_shape, w_shape, kwargs, dtype, algorithm):
     x, w = leaf(arrays(x_shape, 1, dtype=dtype)), leaf(arrays(w_shape, 2, dtype=dtype))
     assert conv2d(x, w, **kwargs).creator.algorithm == algorithm
-
-
-def _routed(x_shape, w_shape, padding=1):
-    """The algorithm the default rule picks for these shapes (float32; nothing computed)."""
-    fn = conv2d_module.Conv2d((1, 1), (padding,) * 4, (1, 1), 1)
-    x, w = np.empty(x_shape, np.float32), np.empty(w_shape, np.float32)
-    fn._setup(x, w)
-    return fn._algorithm(x, w)
-
-
-def test_winograd_size_floor(monkeypatch):
-    # Winograd from WINOGRAD_MIN_FLOPS = 2 N CO C 9 OH OW on, exactly; im2col one sample below
-    per_sample = 2 * 16 * 16 * 9 * 8 * 8
-    monkeypatch.setattr(conv2d_module, "WINOGRAD_MIN_FLOPS", 3 * per_sample)
-    assert _routed((2, 16, 8, 8), (16, 16, 3, 3)) == "im2col"
-    assert _routed((3, 16, 8, 8), (16, 16, 3, 3)) == "winograd"
-    monkeypatch.undo()
-    # the default: the digits CNN's 32 -> 64 conv at 4x4 (batch 128) stays on im2col, a
-    # ResNet-18's 3x3 convs at batch 64 (32x32 down to 4x4 maps) go to Winograd
-    assert _routed((128, 32, 4, 4), (64, 32, 3, 3)) == "im2col"
-    for c, side in ((64, 32), (128, 16), (256, 8), (512, 4)):
-        assert _routed((64, c, side, side), (c, c, 3, 3)) == "winograd"
 
 
 @st.composite
