@@ -9,6 +9,7 @@ returns a launcher on first use, so importing minicbam never imports ``numba.cud
 costs ~0.4 s) and no CUDA kernel compiles before it is needed.
 """
 
+import contextlib
 import functools
 import math
 import sys
@@ -294,8 +295,26 @@ def synchronize():
 
 
 def flat(array):
-    """A 1-D view of a C-contiguous array (NumPy or CUDA)."""
+    """A 1-D view of a C-contiguous array (NumPy or CUDA). Of a non-contiguous NumPy array it
+    is a copy: fine for a kernel's input, never for an array the kernel updates (see
+    ``updated_in_place``)."""
     return array.reshape(array.size)
+
+
+@contextlib.contextmanager
+def updated_in_place(array):
+    """``with updated_in_place(a) as a1:`` a 1-D array for a kernel that updates ``a`` in place
+    (an optimizer's parameter). A non-contiguous NumPy array of 2 or more dimensions
+    (``p.data = w.T``) has no 1-D view, and ``flat`` would hand the kernel a copy whose update
+    is then lost: the kernel updates a contiguous copy instead, copied back into ``a`` on exit.
+    (A strided 1-D array, e.g. batch norm's running statistics as ``buf[::2]``, is its own
+    1-D view; it is copied too, so that kernels see one memory layout.)"""
+    if isinstance(array, np.ndarray) and not array.flags.c_contiguous:
+        work = np.ascontiguousarray(array)
+        yield work.reshape(work.size)
+        np.copyto(array, work)
+    else:
+        yield flat(array)
 
 
 # ----------------------------------------------------------------------------- launching

@@ -86,4 +86,5 @@ def adam_update_(p, g, m, v, vmax, step, lr, betas, eps, weight_decay, decoupled
     flags = (weight_decay != 0 and not decoupled, weight_decay != 0 and decoupled, amsgrad)
     if p.size:
         flat = device.flat
-        adam_kernel(flat(p), flat(g), flat(m), flat(v), flat(vmax if amsgrad else v), c, flags)
+        with device.updated_in_place(p) as p1:  # p may be a non-contiguous view (p.data = w.T)
+            adam_kernel(p1, flat(g), flat(m), flat(v), flat(vmax if amsgrad else v), c, flags)

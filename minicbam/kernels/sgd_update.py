@@ -69,4 +69,5 @@ def sgd_update_(p, g, buf, first, lr, momentum, dampening, weight_decay, nestero
     flags = (weight_decay != 0, momentum != 0, bool(first), bool(nesterov))
     if p.size:
         flat = device.flat
-        sgd_kernel(flat(p), flat(g), flat(p if buf is None else buf), c, flags)
+        with device.updated_in_place(p) as p1:  # p may be a non-contiguous view (p.data = w.T)
+            sgd_kernel(p1, flat(g), p1 if buf is None else flat(buf), c, flags)

@@ -567,6 +567,33 @@ MODULE_MUTANTS = [
         "adamw_default",
     ),
     ms(
+        "n-sgd-update-flattened-copy",
+        "minicbam/kernels/sgd_update.py",
+        "with device.updated_in_place(p) as p1:",
+        "with device.updated_in_place(flat(p)) as p1:",
+        T_OPTIM,
+        "SGD: the fused kernel updates a flattened copy of a non-contiguous parameter",
+        "non_contiguous",
+    ),
+    ms(
+        "n-adam-update-flattened-copy",
+        "minicbam/kernels/adam_update.py",
+        "with device.updated_in_place(p) as p1:",
+        "with device.updated_in_place(flat(p)) as p1:",
+        T_OPTIM,
+        "Adam: the fused kernel updates a flattened copy of a non-contiguous parameter",
+        "non_contiguous",
+    ),
+    ms(
+        "n-in-place-only-1d-copied",
+        "minicbam/device.py",
+        "if isinstance(array, np.ndarray) and not array.flags.c_contiguous:",
+        "if isinstance(array, np.ndarray) and array.ndim == 1 and not array.flags.c_contiguous:",
+        T_OPTIM,
+        "updated_in_place: only 1-D strided arrays copied back (a transposed parameter not)",
+        "non_contiguous",
+    ),
+    ms(
         "n-optim-duplicate-param-allowed",
         OPTIMIZER,
         "        if any(id(p) in seen for p in params):\n"

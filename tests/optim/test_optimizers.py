@@ -301,3 +301,29 @@ def test_non_leaf_and_duplicate_params_are_rejected():
         optim.SGD([x * 2], lr=0.1)
     with pytest.raises(ValueError, match="more than one parameter group"):
         optim.SGD([{"params": [x]}, {"params": [x]}], lr=0.1)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: optim.SGD(ps, lr=0.1),
+        lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+        lambda ps: optim.Adam(ps, lr=0.1, amsgrad=True),
+        lambda ps: optim.AdamW(ps, lr=0.1),
+    ],
+)
+def test_step_updates_a_non_contiguous_parameter(make):
+    # p.data set to a transposed view: the fused kernel has no 1-D view of it, and updating
+    # a flattened copy would lose the step silently; the view (and its base) must change
+    # exactly as a contiguous parameter does
+    base = np.arange(12, dtype=np.float64).reshape(4, 3) / 7
+    view = mc.tensor(np.zeros((3, 4)), requires_grad=True)
+    view.data = base.T
+    plain = mc.tensor(base.T.copy(), requires_grad=True)
+    grads = make_grads(5, shapes=[(3, 4)], steps=3)
+    got = run_minicbam(make([view]), [view], grads)[0]
+    want = run_minicbam(make([plain]), [plain], grads)[0]
+    assert not view.data.flags.c_contiguous and view.data.base is base  # still the view
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(base.T, want)
+    assert not np.array_equal(want, np.arange(12).reshape(4, 3).T / 7)  # it did move
