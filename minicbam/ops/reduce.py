@@ -44,11 +44,14 @@ ROW_SEGMENT = 1 << 16  # elements per CPU task when a few long rows (a loss's su
 def _sum_rows_cpu(out, x, K, zero):
     R = out.size
     S = (K + ROW_SEGMENT - 1) // ROW_SEGMENT
+    # The loops run over 1-D views (x[a:b]), not over x[r * K + k]: a computed index keeps a
+    # negative-index check per element, which stopped LLVM vectorising the sum (a (64, 64, 32,
+    # 32) float32 total: 2.2 ms -> 1.1 ms on 2 cores, docs/performance.md).
     if R >= 8 or S < 2:  # enough rows to share out, or short ones: one task per row
         for r in prange(R):
             acc = zero
-            for k in range(K):
-                acc += x[r * K + k]
+            for v in x[r * K : (r + 1) * K]:
+                acc += v
             out[r] = acc
         return
     # few long rows: fixed segments of ROW_SEGMENT as tasks, their partials added in order,
@@ -57,8 +60,8 @@ def _sum_rows_cpu(out, x, K, zero):
     for p in prange(R * S):
         r, j = p // S, p % S
         acc = zero
-        for k in range(j * ROW_SEGMENT, min(K, (j + 1) * ROW_SEGMENT)):
-            acc += x[r * K + k]
+        for v in x[r * K + j * ROW_SEGMENT : r * K + min(K, (j + 1) * ROW_SEGMENT)]:
+            acc += v
         partials[p] = acc
     for r in range(R):
         acc = zero
@@ -145,10 +148,11 @@ def _sum_columns_cpu(out, x, R, zero):
         j1 = min(J, j0 + COLUMN_BLOCK)
         acc = np.full(j1 - j0, zero)
         for r in range(R):
-            for j in range(j0, j1):
-                acc[j - j0] += x[r * J + j]
-        for j in range(j0, j1):
-            out[j] = acc[j - j0]
+            row = x[r * J + j0 : r * J + j1]  # a view: the add vectorises (4-5x, as the rows')
+            for j in range(j1 - j0):
+                acc[j] += row[j]
+        for j in range(j1 - j0):
+            out[j0 + j] = acc[j]
 
 
 @device.cuda_factory

@@ -208,6 +208,14 @@ MUTANTS = [
         "[cpu] column sum: the partial last block of 256 columns skipped (J > 256, J % 256 != 0)",
     ),
     m(
+        "sum-columns-cpu-first-row",
+        REDUCE,
+        "        for r in range(R):\n            row = x[r * J + j0 : r * J + j1]",
+        "        for r in range(1, R):\n            row = x[r * J + j0 : r * J + j1]",
+        CORE,
+        "[cpu] column sum: the first row of every block of columns left out",
+    ),
+    m(
         "sum-columns-cuda-first-row",
         REDUCE,
         "for r in range(s * L, min(R, s * L + L)):",
@@ -242,8 +250,8 @@ MUTANTS = [
     m(
         "sum-rows-cpu-last",
         REDUCE,
-        "        for r in prange(R):\n            acc = zero\n            for k in range(K):\n",
-        "        for r in prange(R):\n            acc = zero\n            for k in range(K - 1):\n",
+        "            for v in x[r * K : (r + 1) * K]:\n",
+        "            for v in x[r * K : (r + 1) * K - 1]:\n",
         CORE,
         "[cpu] row sum: the last element of each row skipped",
     ),
@@ -1460,8 +1468,8 @@ MUTANTS = [
     ms(
         "sum-rows-segment-last-element",
         REDUCE,
-        "range(j * ROW_SEGMENT, min(K, (j + 1) * ROW_SEGMENT))",
-        "range(j * ROW_SEGMENT, min(K, (j + 1) * ROW_SEGMENT) - 1)",
+        "r * K + min(K, (j + 1) * ROW_SEGMENT)]:",
+        "r * K + min(K, (j + 1) * ROW_SEGMENT) - 1]:",
         ["tests/ops/test_long_rows.py"],
         "[cpu] sum of few long rows: each segment's last element left out",
         None,
