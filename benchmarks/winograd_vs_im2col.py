@@ -104,7 +104,7 @@ def main():
         ]
         wino, im2col = (float(np.median(v)) for v in zip(*pairs))
         mflop = 2 * n * c * co * 9 * side * side / 1e6
-        print(f"{str(shape):<22} {mflop:6.0f} {wino:12.2f} {im2col:10.2f} {im2col / wino:.2f}")
+        print(f"{shape!s:<22} {mflop:6.0f} {wino:12.2f} {im2col:10.2f} {im2col / wino:.2f}")
 
 
 if __name__ == "__main__":
