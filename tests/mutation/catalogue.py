@@ -492,10 +492,26 @@ MUTANTS = [
     m(
         "im2col-cpu-dilation-axis",
         IM2COL,
-        "                h = oh * sh - ph + kh * dh\n                base = oh * OW\n                if h < 0 or h >= H:\n                    for ow in range(OW):",
-        "                h = oh * sh - ph + kh * dw\n                base = oh * OW\n                if h < 0 or h >= H:\n                    for ow in range(OW):",
+        "h = (np.arange(OH) * sh - ph)[None, :] + (np.arange(KH) * dh)[:, None]",
+        "h = (np.arange(OH) * sh - ph)[None, :] + (np.arange(KH) * dw)[:, None]",
         CONV,
         "[cpu] im2col: row dilation swapped with the column dilation",
+    ),
+    m(
+        "im2col-table-right-edge",
+        IM2COL,
+        "rows_in, cols_in = (h >= 0) & (h < H), (w >= 0) & (w < W)",
+        "rows_in, cols_in = (h >= 0) & (h < H), (w >= 0) & (w <= W)",
+        CONV,
+        "[cpu] im2col's table: the column just past the right edge read (the next row's first value) instead of padding",
+    ),
+    m(
+        "col2im-table-skips-last-tap",
+        IM2COL,
+        "        for k in range(KK):\n            row, s = gcol[n, c * KK + k], src[k]\n            for q in range(L):\n                j = s[q]\n                if j >= 0:",
+        "        for k in range(KK - 1):\n            row, s = gcol[n, c * KK + k], src[k]\n            for q in range(L):\n                j = s[q]\n                if j >= 0:",
+        CONV,
+        "[cpu] col2im: the last tap (kh, kw) = (KH-1, KW-1) of each plane never added",
     ),
     m(
         "im2col-cuda-dilation-axis",
@@ -516,10 +532,10 @@ MUTANTS = [
     m(
         "col2im-overwrite",
         IM2COL,
-        "gx[n, c, h, w0 + ow] += gcol[n, r, base + ow]",
-        "gx[n, c, h, w0 + ow] = gcol[n, r, base + ow]",
+        "                    plane[j] += row[q]",
+        "                    plane[j] = row[q]",
         CONV + IM2COL_K,
-        "[cpu] col2im_plane: unit-stride taps overwrite instead of accumulate",
+        "[cpu] col2im: each tap overwrites the plane instead of adding into it",
     ),
     m(
         "col2im-cuda-gather-overwrite",
