@@ -40,6 +40,20 @@ def _median_ms(fn, calls):
     return 1e3 * float(np.median(times))
 
 
+def _steps(x, w, stride, padding):
+    """(forward, forward + backward) of conv2d(x, w) as no-argument callables."""
+
+    def forward():
+        with mc.no_grad():
+            F.conv2d(x, w, stride=stride, padding=padding)
+
+    def forward_backward():
+        x.grad = w.grad = None
+        F.conv2d(x, w, stride=stride, padding=padding).sum().backward()
+
+    return forward, forward_backward
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=11)
@@ -51,15 +65,7 @@ def main():
         x_data = rng.standard_normal((args.batch, c, side, side)).astype(np.float32)
         x = mc.tensor(x_data, requires_grad=True)
         w = mc.tensor(rng.standard_normal((co, c, k, k)).astype(np.float32), requires_grad=True)
-
-        def forward():
-            with mc.no_grad():
-                F.conv2d(x, w, stride=stride, padding=k // 2)
-
-        def forward_backward():
-            x.grad = w.grad = None
-            F.conv2d(x, w, stride=stride, padding=k // 2).sum().backward()
-
+        forward, forward_backward = _steps(x, w, stride, k // 2)
         fwd = _median_ms(forward, args.calls)
         both = _median_ms(forward_backward, args.calls)
         print(f"{name:<24} {fwd:11.2f} {both:11.2f}")
