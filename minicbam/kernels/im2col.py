@@ -16,8 +16,6 @@ the input value of one col entry, col2im_at sums the (at most KH*KW) col entries
 element, in the order the CPU adds them, so both devices give the same bits.
 """
 
-import functools
-
 import numpy as np
 from numba import int64, njit, prange
 from numba.extending import register_jitable
@@ -75,33 +73,36 @@ def col2im_at(gcol, n, c, h, w, geom, zero):
     return acc
 
 
-# CPU im2col: every plane of every call with one geometry reads the same input positions, so
-# they are listed once (tap_sources, cached) and each col row is a plain gather through its
+# CPU im2col: every plane of a call reads the same input positions, so they are listed once
+# per call (tap_sources: KH*KW*OH*OW entries, next to col's C*KH*KW*OH*OW per sample; the
+# CPU and CUDA kernels keep one argument list) and each col row is a plain gather through its
 # table: no per-row bounds logic, which dominated on short output rows (ResNet's stride-2
 # convs: OW = 4 to 16). 3-4x faster than a per-row loop with the bounds hoisted, at every
 # ResNet shape measured (docs/performance.md, "im2col"). One (n, c) plane per iteration, so
 # the input plane stays in L1/L2 while its KH*KW col rows are written; col may be a strided
 # view (conv2d's joined layout, (C*KH*KW, nb, L) seen as (nb, C*KH*KW, L)); each row is a
 # 1-D contiguous view. nogil: conv2d may call it from its worker threads.
-@functools.lru_cache(maxsize=64)
-def tap_sources(geom, H, W):
-    """src (KH*KW, OH*OW) int32, read-only: src[kh*KW + kw, oh*OW + ow] = h*W + w, the flat
-    position in an (H, W) input plane that tap (kh, kw) reads at output (oh, ow), or -1 where
-    that falls in the padding."""
+@register_jitable
+def tap_sources(src, geom, H, W):
+    """Fill src (KH*KW, OH*OW): src[kh*KW + kw, oh*OW + ow] = h*W + w, the flat position in
+    an (H, W) input plane that tap (kh, kw) reads at output (oh, ow), or -1 where that falls
+    in the padding."""
     KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = geom
-    h = (np.arange(OH) * sh - ph)[None, :] + (np.arange(KH) * dh)[:, None]  # (KH, OH)
-    w = (np.arange(OW) * sw - pw)[None, :] + (np.arange(KW) * dw)[:, None]  # (KW, OW)
-    rows_in, cols_in = (h >= 0) & (h < H), (w >= 0) & (w < W)
-    inside = rows_in[:, None, :, None] & cols_in[None, :, None, :]  # (KH, KW, OH, OW)
-    flat = h[:, None, :, None] * W + w[None, :, None, :]
-    src = np.where(inside, flat, -1).reshape(KH * KW, OH * OW).astype(np.int32)
-    src.flags.writeable = False
-    return src
+    for kh in range(KH):
+        for kw in range(KW):
+            for oh in range(OH):
+                h = oh * sh - ph + kh * dh
+                for ow in range(OW):
+                    w = ow * sw - pw + kw * dw
+                    inside = h >= 0 and h < H and w >= 0 and w < W
+                    src[kh * KW + kw, oh * OW + ow] = h * W + w if inside else -1
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _im2col_cpu(col, x, src, zero):
-    C, KK, L = x.shape[1], src.shape[0], src.shape[1]
+def _im2col_cpu(col, x, geom, zero):
+    C, KK, L = x.shape[1], geom[0] * geom[1], geom[8] * geom[9]
+    src = np.empty((KK, L), np.int64)  # KK*L entries, a small fraction of col's C*KK*L*nb
+    tap_sources(src, geom, x.shape[2], x.shape[3])
     planes = x.reshape(x.shape[0], C, x.shape[2] * x.shape[3])
     for i in prange(col.shape[0] * C):
         t = int64(i)  # a prange index can be unsigned; keep index maths signed
@@ -118,8 +119,10 @@ def _im2col_cpu(col, x, src, zero):
 # of gcol[n] added into it in tap order, then position order (each gx element gets its
 # entries in (kh, kw) order, as col2im_at sums them on CUDA: the same bits on both devices).
 @njit(parallel=True, cache=True, nogil=True)
-def _col2im_cpu(gx, gcol, src, zero):
-    C, KK, L = gx.shape[1], src.shape[0], src.shape[1]
+def _col2im_cpu(gx, gcol, geom, zero):
+    C, KK, L = gx.shape[1], geom[0] * geom[1], geom[8] * geom[9]
+    src = np.empty((KK, L), np.int64)
+    tap_sources(src, geom, gx.shape[2], gx.shape[3])
     planes = gx.reshape(gx.shape[0], C, gx.shape[2] * gx.shape[3])
     for i in prange(gx.shape[0] * C):
         t = int64(i)
@@ -178,25 +181,16 @@ col2im_kernel = Kernel(
 def im2col(col, x, geom):
     """Fill col (nb, C*KH*KW, OH*OW) from x (nb, C, H, W); see the module docstring."""
     if col.size:
-        geom = tuple(int(g) for g in geom)
         if isinstance(x, np.ndarray):
             x = np.ascontiguousarray(x)  # (a batch slice already is: no copy)
-            src = tap_sources(geom, x.shape[2], x.shape[3])
-            im2col_kernel.call_cpu(col.size, col, x, src, x.dtype.type(0))
-        else:
-            im2col_kernel(col, x, geom, x.dtype.type(0))
+        im2col_kernel(col, x, tuple(int(g) for g in geom), x.dtype.type(0))
     return col
 
 
 def col2im(gx, gcol, geom):
     """Fill gx (nb, C, H, W) with the adjoint of im2col applied to gcol."""
     if gx.size:
-        geom = tuple(int(g) for g in geom)
-        if isinstance(gx, np.ndarray):
-            if not gx.flags.c_contiguous:
-                raise ValueError("col2im: gx must be C-contiguous (it is written in place)")
-            src = tap_sources(geom, gx.shape[2], gx.shape[3])
-            col2im_kernel.call_cpu(gcol.size, gx, gcol, src, gx.dtype.type(0))
-        else:
-            col2im_kernel(gx, gcol, geom, gx.dtype.type(0))
+        if isinstance(gx, np.ndarray) and not gx.flags.c_contiguous:
+            raise ValueError("col2im: gx must be C-contiguous (it is written in place)")
+        col2im_kernel(gx, gcol, tuple(int(g) for g in geom), gx.dtype.type(0))
     return gx
