@@ -10,12 +10,11 @@ a before/after yardstick for the im2col path (the fair comparison with PyTorch i
 """
 
 import argparse
-import time
 
 import numpy as np
+import workloads
 
 import minicbam as mc
-import minicbam.nn.functional as F
 
 # (name, C, C_out, side, kernel, stride); padding kernel // 2
 CONVS = [
@@ -29,31 +28,6 @@ CONVS = [
 ]
 
 
-def _median_ms(fn, calls):
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
-
-
-def _steps(x, w, stride, padding):
-    """(forward, forward + backward) of conv2d(x, w) as no-argument callables."""
-
-    def forward():
-        with mc.no_grad():
-            F.conv2d(x, w, stride=stride, padding=padding)
-
-    def forward_backward():
-        x.grad = w.grad = None
-        F.conv2d(x, w, stride=stride, padding=padding).sum().backward()
-
-    return forward, forward_backward
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=11)
@@ -65,9 +39,9 @@ def main():
         x_data = rng.standard_normal((args.batch, c, side, side)).astype(np.float32)
         x = mc.tensor(x_data, requires_grad=True)
         w = mc.tensor(rng.standard_normal((co, c, k, k)).astype(np.float32), requires_grad=True)
-        forward, forward_backward = _steps(x, w, stride, k // 2)
-        fwd = _median_ms(forward, args.calls)
-        both = _median_ms(forward_backward, args.calls)
+        forward, forward_backward = workloads.mc_conv_steps(x, w, stride, k // 2)
+        fwd = workloads.median_ms(forward, args.calls, warmup=2)
+        both = workloads.median_ms(forward_backward, args.calls, warmup=2)
         print(f"{name:<24} {fwd:11.2f} {both:11.2f}")
 
 

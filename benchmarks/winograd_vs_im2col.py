@@ -13,12 +13,11 @@ Adam step (batch 128) under "always" and "never" instead.
 
 import argparse
 import importlib
-import time
 
 import numpy as np
+import workloads
 
 import minicbam as mc
-import minicbam.nn.functional as F
 
 # the module (``minicbam.ops.conv2d`` as an attribute is the function of that name)
 conv2d_module = importlib.import_module("minicbam.ops.conv2d")
@@ -47,36 +46,18 @@ def _conv_step(shape):
     rng = np.random.default_rng(0)
     x = mc.tensor(rng.standard_normal((n, c, side, side)).astype(np.float32), requires_grad=True)
     w = mc.tensor(rng.standard_normal((co, c, 3, 3)).astype(np.float32), requires_grad=True)
-
-    def step():
-        x.grad = w.grad = None
-        F.conv2d(x, w, padding=1).sum().backward()
-
-    return step
+    return workloads.mc_conv_steps(x, w, padding=1)[1]
 
 
 def _digits_step():
-    import workloads
-
     return workloads.WORKLOADS["digits_cbam_train"].minicbam(False)
-
-
-def _median_ms(step, calls, warmup=3):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
 
 
 def _timed(setting, step, calls):
     saved = conv2d_module.WINOGRAD
     conv2d_module.WINOGRAD = setting
     try:
-        return _median_ms(step, calls)
+        return workloads.median_ms(step, calls, warmup=3)
     finally:
         conv2d_module.WINOGRAD = saved
 

@@ -19,6 +19,7 @@ PyTorch's own defaults. minicbam is imported inside the minicbam builders only.
 """
 
 import collections
+import time
 
 import numpy as np
 
@@ -58,6 +59,35 @@ def mc_fwd(module, x):
             module(x)
 
     return step
+
+
+def mc_conv_steps(x, w, stride=1, padding=0):
+    """(forward under no_grad, forward + backward of the sum) of conv2d(x, w) as steps."""
+    import minicbam as mc
+    import minicbam.nn.functional as F
+
+    def forward():
+        with mc.no_grad():
+            F.conv2d(x, w, stride=stride, padding=padding)
+
+    def forward_backward():
+        x.grad = w.grad = None
+        F.conv2d(x, w, stride=stride, padding=padding).sum().backward()
+
+    return forward, forward_backward
+
+
+def median_ms(step, calls, warmup):
+    """Median wall time of ``calls`` calls of ``step`` after ``warmup`` untimed ones, in ms
+    (for the one-framework before/after scripts; run.py has its own per-process timing)."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
 
 
 def torch_fwd_bwd(module, x):
