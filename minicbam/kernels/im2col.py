@@ -10,9 +10,9 @@ For x (N, C, H, W) and col (N, C*KH*KW, OH*OW), row r = (c*KH + kh)*KW + kw:
 
 col2im is written as a gather, so it needs no atomics and is deterministic. On the CPU one
 task owns one plane (n, c) of gx and adds every column entry that im2col read from it (rows
-r = (c, kh, kw) of gcol[n]), and a task fills one plane's rows of col, both through one table
-of input positions that every plane of a call shares (``tap_sources``). On CUDA one thread owns one element: im2col_at reads
-the input value of one col entry, col2im_at sums the (at most KH*KW) col entries of one gx
+r = (c, kh, kw) of gcol[n]), and a task fills one plane's rows of col, both through one
+table of input positions that every plane of a call shares (``tap_sources``). On CUDA one
+thread owns one element: im2col_at reads the input value of one col entry, col2im_at sums the (at most KH*KW) col entries of one gx
 element, in the order the CPU adds them, so both devices give the same bits.
 """
 
@@ -77,11 +77,11 @@ def col2im_at(gcol, n, c, h, w, geom, zero):
 # per call (tap_sources: KH*KW*OH*OW entries, next to col's C*KH*KW*OH*OW per sample; the
 # CPU and CUDA kernels keep one argument list) and each col row is a plain gather through its
 # table: no per-row bounds logic, which dominated on short output rows (ResNet's stride-2
-# convs: OW = 4 to 16). 3-4x faster than a per-row loop with the bounds hoisted, at every
-# ResNet shape measured (docs/performance.md, "im2col"). One (n, c) plane per iteration, so
-# the input plane stays in L1/L2 while its KH*KW col rows are written; col may be a strided
-# view (conv2d's joined layout, (C*KH*KW, nb, L) seen as (nb, C*KH*KW, L)); each row is a
-# 1-D contiguous view. nogil: conv2d may call it from its worker threads.
+# convs: OW = 4 to 16; their times before and after: docs/performance.md, "im2col"). One
+# (n, c) plane per iteration, so the input plane stays in L1/L2 while its KH*KW col rows are
+# written; col may be a strided view (conv2d's joined layout, (C*KH*KW, nb, L) seen as
+# (nb, C*KH*KW, L)); each row is a 1-D contiguous view. nogil: conv2d may call it from its
+# worker threads.
 @register_jitable
 def tap_sources(src, geom, H, W):
     """Fill src (KH*KW, OH*OW): src[kh*KW + kw, oh*OW + ow] = h*W + w, the flat position in
