@@ -80,12 +80,27 @@ def cpu_model():
     return platform.processor() or "(unknown)"
 
 
+def cpu_vector_isa():
+    """The widest x86 vector extension the CPU reports (avx512f, avx2, ...): hosts that share
+    a model name ("AMD EPYC") differ in it, and with it PyTorch's oneDNN kernels; "" when
+    /proc/cpuinfo says none of these."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(
+                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
+            )
+    except OSError:
+        return ""
+    return next((isa for isa in ("avx512f", "avx2", "avx", "sse4_2") if isa in flags), "")
+
+
 def base_environment():
     """What every process reports about the machine and the variables it saw."""
     env = {name: os.environ.get(name, "(unset)") for name in ENV_VARS}
     env.update(
         python=platform.python_version(),
         cpu=cpu_model(),
+        cpu_isa=cpu_vector_isa(),
         cpu_count=os.cpu_count(),
         loadavg=list(os.getloadavg()),
     )
