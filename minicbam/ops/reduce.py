@@ -40,29 +40,35 @@ ROW_SEGMENT = 1 << 16  # elements per CPU task when a few long rows (a loss's su
 
 # reassoc lets the row loops vectorise (a fixed order, set by the compiled code); NaN and
 # inf keep their meaning (no nnan / ninf flags)
+@njit(inline="always", fastmath={"reassoc", "nsz"})
+def _sum_view(row, zero):
+    """zero + the sum of the 1-D view ``row``, in zero's dtype."""
+    acc = zero
+    for k in range(row.size):
+        acc += row[k]
+    return acc
+
+
 @njit(parallel=True, cache=True, fastmath={"reassoc", "nsz"})
 def _sum_rows_cpu(out, x, K, zero):
     R = out.size
     S = (K + ROW_SEGMENT - 1) // ROW_SEGMENT
-    # The loops run over 1-D views (x[a:b]), not over x[r * K + k]: a computed index keeps a
-    # negative-index check per element, which stopped LLVM vectorising the sum (a (64, 64, 32,
-    # 32) float32 total: 2.2 ms -> 1.1 ms on 2 cores, docs/performance.md).
+    # The loops index 1-D views (row = x[a:b]; row[k] for k in range(row.size)), not x[r * K
+    # + k]: a computed index keeps a negative-index check per element, which stops LLVM
+    # vectorising the sum; iterating over the view (for v in row) ran 4x slower than indexing
+    # it on a 4M total (docs/performance.md, "Sums").
     if R >= 8 or S < 2:  # enough rows to share out, or short ones: one task per row
         for r in prange(R):
-            acc = zero
-            for v in x[r * K : (r + 1) * K]:
-                acc += v
-            out[r] = acc
+            out[r] = _sum_view(x[r * K : (r + 1) * K], zero)
         return
     # few long rows: fixed segments of ROW_SEGMENT as tasks, their partials added in order,
     # so the bits depend on the shape only (not on the thread count)
     partials = np.full(R * S, zero)
     for p in prange(R * S):
         r, j = p // S, p % S
-        acc = zero
-        for v in x[r * K + j * ROW_SEGMENT : r * K + min(K, (j + 1) * ROW_SEGMENT)]:
-            acc += v
-        partials[p] = acc
+        partials[p] = _sum_view(
+            x[r * K + j * ROW_SEGMENT : r * K + min(K, (j + 1) * ROW_SEGMENT)], zero
+        )
     for r in range(R):
         acc = zero
         for j in range(S):

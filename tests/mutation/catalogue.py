@@ -250,10 +250,18 @@ MUTANTS = [
     m(
         "sum-rows-cpu-last",
         REDUCE,
-        "            for v in x[r * K : (r + 1) * K]:\n",
-        "            for v in x[r * K : (r + 1) * K - 1]:\n",
+        "            out[r] = _sum_view(x[r * K : (r + 1) * K], zero)\n",
+        "            out[r] = _sum_view(x[r * K : (r + 1) * K - 1], zero)\n",
         CORE,
         "[cpu] row sum: the last element of each row skipped",
+    ),
+    m(
+        "sum-view-skips-first",
+        REDUCE,
+        "    for k in range(row.size):\n        acc += row[k]\n",
+        "    for k in range(1, row.size):\n        acc += row[k]\n",
+        CORE,
+        "[cpu] row sum: each row's (and segment's) first element left out",
     ),
     m(
         "sum-to-first-stretched-dim",
@@ -1484,8 +1492,8 @@ MUTANTS = [
     ms(
         "sum-rows-segment-last-element",
         REDUCE,
-        "r * K + min(K, (j + 1) * ROW_SEGMENT)]:",
-        "r * K + min(K, (j + 1) * ROW_SEGMENT) - 1]:",
+        "r * K + min(K, (j + 1) * ROW_SEGMENT)], zero",
+        "r * K + min(K, (j + 1) * ROW_SEGMENT) - 1], zero",
         ["tests/ops/test_long_rows.py"],
         "[cpu] sum of few long rows: each segment's last element left out",
         None,
