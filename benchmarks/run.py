@@ -8,7 +8,9 @@ alternate minicbam, torch, minicbam, torch, ... over ``--rounds`` rounds. Each p
 its workload, warms it up (``--warmup`` calls), times ``--repeats`` calls and reports its own
 median and its peak resident memory (RSS high-water mark). The table gives the median of the
 per-process medians, their spread (min-max) and the ratio ``torch / minicbam`` (above 1:
-minicbam is faster).
+minicbam is faster), then peak RSS, page faults per call and the cores each framework got
+(CPU seconds per wall second of its timed calls: on a shared host whose vCPUs are taken
+away at times, a framework that waits for its threads gets fewer).
 
 Fairness rules: the minicbam process is set up by ``import minicbam`` alone (which sets
 OMP_WAIT_POLICY=PASSIVE for itself); the torch process never imports minicbam, and its only
@@ -58,6 +60,7 @@ def time_calls(fn, repeats, warmup, usage=None):
         samples.append(time.perf_counter() - start)
     if usage is not None:
         after = resource.getrusage(resource.RUSAGE_SELF)
+        usage["timed_s"] = sum(samples)  # the wall time the CPU figures cover
         usage["minor_faults_per_call"] = (after.ru_minflt - before.ru_minflt) / repeats
         usage["user_cpu_s_per_call"] = (after.ru_utime - before.ru_utime) / repeats
         usage["sys_cpu_s_per_call"] = (after.ru_stime - before.ru_stime) / repeats
@@ -221,6 +224,8 @@ def summarise(name, describe, runs):
         for key in ("minor_faults_per_call", "user_cpu_s_per_call", "sys_cpu_s_per_call"):
             if all(key in r for r in mine):
                 row[f"{fw}_{key}"] = statistics.median(r[key] for r in mine)
+        if all("timed_s" in r for r in mine):
+            row[f"{fw}_cores"] = _cores(mine)
     if "torch_s" in row:
         row["ratio"] = row["torch_s"] / row["minicbam_s"]
         per_round = [
@@ -346,6 +351,7 @@ def cold_start_rows():
 HEADER = (
     f"{'workload':<24} {'minicbam median [min-max]':<38} {'torch median [min-max]':<38} "
     f"{'ratio':>6} {'peak RSS MiB mc/torch':>22} {'faults/call mc/torch':>21}"
+    f" {'cores mc/torch':>15}"
 )
 
 
@@ -367,10 +373,27 @@ def format_row(row):
     peak = "/".join("-" if p is None else f"{p:.0f}" for p in peaks)
     faults = [row.get(f"{fw}_minor_faults_per_call") for fw in FRAMEWORKS]
     fault = "/".join("-" if f is None else f"{f:.0f}" for f in faults)
+    cores = "/".join(
+        "-" if row.get(f"{fw}_cores") is None else f"{row[f'{fw}_cores']:.2f}" for fw in FRAMEWORKS
+    )
     return (
         f"{row['name']:<24} {cell('minicbam'):<38} {cell('torch'):<38} {ratio:>6} {peak:>22}"
-        f" {fault:>21}"
+        f" {fault:>21} {cores:>15}"
     )
+
+
+def _cores(runs):
+    """CPU seconds per wall second over a framework's timed calls (user + system, all
+    threads, every process): how much of the 2 cores it got. PyTorch's OpenMP threads spin
+    while they wait, so its figure counts waiting too; a parallel region that waits for a
+    descheduled thread shows up as fewer cores. None when the timed calls add up to under
+    0.1 s (the kernel's CPU accounting is too coarse for them)."""
+    timed = sum(r["timed_s"] for r in runs)
+    if timed < 0.1:
+        return None
+    calls = [len(r["samples_s"]) for r in runs]
+    cpu = sum((r["user_cpu_s_per_call"] + r["sys_cpu_s_per_call"]) * n for r, n in zip(runs, calls))
+    return cpu / timed
 
 
 def print_environment(processes):
