@@ -10,11 +10,14 @@ For x (N, C, H, W) and output (OH, OW), window oh spans rows [h0, h1) with (PyTo
           gx[n, c, ih, iw] = sum_{windows holding (ih, iw)} gy [argmax == ih W + iw]
 
 The windows holding row ih are oh in [floor(ih OH / H), ceil((ih + 1) OH / H)), so the
-gradients are gathers per input element (no atomics); the CPU kernel instead adds each
-window's share into its plane, one plane per task, in the same order. Output (1, 1) is global pooling and
-goes through the one-pass ``global_pool`` kernels.
+gradients are gathers per input element (no atomics); the CPU kernels instead add each
+window's share into its plane, in the same order. CUDA has one forward and one backward
+kernel for both kinds (``is_max``); the CPU has one per kind, so that a run using only one
+compiles only its loops. Output (1, 1) is global pooling and goes through the one-pass
+``global_pool`` kernels.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -118,21 +121,30 @@ def window_bounds(size, out_size):
 PLANE_BLOCK = 128
 
 
+# Average and maximum are separate CPU kernels (CUDA's kernel takes is_max): a run that
+# only averages (the digits CNN's head) compiles the average's loops only; one kernel with
+# both compiled about twice as long. Both keep the CUDA kernel's arguments (is_max unused),
+# so that one argument list serves both devices.
 @njit(parallel=True, cache=True)
-def _adaptive_cpu(y, argmax, x, g, is_max):
+def _adaptive_max_cpu(y, argmax, x, g, is_max):
     H, W, OH, OW = g
     P = y.size // (OH * OW)
     hb, wb = window_bounds(H, OH), window_bounds(W, OW)
-    if is_max:
-        for p in prange(P):  # one plane per iteration
-            p = int64(p)  # prange indices can be unsigned; keep the index maths signed
-            for oh in range(OH):
-                for ow in range(OW):
-                    i = (p * OH + oh) * OW + ow
-                    h0, h1, w0, w1 = hb[oh, 0], hb[oh, 1], wb[ow, 0], wb[ow, 1]
-                    window_reduce_cpu(y, argmax, x, i, p * H * W, h0, h1, w0, w1, W, True)
-        return
-    # average: window_reduce's sums (rows, then columns, from 0) for a block of planes
+    for p in prange(P):  # one plane per iteration
+        p = int64(p)  # prange indices can be unsigned; keep the index maths signed
+        for oh in range(OH):
+            for ow in range(OW):
+                i = (p * OH + oh) * OW + ow
+                h0, h1, w0, w1 = hb[oh, 0], hb[oh, 1], wb[ow, 0], wb[ow, 1]
+                window_reduce_cpu(y, argmax, x, i, p * H * W, h0, h1, w0, w1, W, True)
+
+
+@njit(parallel=True, cache=True)
+def _adaptive_avg_cpu(y, argmax, x, g, is_max):
+    H, W, OH, OW = g
+    P = y.size // (OH * OW)
+    hb, wb = window_bounds(H, OH), window_bounds(W, OW)
+    # window_reduce's sums (rows, then columns, from 0) for a block of planes
     x2, y2 = x.reshape(P, H * W), y.reshape(P, OH * OW)
     for b in prange((P + PLANE_BLOCK - 1) // PLANE_BLOCK):
         p0 = int64(b) * PLANE_BLOCK
@@ -157,18 +169,23 @@ def _adaptive_cpu(y, argmax, x, g, is_max):
 # divisions per input element (they made it ~10x slower); the window bounds come from
 # window_bounds, once per call. The average's shares go to a block of planes at a time.
 @njit(parallel=True, cache=True)
-def _adaptive_grad_cpu(gx, gy, argmax, g, is_max):
+def _adaptive_max_grad_cpu(gx, gy, argmax, g, is_max):
+    H, W, OH, OW = g
+    P = gx.size // (H * W)
+    gx2, gy2 = gx.reshape(P, H * W), gy.reshape(P, OH * OW)
+    for p in prange(P):
+        plane = gx2[p]
+        plane[:] = 0
+        for o in range(OH * OW):
+            plane[argmax[p * OH * OW + o]] += gy2[p, o]
+
+
+@njit(parallel=True, cache=True)
+def _adaptive_avg_grad_cpu(gx, gy, argmax, g, is_max):
     H, W, OH, OW = g
     P = gx.size // (H * W)
     gx2, gy2 = gx.reshape(P, H * W), gy.reshape(P, OH * OW)
     hb, wb = window_bounds(H, OH), window_bounds(W, OW)
-    if is_max:
-        for p in prange(P):
-            plane = gx2[p]
-            plane[:] = 0
-            for o in range(OH * OW):
-                plane[argmax[p * OH * OW + o]] += gy2[p, o]
-        return
     for b in prange((P + PLANE_BLOCK - 1) // PLANE_BLOCK):
         p0 = int64(b) * PLANE_BLOCK
         p1 = min(P, p0 + PLANE_BLOCK)
@@ -189,6 +206,7 @@ def _adaptive_grad_cpu(gx, gy, argmax, g, is_max):
                             col[q] += v[q]
 
 
+@functools.cache  # one CUDA kernel for both Kernels (avg and max) that use it
 @device.cuda_factory
 def _adaptive_cuda():
 
@@ -202,6 +220,7 @@ def _adaptive_cuda():
     return device.launcher(adaptive)
 
 
+@functools.cache  # one CUDA kernel for both Kernels (avg and max) that use it
 @device.cuda_factory
 def _adaptive_grad_cuda():
 
@@ -215,12 +234,18 @@ def _adaptive_grad_cuda():
     return device.launcher(adaptive_grad)
 
 
-adaptive_kernel = Kernel(
-    cpu=_adaptive_cpu, cuda=_adaptive_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
-)
-adaptive_grad_kernel = Kernel(
-    cpu=_adaptive_grad_cpu, cuda=_adaptive_grad_cuda, parallel_from=device.LARGE_INPUT_ELEMENTS
-)
+LARGE = device.LARGE_INPUT_ELEMENTS
+# (forward, backward) Kernel pairs by is_max; each pair's CUDA side is the shared kernel
+KERNELS = {
+    False: (
+        Kernel(cpu=_adaptive_avg_cpu, cuda=_adaptive_cuda, parallel_from=LARGE),
+        Kernel(cpu=_adaptive_avg_grad_cpu, cuda=_adaptive_grad_cuda, parallel_from=LARGE),
+    ),
+    True: (
+        Kernel(cpu=_adaptive_max_cpu, cuda=_adaptive_cuda, parallel_from=LARGE),
+        Kernel(cpu=_adaptive_max_grad_cpu, cuda=_adaptive_grad_cuda, parallel_from=LARGE),
+    ),
+}
 
 
 # ----------------------------------------------------------------------------- op
@@ -237,7 +262,7 @@ class AdaptivePool2d(Function):
         # avg pooling never reads argmax; a one-element buffer keeps one kernel signature
         self.argmax = device.empty((N, C, OH, OW) if self.is_max else (1,), np.int64, dev)
         if y.size:
-            adaptive_kernel(
+            KERNELS[self.is_max][0](
                 device.flat(y), device.flat(self.argmax), device.flat(x), self.g, self.is_max
             )
         return y
@@ -245,7 +270,7 @@ class AdaptivePool2d(Function):
     def backward(self, gy):
         gx = device.empty(self.x_shape, gy.dtype, device.device_of(gy))
         if gx.size:
-            adaptive_grad_kernel(
+            KERNELS[self.is_max][1](
                 device.flat(gx), device.flat(gy), device.flat(self.argmax), self.g, self.is_max
             )
         return (gx,)

@@ -2166,6 +2166,15 @@ MUTANTS = [
         "lose their shared row)",
         "adaptive",
     ),
+    ms(
+        "adaptive-max-takes-avg-kernel",
+        ADAPTIVE,
+        "            KERNELS[self.is_max][0](",
+        "            KERNELS[False][0](",
+        POOL,
+        "[cpu] adaptive max pool forward: the average's Kernel pair (the average's CPU loops)",
+        "adaptive",
+    ),
     # ------------------------------------------------------------------ ResNet fused ops, 1x1 convs
     m(
         "bnrelu-mask-kink",
