@@ -72,28 +72,27 @@ def rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def cpu_model():
+def cpuinfo_field(name):
+    """The value of the first ``name: value`` line of /proc/cpuinfo ("" if none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(name):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "(unknown)"
+    return ""
+
+
+def cpu_model():
+    return cpuinfo_field("model name") or platform.processor() or "(unknown)"
 
 
 def cpu_vector_isa():
     """The widest x86 vector extension the CPU reports (avx512f, avx2, ...): hosts that share
     a model name ("AMD EPYC") differ in it, and with it PyTorch's oneDNN kernels; "" when
     /proc/cpuinfo says none of these."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(
-                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
-            )
-    except OSError:
-        return ""
+    flags = cpuinfo_field("flags").split()
     return next((isa for isa in ("avx512f", "avx2", "avx", "sse4_2") if isa in flags), "")
 
 
@@ -384,15 +383,16 @@ def format_row(row):
 
 def _cores(runs):
     """CPU seconds per wall second over a framework's timed calls (user + system, all
-    threads, every process): how much of the 2 cores it got. PyTorch's OpenMP threads spin
-    while they wait, so its figure counts waiting too; a parallel region that waits for a
-    descheduled thread shows up as fewer cores. None when the timed calls add up to under
-    0.1 s (the kernel's CPU accounting is too coarse for them)."""
+    threads, every process): how many of the machine's cores it got. PyTorch's OpenMP
+    threads spin while they wait, so its figure counts waiting too; a parallel region that
+    waits for a descheduled thread shows up as fewer cores. None when the timed calls add up
+    to under 0.1 s (the kernel's CPU accounting is too coarse for them)."""
     timed = sum(r["timed_s"] for r in runs)
     if timed < 0.1:
         return None
-    calls = [len(r["samples_s"]) for r in runs]
-    cpu = sum((r["user_cpu_s_per_call"] + r["sys_cpu_s_per_call"]) * n for r, n in zip(runs, calls))
+    cpu = sum(
+        (r["user_cpu_s_per_call"] + r["sys_cpu_s_per_call"]) * len(r["samples_s"]) for r in runs
+    )
     return cpu / timed
 
 
