@@ -451,7 +451,8 @@ class Kernel:
     call. ``float64_math=True`` declares that the kernel accumulates in float64 on purpose.
     ``serial_small=True`` runs inputs smaller than ``parallel_from`` elements (largest array
     argument; default ``PARALLEL_MIN_ELEMENTS``) through ``serial_twin(cpu)``; giving
-    ``parallel_from`` implies ``serial_small``.
+    ``parallel_from`` implies ``serial_small``. ``serial_cpu`` is that twin once built (None
+    before).
     """
 
     def __init__(
@@ -470,7 +471,7 @@ class Kernel:
         serial_small = serial_small or parallel_from is not None
         self._parallel = bool(serial_small and parallel)
         self.parallel_from = PARALLEL_MIN_ELEMENTS if parallel_from is None else parallel_from
-        self._serial = None
+        self.serial_cpu = None
 
     def __call__(self, out, *args):
         if not isinstance(out, np.ndarray):
@@ -483,13 +484,20 @@ class Kernel:
         if recorded_calls is not None:
             recorded_calls.append((self, (out,) + args))
         if size < self.parallel_from:
-            if self._serial is not None:  # the common small call: one attribute test
-                return self._serial(out, *args)
+            if self.serial_cpu is not None:  # the common small call: one attribute test
+                return self.serial_cpu(out, *args)
             if not self._parallel:
                 return _run_single_threaded(self.cpu, out, args)
-            self._serial = serial_twin(self.cpu)
-            return self._serial(out, *args)
+            self.serial_cpu = serial_twin(self.cpu)
+            return self.serial_cpu(out, *args)
         return self.cpu(out, *args)
+
+    def serial_for(self, size):
+        """The serial twin when ``call_cpu`` would run it for ``size`` and it is built, else
+        None: a hot caller then calls it directly, without call_cpu's argument repacking."""
+        if size < self.parallel_from and recorded_calls is None:
+            return self.serial_cpu
+        return None
 
     def _call_cuda(self, out, args):
         if self._cuda_launch is None:

@@ -146,8 +146,11 @@ class Function:
     def release(self):
         """Drop the arrays saved for backward (everything but ``graph_fields``)."""
         saved = self.__dict__
-        self.__dict__ = {k: saved[k] for k in self.graph_fields if k in saved}
-        self.freed = True
+        kept = {"freed": True}
+        for key in self.graph_fields:  # a loop, not a comprehension: ~0.4 us less per node
+            if key in saved:
+                kept[key] = saved[key]
+        self.__dict__ = kept
 
     # ------------------------------------------------------------------ study aids
     def name(self):
@@ -166,9 +169,22 @@ class Function:
         return f"<{self.name()}: {shapes} -> {tuple(self.output_shape)}>"
 
     def __call__(self, *inputs):
-        check_same_device(type(self).__name__, inputs)
-        needs = self.needs_input_grad = tuple([t.requires_grad for t in inputs])
-        y = self.forward(*[t.data for t in inputs])
+        # One and two inputs are spelled out: this is every op's fixed cost, and the general
+        # form's two list comprehensions and device check cost ~2.5 us of a ~5 us small op.
+        if len(inputs) == 2:
+            a, b = inputs
+            a_data, b_data = a.data, b.data
+            if isinstance(a_data, np.ndarray) is not isinstance(b_data, np.ndarray):
+                check_same_device(type(self).__name__, inputs)  # raises
+            needs = self.needs_input_grad = (a.requires_grad, b.requires_grad)
+            y = self.forward(a_data, b_data)
+        elif len(inputs) == 1:
+            needs = self.needs_input_grad = (inputs[0].requires_grad,)
+            y = self.forward(inputs[0].data)
+        else:
+            check_same_device(type(self).__name__, inputs)
+            needs = self.needs_input_grad = tuple([t.requires_grad for t in inputs])
+            y = self.forward(*[t.data for t in inputs])
         if _detect_anomaly:
             _check_finite(y, f"{type(self).__name__}.forward")
         out = (_Tensor or _tensor_class())(y)

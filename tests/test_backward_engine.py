@@ -16,9 +16,14 @@ from hypothesis import strategies as st
 import minicbam as mc
 from minicbam import device
 from minicbam.function import _topological_order
-from minicbam.kernels.elementwise import apply_binary, apply_binary_inplace, zero_one
+from minicbam.kernels.elementwise import (
+    apply_binary,
+    apply_binary_grads,
+    apply_binary_inplace,
+    zero_one,
+)
 from minicbam.kernels.strided import broadcast_array, gather_kernel
-from minicbam.ops.binary import add_kernel, div_kernel, mul_kernel, sub_kernel
+from minicbam.ops.binary import add_kernel, div_kernel, mul_grads_kernel, mul_kernel, sub_kernel
 from minicbam.ops.reduce import sum_columns_kernel, sum_rows_kernel
 
 THRESHOLD = add_kernel.parallel_from  # the size where the elementwise kernels go parallel
@@ -174,6 +179,19 @@ def test_elementwise_paths_agree_with_numpy_bit_for_bit(kernel, n, dtype, seed):
     inplace = x.copy()
     assert apply_binary_inplace(kernel, inplace, y) is inplace
     np.testing.assert_array_equal(inplace, want)
+
+
+@given(n=_sizes_around_threshold(), dtype=DTYPES, seed=st.integers(0, 2**16))
+def test_mul_backward_kernel_gives_both_products_bit_for_bit(n, dtype, seed):
+    """Mul's backward computes gy * b and gy * a in one pass; on both sides of the size
+    where it goes parallel each equals NumPy's product."""
+    rng = np.random.default_rng(seed)
+    gy, a, b = (_values(rng, n, dtype) for _ in range(3))
+    ga, gb = apply_binary_grads(mul_grads_kernel, gy, a, b)
+    assert ga.dtype == gb.dtype == dtype and ga is not gb
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(ga, gy * b)
+        np.testing.assert_array_equal(gb, gy * a)
 
 
 @given(

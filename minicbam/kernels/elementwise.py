@@ -4,8 +4,9 @@ A *body* is a scalar ``@register_jitable`` function. The same body is inlined in
 loop (``prange``) and into a CUDA grid-stride loop, so both devices compute exactly the
 same expression per element:
 
-    unary_kernel(f):   out[i] = f(x[i], a, b)
-    binary_kernel(f):  out[i] = f(x[i], y[i], a, b)
+    unary_kernel(f):         out[i] = f(x[i], a, b)
+    binary_kernel(f):        out[i] = f(x[i], y[i], a, b)
+    binary_grads_kernel(f):  (ga[i], gb[i]) = f(g[i], x[i], y[i])   (a binary op's backward)
 
 ``a`` and ``b`` are scalar parameters (clamp bounds, an exponent, ...), converted to the
 arrays' dtype by the caller so float32 stays float32 on the GPU. Arrays are 1-D views of
@@ -70,6 +71,33 @@ def binary_kernel(body):
     )
 
 
+def binary_grads_kernel(body):
+    """Both input gradients of a binary op in one pass over the output gradient ``g``
+    (one kernel call and one read of ``g`` instead of two); ``body`` returns the pair."""
+
+    @njit(parallel=True, cache=True)
+    def binary_grads_cpu(ga, gb, g, x, y):
+        for i in prange(ga.size):
+            ga[i], gb[i] = body(g[i], x[i], y[i])
+
+    @device.cuda_factory
+    def binary_grads_cuda():
+
+        @cuda.jit
+        def binary_grads(ga, gb, g, x, y):
+            for i in range(cuda.grid(1), ga.size, cuda.gridsize(1)):
+                ga[i], gb[i] = body(g[i], x[i], y[i])
+
+        return device.launcher(binary_grads)
+
+    return Kernel(
+        cpu=binary_grads_cpu,
+        cuda=binary_grads_cuda,
+        name=f"binary_grads[{body.__name__}]",
+        parallel_from=device.LARGE_INPUT_ELEMENTS,
+    )
+
+
 def zero_one(dtype):
     """(0, 1) as scalars of ``dtype``, made once per dtype (a NumPy scalar costs ~0.5 us)."""
     pair = _ZERO_ONE.get(dtype)
@@ -92,14 +120,23 @@ def _scalars(dtype, a, b):
     return a, b
 
 
+# The CPU branches below are written for per-op overhead: on a (4, 4) tensor the numba call
+# itself is ~1 us and each extra Python step (a helper call, a reshape) ~0.1-0.3 us, the
+# same order as the work. So a small input calls the kernel's serial twin directly, as
+# Kernel.call_cpu would (call_cpu's frame and argument repacking cost ~0.5 us), and ravel()
+# makes the 1-D views (a view of a C-contiguous array, cheaper than reshape).
 def apply_unary(kernel, x, a=None, b=None, out_dtype=None):
     """A new array ``kernel(x, a, b)`` with ``x``'s shape (and dtype unless given); ``a`` and
     ``b`` are converted to ``x``'s dtype (None: zero)."""
     a, b = _scalars(x.dtype, a, b)
-    if isinstance(x, np.ndarray):  # ravel: a view of a C-contiguous array, cheaper than reshape
+    if isinstance(x, np.ndarray):
         out = np.empty(x.shape, out_dtype or x.dtype)
-        if out.size:
-            kernel.call_cpu(out.size, out.ravel(), x.ravel(), a, b)
+        size = out.size
+        serial = kernel.serial_for(size)
+        if serial is not None:
+            serial(out.ravel(), x.ravel(), a, b)
+        elif size:
+            kernel.call_cpu(size, out.ravel(), x.ravel(), a, b)
         return out
     out = device.empty(x.shape, out_dtype or x.dtype, device.CUDA)
     if out.size:
@@ -112,8 +149,12 @@ def apply_binary(kernel, x, y, a=None, b=None, out_dtype=None):
     a, b = _scalars(x.dtype, a, b)
     if isinstance(x, np.ndarray):
         out = np.empty(x.shape, out_dtype or x.dtype)
-        if out.size:
-            kernel.call_cpu(out.size, out.ravel(), x.ravel(), y.ravel(), a, b)
+        size = out.size
+        serial = kernel.serial_for(size)
+        if serial is not None:
+            serial(out.ravel(), x.ravel(), y.ravel(), a, b)
+        elif size:
+            kernel.call_cpu(size, out.ravel(), x.ravel(), y.ravel(), a, b)
         return out
     out = device.empty(x.shape, out_dtype or x.dtype, device.CUDA)
     if out.size:
@@ -125,11 +166,33 @@ def apply_binary_inplace(kernel, x, y, a=None, b=None):
     """``x[i] = kernel(x[i], y[i], a, b)`` in place (each element is read before it is
     written, so ``out`` may be ``x``); returns ``x``."""
     a, b = _scalars(x.dtype, a, b)
-    if x.size:
-        if isinstance(x, np.ndarray):
-            flat_x = x.ravel()
-            kernel.call_cpu(x.size, flat_x, flat_x, y.ravel(), a, b)
-        else:
-            flat_x = device.flat(x)
-            kernel(flat_x, flat_x, device.flat(y), a, b)
+    if isinstance(x, np.ndarray):
+        size = x.size
+        flat_x = x.ravel()
+        serial = kernel.serial_for(size)
+        if serial is not None:
+            serial(flat_x, flat_x, y.ravel(), a, b)
+        elif size:
+            kernel.call_cpu(size, flat_x, flat_x, y.ravel(), a, b)
+    elif x.size:
+        flat_x = device.flat(x)
+        kernel(flat_x, flat_x, device.flat(y), a, b)
     return x
+
+
+def apply_binary_grads(kernel, g, x, y):
+    """Two new arrays ``(ga, gb) = kernel(g, x, y)`` of ``g``'s shape and dtype."""
+    if isinstance(g, np.ndarray):
+        ga, gb = np.empty(g.shape, g.dtype), np.empty(g.shape, g.dtype)
+        size = g.size
+        flats = (ga.ravel(), gb.ravel(), g.ravel(), x.ravel(), y.ravel())
+        serial = kernel.serial_for(size)
+        if serial is not None:
+            serial(*flats)
+        elif size:
+            kernel.call_cpu(size, *flats)
+        return ga, gb
+    ga, gb = device.empty(g.shape, g.dtype, device.CUDA), device.empty(g.shape, g.dtype, device.CUDA)
+    if ga.size:
+        kernel(device.flat(ga), device.flat(gb), device.flat(g), device.flat(x), device.flat(y))
+    return ga, gb

@@ -2,7 +2,7 @@
 
     add: y = a + b    ga = gy,        gb = gy
     sub: y = a - b    ga = gy,        gb = -gy
-    mul: y = a * b    ga = gy * b,    gb = gy * a
+    mul: y = a * b    ga = gy * b,    gb = gy * a     (both in one pass over gy)
     div: y = a / b    ga = gy / b,    gb = -gy * a / b^2 = -gy * y / b
     comparisons (==, !=, <, <=, >, >=) give bool tensors and no gradient.
 
@@ -22,8 +22,10 @@ from minicbam.dtypes import result_type, true_divide_type
 from minicbam.function import Function
 from minicbam.kernels.elementwise import (
     apply_binary,
+    apply_binary_grads,
     apply_binary_inplace,
     apply_unary,
+    binary_grads_kernel,
     binary_kernel,
     unary_kernel,
 )
@@ -44,6 +46,11 @@ def _sub(x, y, a, b):
 @register_jitable
 def _mul(x, y, a, b):
     return x * y
+
+
+@register_jitable
+def _mul_grads(gy, a, b):  # (d/da, d/db) of a * b
+    return gy * b, gy * a
 
 
 @register_jitable
@@ -119,6 +126,7 @@ def _ge(x, y, a, b):
 add_kernel = binary_kernel(_add)
 sub_kernel = binary_kernel(_sub)
 mul_kernel = binary_kernel(_mul)
+mul_grads_kernel = binary_grads_kernel(_mul_grads)
 div_kernel = binary_kernel(_div)
 div_grad_b_kernel = binary_kernel(_div_grad_b)
 neg_kernel = unary_kernel(_neg)
@@ -181,9 +189,14 @@ class Mul(Function):
         self.a, self.b = a, b
         return apply_binary(mul_kernel, a, b)
 
+    fresh_input_grads = True  # each gradient is a new array, returned once
+
     def backward(self, gy):
-        ga = mul_arrays(gy, self.b) if self.needs_input_grad[0] else None
-        gb = mul_arrays(gy, self.a) if self.needs_input_grad[1] else None
+        need_a, need_b = self.needs_input_grad
+        if need_a and need_b:
+            return apply_binary_grads(mul_grads_kernel, gy, self.a, self.b)
+        ga = mul_arrays(gy, self.b) if need_a else None
+        gb = mul_arrays(gy, self.a) if need_b else None
         return ga, gb
 
 
@@ -229,8 +242,15 @@ class ScalarOp(Function):
         return (apply_binary(div_grad_b_kernel, gy, apply_binary(div_kernel, self.y, self.x)),)
 
 
-def _both_tensors(a, b):
-    return isinstance(a, Tensor) and isinstance(b, Tensor)
+def _same_shape_tensors(a, b):
+    """Two tensors of one shape and dtype: the common case, which needs no promotion,
+    lifting or broadcasting (broadcast_pair does the rest)."""
+    return (
+        isinstance(a, Tensor)
+        and isinstance(b, Tensor)
+        and a.data.shape == b.data.shape
+        and a.data.dtype == b.data.dtype
+    )
 
 
 def _float_tensor_and_number(t, c):
@@ -243,39 +263,43 @@ def _float_tensor_and_number(t, c):
 
 
 def add(a, b):
-    if not _both_tensors(a, b):  # the common case skips the number checks
-        if _float_tensor_and_number(a, b):
-            return ScalarOp("add", b)(a)
-        if _float_tensor_and_number(b, a):
-            return ScalarOp("add", a)(b)
+    if _same_shape_tensors(a, b):
+        return Add()(a, b)
+    if _float_tensor_and_number(a, b):
+        return ScalarOp("add", b)(a)
+    if _float_tensor_and_number(b, a):
+        return ScalarOp("add", a)(b)
     return Add()(*broadcast_pair("add", a, b))
 
 
 def sub(a, b):
-    if not _both_tensors(a, b):  # the common case skips the number checks
-        if _float_tensor_and_number(a, b):
-            return ScalarOp("add", -b)(a)
-        if _float_tensor_and_number(b, a):
-            return ScalarOp("rsub", a)(b)
+    if _same_shape_tensors(a, b):
+        return Sub()(a, b)
+    if _float_tensor_and_number(a, b):
+        return ScalarOp("add", -b)(a)
+    if _float_tensor_and_number(b, a):
+        return ScalarOp("rsub", a)(b)
     return Sub()(*broadcast_pair("sub", a, b))
 
 
 def mul(a, b):
-    if not _both_tensors(a, b):  # the common case skips the number checks
-        if _float_tensor_and_number(a, b):
-            return ScalarOp("mul", b)(a)
-        if _float_tensor_and_number(b, a):
-            return ScalarOp("mul", a)(b)
+    if _same_shape_tensors(a, b):
+        return Mul()(a, b)
+    if _float_tensor_and_number(a, b):
+        return ScalarOp("mul", b)(a)
+    if _float_tensor_and_number(b, a):
+        return ScalarOp("mul", a)(b)
     return Mul()(*broadcast_pair("mul", a, b))
 
 
 def div(a, b):
-    if not _both_tensors(a, b):  # the common case skips the number checks
-        if _float_tensor_and_number(a, b):
-            return ScalarOp("div", b)(a)
-        if _float_tensor_and_number(b, a):
-            return ScalarOp("rdiv", a)(b)
     # true division: integers and bools divide as the default float (1 / 2 = 0.5)
+    if _same_shape_tensors(a, b) and a.data.dtype.kind == "f":
+        return Div()(a, b)
+    if _float_tensor_and_number(a, b):
+        return ScalarOp("div", b)(a)
+    if _float_tensor_and_number(b, a):
+        return ScalarOp("rdiv", a)(b)
     return Div()(*broadcast_pair("div", a, b, true_divide_type(result_type(a, b))))
 
 
