@@ -192,7 +192,8 @@ def apply_binary_grads(kernel, g, x, y):
         elif size:
             kernel.call_cpu(size, *flats)
         return ga, gb
-    ga, gb = device.empty(g.shape, g.dtype, device.CUDA), device.empty(g.shape, g.dtype, device.CUDA)
+    ga = device.empty(g.shape, g.dtype, device.CUDA)
+    gb = device.empty(g.shape, g.dtype, device.CUDA)
     if ga.size:
         kernel(device.flat(ga), device.flat(gb), device.flat(g), device.flat(x), device.flat(y))
     return ga, gb

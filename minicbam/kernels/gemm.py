@@ -52,10 +52,14 @@ GPU_MAX_TILE_BLOCKS = 65535
 # Both implementations take the same arguments: out (B, M, N); a (Ba, M, K), or (Ba, K, M)
 # when ta; b (Bb, K, N), or (Bb, N, K) when tb; the (div, mod) batch maps; a typed zero.
 def _gemm_cpu(out, a, b, ta, tb, a_div, a_mod, b_div, b_mod, zero):
-    batch, av, bv = _broadcast_views(out.shape[0], a, a_div, a_mod, b, b_div, b_mod)
+    if out.shape[0] == 1:  # one product (every Linear): no batch views to work out
+        av, bv, out = a[0], b[0], out[0]
+    else:
+        batch, av, bv = _broadcast_views(out.shape[0], a, a_div, a_mod, b, b_div, b_mod)
+        out = out.reshape(batch + out.shape[1:])
     av = av.swapaxes(-1, -2) if ta else av
     bv = bv.swapaxes(-1, -2) if tb else bv
-    threaded_matmul(av, bv, out.reshape(batch + out.shape[1:]))
+    threaded_matmul(av, bv, out)
 
 
 # CPU threading of products: OpenBLAS's own threads synchronise in lock-step and spin, which
@@ -68,6 +72,11 @@ def _gemm_cpu(out, a, b, ta, tb, a_div, a_mod, b_div, b_mod, zero):
 # MFLOP) took ~33 ms with every product there against ~43 ms when those over 4 MFLOP were
 # split over the pool (loaded machine, alternating rounds); 2^27 is ~1-2 ms of one core.
 MIN_THREADED_FLOPS = 1 << 27
+# Below this many multiply-adds OpenBLAS runs a product on one thread by itself (its
+# interface's SMP threshold; measured: a 64 x 64 x 64 sgemm used 1.00 cores with two BLAS
+# threads, a 128^3 one 1.99), so the thread-count switch (~10 us, twice a small product's
+# time) is skipped.
+BLAS_SERIAL_FLOPS = 1 << 18
 
 
 def _split(out_shape, threads):
@@ -88,8 +97,11 @@ def threaded_matmul(a, b, out):
     over the pool when it is big enough. The pieces compute the same product; whether it
     rounds identically to the whole is the BLAS kernel's business (OpenBLAS's SkylakeX sgemm:
     bit for bit; its Haswell kernel: the last bits may differ)."""
-    threads = cpu_workers()
     flops = out.size * a.shape[-1]
+    if flops < BLAS_SERIAL_FLOPS:
+        np.matmul(a, b, out=out)
+        return out
+    threads = cpu_workers()
     plan = _split(out.shape, threads) if threads > 1 and flops >= MIN_THREADED_FLOPS else None
     if plan is None or not pool_usable():
         with single_threaded_blas():
@@ -249,7 +261,10 @@ def _gemm_cuda():
     return launch
 
 
-gemm_kernel = Kernel(cpu=_gemm_cpu, cuda=_gemm_cuda)
+# parallel_from=0: the CPU side always runs as it is. It is NumPy's BLAS, which
+# threaded_matmul keeps single-threaded or splits itself; Kernel's thread-count switch for
+# small inputs (meant for numba's parallel loops) only added ~8 us per small product.
+gemm_kernel = Kernel(cpu=_gemm_cpu, cuda=_gemm_cuda, parallel_from=0)
 
 
 def gemm(out, a, b, ta=False, tb=False):
@@ -261,6 +276,11 @@ def gemm(out, a, b, ta=False, tb=False):
     K = tuple(a.shape)[-2 if ta else -1]
     if K == 0:
         return device_fill_zero(out)
+    if len(out.shape) == len(a.shape) == len(b.shape) == 2:  # one product: batch maps (1, 1)
+        a3, b3 = a.reshape((1, *a.shape)), b.reshape((1, *b.shape))
+        out3 = out.reshape((1, *out.shape))
+        gemm_kernel(out3, a3, b3, bool(ta), bool(tb), 1, 1, 1, 1, out.dtype.type(0))
+        return out
     batch, (M, N) = tuple(out.shape)[:-2], tuple(out.shape)[-2:]
     a3, (a_div, a_mod) = _as_batched(a, batch)
     b3, (b_div, b_mod) = _as_batched(b, batch)
@@ -306,8 +326,20 @@ def bias_grad_at(gy, c, C, L, zero):
 
 @njit(parallel=True, cache=True)
 def _add_bias_cpu(y, bias, C, L):
-    for i in prange(y.size):
-        add_bias_at(y, bias, i, C, L)
+    # The same sum as add_bias_at, element by element, walked as (n, c) rows of L on 1-D
+    # views: the body's (i // L) % C per element kept ~100 us of integer division in a
+    # (256, 32) Linear output's bias add (~8 us this way), and views let the loop vectorise.
+    for n in prange(y.size // (C * L)):
+        if L == 1:  # a Linear's (R, OUT) output: one row of C per sample
+            row = y[n * C : (n + 1) * C]
+            for c in range(C):
+                row[c] += bias[c]
+        else:
+            for c in range(C):
+                plane = y[(n * C + c) * L : (n * C + c + 1) * L]
+                b = bias[c]
+                for k in range(L):
+                    plane[k] += b
 
 
 @njit(parallel=True, cache=True)

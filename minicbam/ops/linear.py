@@ -11,7 +11,7 @@ W^T and gY^T are read in place as transposed operands of ``gemm`` (BLAS transpos
 the CPU, the tiled kernel's flags on CUDA), so no transposed copy is ever made.
 """
 
-import numpy as np
+import math
 
 from minicbam import device
 from minicbam.function import Function, check_same_device
@@ -19,16 +19,19 @@ from minicbam.kernels.gemm import add_bias, bias_grad, gemm
 
 
 class Linear(Function):
+    fresh_input_grads = True  # gx, gw and gb are new arrays, each returned once
+
     def forward(self, x, w, b=None):
         OUT, IN = w.shape
-        R = int(np.prod(tuple(x.shape)[:-1], dtype=np.int64))
+        x_shape = tuple(x.shape)
+        R = math.prod(x_shape[:-1])  # math.prod: np.prod of a tuple costs ~8 us
         x2 = x.reshape((R, IN))
         y = device.empty((R, OUT), x.dtype, device.device_of(x))
         gemm(y, x2, w, tb=True)
         if b is not None:
             add_bias(y.reshape((R, OUT, 1)), b, OUT, 1)
-        self.x2, self.w, self.x_shape, self.has_bias = x2, w, tuple(x.shape), b is not None
-        return y.reshape(tuple(x.shape)[:-1] + (OUT,))
+        self.x2, self.w, self.x_shape, self.has_bias = x2, w, x_shape, b is not None
+        return y.reshape(x_shape[:-1] + (OUT,))
 
     def backward(self, gy):
         x2, w = self.x2, self.w
@@ -64,7 +67,7 @@ def _check(x, w, b):
     if x.dtype != w.dtype or (b is not None and b.dtype != x.dtype):
         got = f"input {x.dtype}, weight {w.dtype}" + ("" if b is None else f", bias {b.dtype}")
         raise TypeError(f"linear: expected input, weight and bias of one dtype, got {got}")
-    if not np.issubdtype(x.dtype, np.floating):
+    if x.dtype.kind != "f":
         raise TypeError(f"linear: expected a floating-point input, got dtype {x.dtype}")
 
 
