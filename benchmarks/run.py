@@ -77,8 +77,9 @@ def cpuinfo_field(name):
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(name):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
     return ""
@@ -86,6 +87,13 @@ def cpuinfo_field(name):
 
 def cpu_model():
     return cpuinfo_field("model name") or platform.processor() or "(unknown)"
+
+
+def cpu_family_model():
+    """"family/model" from /proc/cpuinfo (e.g. 23/1, an AMD Zen 1): the same model name and
+    vector ISA can be CPUs of different generations and speeds; "" where not reported."""
+    family, model = cpuinfo_field("cpu family"), cpuinfo_field("model")
+    return f"{family}/{model}" if family and model else ""
 
 
 def cpu_vector_isa():
@@ -103,6 +111,7 @@ def base_environment():
         python=platform.python_version(),
         cpu=cpu_model(),
         cpu_isa=cpu_vector_isa(),
+        cpu_family_model=cpu_family_model(),
         cpu_count=os.cpu_count(),
         loadavg=list(os.getloadavg()),
     )

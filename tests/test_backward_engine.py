@@ -107,6 +107,32 @@ def test_fanned_in_sums_match_float_order_of_a_plain_sum(n, edges, dtype):
     np.testing.assert_array_equal(x.grad.numpy(), np.full(3, weight[-1], dtype))
 
 
+# ----------------------------------------------------------------------------- which inputs
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
+@pytest.mark.parametrize("grad_of", [0, 1])
+def test_a_binary_op_records_which_input_requires_grad(op, grad_of):
+    """Function.__call__ spells out the two-input case: each input's flag is its own."""
+    values = [np.array([1.0, -2.0]), np.array([3.0, 4.0])]
+    a, b = (mc.tensor(v, requires_grad=k == grad_of) for k, v in enumerate(values))
+    y = getattr(mc.ops, op)(a, b)
+    assert y.requires_grad
+    assert y.grad_fn.needs_input_grad == (grad_of == 0, grad_of == 1)
+    y.sum().backward()
+    x, other = values[grad_of], values[1 - grad_of]
+    expected = {
+        ("add", 0): np.ones(2),
+        ("add", 1): np.ones(2),
+        ("sub", 0): np.ones(2),
+        ("sub", 1): -np.ones(2),
+        ("mul", 0): other,
+        ("mul", 1): other,
+        ("div", 0): 1 / other,
+        ("div", 1): -other / x**2,
+    }[op, grad_of]
+    np.testing.assert_allclose((a, b)[grad_of].grad.numpy(), expected, rtol=1e-12)
+    assert (a, b)[1 - grad_of].grad is None
+
+
 # ----------------------------------------------------------------------------- visiting order
 def _recursive_order(root):
     """The order of the original recursive search: inputs entered last to first."""

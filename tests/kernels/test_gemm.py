@@ -1,9 +1,10 @@
 """The CPU GEMM's split over the task pool (kernels/gemm.py): every split (batch axis, row
 axis, with broadcast operands and uneven remainders) gives np.matmul's product.
 
-The split only runs for products over MIN_THREADED_FLOPS on a machine whose BLAS the pool
-can steer, so the tests lower the threshold, fix the worker count and force the pool path
-(the pieces then run inline when the pool is not usable: same pieces, same sums)."""
+The split only runs for products over MIN_THREADED_FLOPS (and BLAS_SERIAL_FLOPS) on a machine
+whose BLAS the pool can steer, so the tests lower the thresholds, fix the worker count and
+force the pool path (the pieces then run inline when the pool is not usable: same pieces,
+same sums)."""
 
 import contextlib
 
@@ -20,6 +21,7 @@ from minicbam.kernels import gemm as gemm_module
 def split_everything(threads):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(gemm_module, "MIN_THREADED_FLOPS", 0)
+        mp.setattr(gemm_module, "BLAS_SERIAL_FLOPS", 0)
         mp.setattr(gemm_module, "pool_usable", lambda: True)
         mp.setattr(gemm_module, "cpu_workers", lambda: threads)
         yield

@@ -175,6 +175,22 @@ MUTANTS = [
     ),
     # ------------------------------------------------------------------ autograd engine
     m(
+        "call-second-input-needs-grad",
+        FUNCTION,
+        "needs = self.needs_input_grad = (a.requires_grad, b.requires_grad)",
+        "needs = self.needs_input_grad = (a.requires_grad, a.requires_grad)",
+        CORE + ENGINE,
+        "autograd: a two-input op reads its second input's requires_grad from the first",
+    ),
+    m(
+        "mul-grads-swapped",
+        BINARY,
+        "    return gy * b, gy * a",
+        "    return gy * a, gy * b",
+        CORE + ENGINE,
+        "[both] mul backward: each input's gradient multiplied by itself, not by the other",
+    ),
+    m(
         "sweep-sum-into-shared-gradient",
         FUNCTION,
         "            elif creator in summed:\n",
@@ -430,7 +446,31 @@ MUTANTS = [
         "y[i] += bias[(i // L) % C]",
         "y[i] += bias[i % C]",
         MATMUL + CONV,
-        "[both] add_bias: channel index ignores the spatial size L",
+        "[cuda] add_bias: channel index ignores the spatial size L",
+    ),
+    m(
+        "add-bias-cpu-linear-row",
+        GEMM,
+        "                row[c] += bias[c]",
+        "                row[c] += bias[0]",
+        MATMUL,
+        "[cpu] add_bias: a Linear output's rows all get the first channel's bias",
+    ),
+    m(
+        "add-bias-cpu-plane-channel",
+        GEMM,
+        "                b = bias[c]",
+        "                b = bias[C - 1 - c]",
+        CONV,
+        "[cpu] add_bias: a conv output's planes get the channels' biases in reverse order",
+    ),
+    m(
+        "gemm-batch-taken-for-one-product",
+        GEMM,
+        "    if out.shape[0] == 1:  # one product",
+        "    if out.shape[0] >= 1:  # one product",
+        MATMUL + GEMM_T,
+        "[cpu] gemm: a batched product computed as its first batch entry only",
     ),
     # ------------------------------------------------------------------ conv2d
     m(
