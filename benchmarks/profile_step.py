@@ -1,6 +1,9 @@
 """Where a workload's step spends its time: wall time per Function (forward and backward,
-inclusive, Conv2d split by algorithm) and per CPU Kernel (wrapping ``Kernel.call_cpu``;
-kernels called from task-pool threads overlap, so their sum can exceed the step).
+inclusive, Conv2d split by algorithm) and per CPU Kernel (wrapping ``Kernel.call_cpu`` and
+the serial twins that small elementwise calls reach through ``Kernel.serial_for``; kernels
+called from task-pool threads overlap, so their sum can exceed the step). It also counts the
+small calls that switch numba's thread count around a kernel without a serial twin
+(``device._run_single_threaded``, ~5-10 us each).
 
     PYTHONPATH=$PWD python benchmarks/profile_step.py resnet18_cbam_train --steps 3
 
@@ -47,6 +50,32 @@ def _timed_kernel(orig, times, counts):
     return timed
 
 
+def _timed_serial_for(orig, times, counts):
+    def serial_for(self, size):
+        serial = orig(self, size)
+        if serial is None:
+            return None
+
+        def timed(*args):
+            t0 = time.perf_counter()
+            out = serial(*args)
+            times[self.name] += time.perf_counter() - t0
+            counts[self.name] += 1
+            return out
+
+        return timed
+
+    return serial_for
+
+
+def _counted_switch(orig, counts):
+    def run_single_threaded(fn, out, args):
+        counts[getattr(fn, "__name__", repr(fn))] += 1
+        return orig(fn, out, args)
+
+    return run_single_threaded
+
+
 def _report(title, times, counts, steps, top):
     print(f"{title}: {sum(times.values()) / steps * 1e3:.1f} ms per step in all rows")
     for key, t in sorted(times.items(), key=lambda kv: -kv[1])[:top]:
@@ -76,19 +105,25 @@ def main():
                 orig, timed = _timed_method(cls, meth, ftimes, fcounts)
                 saved.append((cls, meth, orig))
                 setattr(cls, meth, timed)
-    call_cpu = device.Kernel.call_cpu
+    call_cpu, serial_for = device.Kernel.call_cpu, device.Kernel.serial_for
+    switch, switches = device._run_single_threaded, collections.Counter()
     device.Kernel.call_cpu = _timed_kernel(call_cpu, ktimes, kcounts)
+    device.Kernel.serial_for = _timed_serial_for(serial_for, ktimes, kcounts)
+    device._run_single_threaded = _counted_switch(switch, switches)
     t0 = time.perf_counter()
     try:
         for _ in range(args.steps):
             step()
     finally:
-        device.Kernel.call_cpu = call_cpu
+        device.Kernel.call_cpu, device.Kernel.serial_for = call_cpu, serial_for
+        device._run_single_threaded = switch
         for cls, meth, orig in saved:
             setattr(cls, meth, orig)
     print(f"{args.workload}: {(time.perf_counter() - t0) / args.steps * 1e3:.1f} ms per step")
     _report("Functions (inclusive)", ftimes, fcounts, args.steps, args.top)
     _report("CPU kernels", ktimes, kcounts, args.steps, args.top)
+    per_step = ", ".join(f"{name} {n / args.steps:g}" for name, n in switches.most_common())
+    print(f"thread-count switches per step: {sum(switches.values()) / args.steps:g} ({per_step})")
 
 
 if __name__ == "__main__":
