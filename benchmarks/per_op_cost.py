@@ -32,14 +32,8 @@ def best_us(fn, calls, repeat):
     return min(timeit.repeat(fn, number=calls, repeat=repeat)) / calls * 1e6
 
 
-def minicbam_rows():
-    x = np.ones(SHAPE, np.float32)
-    a, b = (mc.tensor(x.copy(), requires_grad=True) for _ in range(2))
-    zero = zero_one(x.dtype)[0]
-    apply_binary(mul_kernel, x, x)  # builds the serial twin
-    flat = x.ravel()
-    out = np.empty_like(flat)
-    serial = mul_kernel.serial_cpu
+def chain_functions(a, b):
+    """(forward, forward + backward) of the chain on two leaves, in either framework."""
 
     def chain():
         y = a
@@ -50,6 +44,20 @@ def minicbam_rows():
     def chain_step():
         a.grad = b.grad = None
         chain().backward()
+
+    return chain, chain_step
+
+
+def minicbam_rows():
+    x = np.ones(SHAPE, np.float32)
+    a, b = (mc.tensor(x.copy(), requires_grad=True) for _ in range(2))
+    zero = zero_one(x.dtype)[0]
+    apply_binary(mul_kernel, x, x)  # builds the serial twin
+    flat = x.ravel()
+    out = np.empty_like(flat)
+    serial = mul_kernel.serial_cpu
+
+    chain, chain_step = chain_functions(a, b)
 
     graph = chain()
 
@@ -130,16 +138,7 @@ def torch_rows():
         return []
     a, b = (torch.ones(*SHAPE, requires_grad=True) for _ in range(2))
 
-    def chain():
-        y = a
-        for _ in range(PAIRS):
-            y = y * b + a
-        return y.sum()
-
-    def chain_step():
-        a.grad = b.grad = None
-        chain().backward()
-
+    chain, chain_step = chain_functions(a, b)
     return [
         ("torch: a * b", lambda: a * b),
         (f"torch: chain of {2 * PAIRS} ops, forward", chain),

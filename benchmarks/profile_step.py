@@ -1,6 +1,6 @@
 """Where a workload's step spends its time: wall time per Function (forward and backward,
 inclusive, Conv2d split by algorithm) and per CPU Kernel (wrapping ``Kernel.call_cpu`` and
-the serial twins that small elementwise calls reach through ``Kernel.serial_for``; kernels
+the serial twins that small elementwise calls reach through ``Kernel.cpu_for``; kernels
 called from task-pool threads overlap, so their sum can exceed the step). It also counts the
 small calls that switch numba's thread count around a kernel without a serial twin
 (``device._run_single_threaded``, ~5-10 us each).
@@ -50,22 +50,24 @@ def _timed_kernel(orig, times, counts):
     return timed
 
 
-def _timed_serial_for(orig, times, counts):
-    def serial_for(self, size):
-        serial = orig(self, size)
-        if serial is None:
-            return None
+def _timed_cpu_for(orig, times, counts):
+    """Kernel.cpu_for that times the serial twins it hands out (call_cpu is timed apart)."""
+
+    def cpu_for(self, size):
+        run = orig(self, size)
+        if run is not self.serial_cpu:
+            return run
 
         def timed(*args):
             t0 = time.perf_counter()
-            out = serial(*args)
+            out = run(*args)
             times[self.name] += time.perf_counter() - t0
             counts[self.name] += 1
             return out
 
         return timed
 
-    return serial_for
+    return cpu_for
 
 
 def _counted_switch(orig, counts):
@@ -105,17 +107,17 @@ def main():
                 orig, timed = _timed_method(cls, meth, ftimes, fcounts)
                 saved.append((cls, meth, orig))
                 setattr(cls, meth, timed)
-    call_cpu, serial_for = device.Kernel.call_cpu, device.Kernel.serial_for
+    call_cpu, cpu_for = device.Kernel.call_cpu, device.Kernel.cpu_for
     switch, switches = device._run_single_threaded, collections.Counter()
     device.Kernel.call_cpu = _timed_kernel(call_cpu, ktimes, kcounts)
-    device.Kernel.serial_for = _timed_serial_for(serial_for, ktimes, kcounts)
+    device.Kernel.cpu_for = _timed_cpu_for(cpu_for, ktimes, kcounts)
     device._run_single_threaded = _counted_switch(switch, switches)
     t0 = time.perf_counter()
     try:
         for _ in range(args.steps):
             step()
     finally:
-        device.Kernel.call_cpu, device.Kernel.serial_for = call_cpu, serial_for
+        device.Kernel.call_cpu, device.Kernel.cpu_for = call_cpu, cpu_for
         device._run_single_threaded = switch
         for cls, meth, orig in saved:
             setattr(cls, meth, orig)

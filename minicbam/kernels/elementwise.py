@@ -122,21 +122,17 @@ def _scalars(dtype, a, b):
 
 # The CPU branches below are written for per-op overhead: on a (4, 4) tensor the numba call
 # itself is ~1 us and each extra Python step (a helper call, a reshape) ~0.1-0.3 us, the
-# same order as the work. So a small input calls the kernel's serial twin directly, as
-# Kernel.call_cpu would (call_cpu's frame and argument repacking cost ~0.5 us), and ravel()
-# makes the 1-D views (a view of a C-contiguous array, cheaper than reshape).
+# same order as the work. So a small input calls the kernel's serial twin directly
+# (Kernel.cpu_for), and ravel() makes the 1-D views (a view of a C-contiguous array,
+# cheaper than reshape).
 def apply_unary(kernel, x, a=None, b=None, out_dtype=None):
     """A new array ``kernel(x, a, b)`` with ``x``'s shape (and dtype unless given); ``a`` and
     ``b`` are converted to ``x``'s dtype (None: zero)."""
     a, b = _scalars(x.dtype, a, b)
     if isinstance(x, np.ndarray):
         out = np.empty(x.shape, out_dtype or x.dtype)
-        size = out.size
-        serial = kernel.serial_for(size)
-        if serial is not None:
-            serial(out.ravel(), x.ravel(), a, b)
-        elif size:
-            kernel.call_cpu(size, out.ravel(), x.ravel(), a, b)
+        if out.size:
+            kernel.cpu_for(out.size)(out.ravel(), x.ravel(), a, b)
         return out
     out = device.empty(x.shape, out_dtype or x.dtype, device.CUDA)
     if out.size:
@@ -149,12 +145,8 @@ def apply_binary(kernel, x, y, a=None, b=None, out_dtype=None):
     a, b = _scalars(x.dtype, a, b)
     if isinstance(x, np.ndarray):
         out = np.empty(x.shape, out_dtype or x.dtype)
-        size = out.size
-        serial = kernel.serial_for(size)
-        if serial is not None:
-            serial(out.ravel(), x.ravel(), y.ravel(), a, b)
-        elif size:
-            kernel.call_cpu(size, out.ravel(), x.ravel(), y.ravel(), a, b)
+        if out.size:
+            kernel.cpu_for(out.size)(out.ravel(), x.ravel(), y.ravel(), a, b)
         return out
     out = device.empty(x.shape, out_dtype or x.dtype, device.CUDA)
     if out.size:
@@ -166,17 +158,13 @@ def apply_binary_inplace(kernel, x, y, a=None, b=None):
     """``x[i] = kernel(x[i], y[i], a, b)`` in place (each element is read before it is
     written, so ``out`` may be ``x``); returns ``x``."""
     a, b = _scalars(x.dtype, a, b)
-    if isinstance(x, np.ndarray):
-        size = x.size
-        flat_x = x.ravel()
-        serial = kernel.serial_for(size)
-        if serial is not None:
-            serial(flat_x, flat_x, y.ravel(), a, b)
-        elif size:
-            kernel.call_cpu(size, flat_x, flat_x, y.ravel(), a, b)
-    elif x.size:
-        flat_x = device.flat(x)
-        kernel(flat_x, flat_x, device.flat(y), a, b)
+    if x.size:
+        if isinstance(x, np.ndarray):
+            flat_x = x.ravel()
+            kernel.cpu_for(x.size)(flat_x, flat_x, y.ravel(), a, b)
+        else:
+            flat_x = device.flat(x)
+            kernel(flat_x, flat_x, device.flat(y), a, b)
     return x
 
 
@@ -184,13 +172,8 @@ def apply_binary_grads(kernel, g, x, y):
     """Two new arrays ``(ga, gb) = kernel(g, x, y)`` of ``g``'s shape and dtype."""
     if isinstance(g, np.ndarray):
         ga, gb = np.empty(g.shape, g.dtype), np.empty(g.shape, g.dtype)
-        size = g.size
-        flats = (ga.ravel(), gb.ravel(), g.ravel(), x.ravel(), y.ravel())
-        serial = kernel.serial_for(size)
-        if serial is not None:
-            serial(*flats)
-        elif size:
-            kernel.call_cpu(size, *flats)
+        if g.size:
+            kernel.cpu_for(g.size)(ga.ravel(), gb.ravel(), g.ravel(), x.ravel(), y.ravel())
         return ga, gb
     ga = device.empty(g.shape, g.dtype, device.CUDA)
     gb = device.empty(g.shape, g.dtype, device.CUDA)

@@ -157,6 +157,8 @@ def batch_map(shape, batch):
 def _as_batched(x, batch):
     """(x as a 3-D (B_x, rows, cols) array, (div, mod)) for the batch-flattened GEMM."""
     shape = tuple(x.shape)  # a simulator array's shape rejects negative indices
+    if not batch and len(shape) == 2:  # one product (every Linear): nothing to map
+        return x.reshape((1, *shape)), (1, 1)
     mapping = batch_map(shape[:-2], batch)
     if mapping is None:
         x = broadcast_array(x, tuple(batch) + shape[-2:])
@@ -276,11 +278,6 @@ def gemm(out, a, b, ta=False, tb=False):
     K = tuple(a.shape)[-2 if ta else -1]
     if K == 0:
         return device_fill_zero(out)
-    if len(out.shape) == len(a.shape) == len(b.shape) == 2:  # one product: batch maps (1, 1)
-        a3, b3 = a.reshape((1, *a.shape)), b.reshape((1, *b.shape))
-        out3 = out.reshape((1, *out.shape))
-        gemm_kernel(out3, a3, b3, bool(ta), bool(tb), 1, 1, 1, 1, out.dtype.type(0))
-        return out
     batch, (M, N) = tuple(out.shape)[:-2], tuple(out.shape)[-2:]
     a3, (a_div, a_mod) = _as_batched(a, batch)
     b3, (b_div, b_mod) = _as_batched(b, batch)

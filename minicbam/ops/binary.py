@@ -29,7 +29,7 @@ from minicbam.kernels.elementwise import (
     binary_kernel,
     unary_kernel,
 )
-from minicbam.ops.expand import broadcast_pair
+from minicbam.ops.expand import broadcast_pair, same_shape_tensors
 from minicbam.tensor import Tensor
 
 
@@ -185,11 +185,11 @@ class Sub(Function):
 
 
 class Mul(Function):
+    fresh_input_grads = True  # each gradient is a new array, returned once
+
     def forward(self, a, b):
         self.a, self.b = a, b
         return apply_binary(mul_kernel, a, b)
-
-    fresh_input_grads = True  # each gradient is a new array, returned once
 
     def backward(self, gy):
         need_a, need_b = self.needs_input_grad
@@ -242,17 +242,6 @@ class ScalarOp(Function):
         return (apply_binary(div_grad_b_kernel, gy, apply_binary(div_kernel, self.y, self.x)),)
 
 
-def _same_shape_tensors(a, b):
-    """Two tensors of one shape and dtype: the common case, which needs no promotion,
-    lifting or broadcasting (broadcast_pair does the rest)."""
-    return (
-        isinstance(a, Tensor)
-        and isinstance(b, Tensor)
-        and a.data.shape == b.data.shape
-        and a.data.dtype == b.data.dtype
-    )
-
-
 def _float_tensor_and_number(t, c):
     return (
         isinstance(t, Tensor)
@@ -263,7 +252,7 @@ def _float_tensor_and_number(t, c):
 
 
 def add(a, b):
-    if _same_shape_tensors(a, b):
+    if same_shape_tensors(a, b):
         return Add()(a, b)
     if _float_tensor_and_number(a, b):
         return ScalarOp("add", b)(a)
@@ -273,7 +262,7 @@ def add(a, b):
 
 
 def sub(a, b):
-    if _same_shape_tensors(a, b):
+    if same_shape_tensors(a, b):
         return Sub()(a, b)
     if _float_tensor_and_number(a, b):
         return ScalarOp("add", -b)(a)
@@ -283,7 +272,7 @@ def sub(a, b):
 
 
 def mul(a, b):
-    if _same_shape_tensors(a, b):
+    if same_shape_tensors(a, b):
         return Mul()(a, b)
     if _float_tensor_and_number(a, b):
         return ScalarOp("mul", b)(a)
@@ -294,7 +283,7 @@ def mul(a, b):
 
 def div(a, b):
     # true division: integers and bools divide as the default float (1 / 2 = 0.5)
-    if _same_shape_tensors(a, b) and a.data.dtype.kind == "f":
+    if same_shape_tensors(a, b) and a.data.dtype.kind == "f":
         return Div()(a, b)
     if _float_tensor_and_number(a, b):
         return ScalarOp("div", b)(a)

@@ -68,16 +68,21 @@ def lift(value, dtype, like):
     return tensor(np.asarray(value, dtype=dtype), device=like.device)
 
 
-def broadcast_pair(op, a, b, dtype=None):
-    """(a, b) as tensors of one dtype (PyTorch's promotion, minicbam/dtypes.py, unless
-    ``dtype`` is given), device and shape."""
-    if (
-        dtype is None
-        and isinstance(a, Tensor)
+def same_shape_tensors(a, b):
+    """Two tensors of one shape and dtype: the common case, with nothing to lift, cast or
+    expand (binary ops test it before anything else)."""
+    return (
+        isinstance(a, Tensor)
         and isinstance(b, Tensor)
         and a.data.shape == b.data.shape
         and a.data.dtype == b.data.dtype
-    ):
+    )
+
+
+def broadcast_pair(op, a, b, dtype=None):
+    """(a, b) as tensors of one dtype (PyTorch's promotion, minicbam/dtypes.py, unless
+    ``dtype`` is given), device and shape."""
+    if dtype is None and same_shape_tensors(a, b):
         return a, b  # the common case, checked first: nothing to lift, cast or expand
     if dtype is None:
         dtype = a.dtype if _same_dtype(a, b) else result_type(a, b)
