@@ -52,14 +52,10 @@ GPU_MAX_TILE_BLOCKS = 65535
 # Both implementations take the same arguments: out (B, M, N); a (Ba, M, K), or (Ba, K, M)
 # when ta; b (Bb, K, N), or (Bb, N, K) when tb; the (div, mod) batch maps; a typed zero.
 def _gemm_cpu(out, a, b, ta, tb, a_div, a_mod, b_div, b_mod, zero):
-    if out.shape[0] == 1:  # one product (every Linear): no batch views to work out
-        av, bv, out = a[0], b[0], out[0]
-    else:
-        batch, av, bv = _broadcast_views(out.shape[0], a, a_div, a_mod, b, b_div, b_mod)
-        out = out.reshape(batch + out.shape[1:])
+    batch, av, bv = _broadcast_views(out.shape[0], a, a_div, a_mod, b, b_div, b_mod)
     av = av.swapaxes(-1, -2) if ta else av
     bv = bv.swapaxes(-1, -2) if tb else bv
-    threaded_matmul(av, bv, out)
+    threaded_matmul(av, bv, out.reshape(batch + out.shape[1:]))
 
 
 # CPU threading of products: OpenBLAS's own threads synchronise in lock-step and spin, which
@@ -132,6 +128,8 @@ def _broadcast_views(B, a, a_div, a_mod, b, b_div, b_mod):
     """Split the flat batch B into factors at every operand's (div, div*mod) boundary (all
     products of trailing batch dims, so each divides the next): each operand is then a view
     with its own factors and size 1 elsewhere, which np.matmul broadcasts without copies."""
+    if B == 1:  # one product (every Linear): no factors to work out
+        return (), a[0], b[0]
     cuts = sorted({1, a_div, a_div * a_mod, b_div, b_div * b_mod, B})
     factors = list(itertools.pairwise(cuts))[::-1]  # (inner, outer) products, outer first
 

@@ -467,8 +467,8 @@ MUTANTS = [
     m(
         "gemm-batch-taken-for-one-product",
         GEMM,
-        "    if out.shape[0] == 1:  # one product",
-        "    if out.shape[0] >= 1:  # one product",
+        "    if B == 1:  # one product",
+        "    if B >= 1:  # one product",
         MATMUL + GEMM_T,
         "[cpu] gemm: a batched product computed as its first batch entry only",
     ),
