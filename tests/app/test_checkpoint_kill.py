@@ -3,7 +3,10 @@
 A child process saves a ~64 MB checkpoint to one path over and over, alternating between
 contents A and B, with ``minicbam.io.serialization.save``. Once it has completed at least one
 save, the parent SIGKILLs it at a random moment (a random fraction of, or a few, save
-durations later: almost always in the middle of writing the temporary file), and checks:
+durations later: usually in the middle of writing the temporary file, sometimes in the gap
+between two saves, where ``save`` fsyncs the directory). The first kill of each format also
+waits until the directory shows a new temporary file, so that at least one kill lands
+mid-write however the machine's load stretches those phases. The parent then checks:
 
 * the file at the path loads and equals A or B exactly (every array, the scalars, the tree);
 * at most one new temporary file is left per kill, named ``.<name>.<random>.tmp`` beside
@@ -95,9 +98,19 @@ def temp_files(directory, name):
     return set(others)
 
 
-def run_and_kill(path, delay_fraction, extra_saves):
-    """Start the writer, wait for its first completed save, kill it mid-write.
-    Returns the number of saves the child reported completed before the kill."""
+def wait_for_new_temp_file(proc, path, known):
+    """Poll until a temporary file not in ``known`` is beside ``path`` (a save is writing)."""
+    deadline = time.monotonic() + 60  # a bound against a hung child, not a measurement
+    while not temp_files(path.parent, path.name) - known:
+        assert proc.poll() is None, "the writer died before its next save"
+        assert time.monotonic() < deadline, "no save started within 60 s"
+        time.sleep(0.0002)
+
+
+def run_and_kill(path, delay_fraction, extra_saves, wait_for_write=False, known=()):
+    """Start the writer, wait for its first completed save, kill it (with ``wait_for_write``,
+    only once a temporary file not in ``known`` exists). Returns the number of saves the
+    child reported completed before the kill."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), NUMBA_ENABLE_CUDASIM="1")
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(path), str(N)], stdout=subprocess.PIPE, env=env
@@ -107,6 +120,8 @@ def run_and_kill(path, delay_fraction, extra_saves):
         assert first.startswith("saved 0 "), f"child failed before its first save: {first!r}"
         duration = float(first.split()[2])
         time.sleep((extra_saves + delay_fraction) * duration)
+        if wait_for_write:
+            wait_for_new_temp_file(proc, path, set(known))
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -127,7 +142,8 @@ def test_sigkill_mid_save_leaves_a_or_b(tmp_path, suffix):
     left_over = set()
     for kill in range(KILLS):
         where = f"kill {kill} (KILL_SEED={seed})"
-        completed = run_and_kill(path, rng.uniform(0.05, 0.95), rng.choice([0, 0, 1, 2]))
+        delay, extra = rng.uniform(0.05, 0.95), rng.choice([0, 0, 1, 2])
+        completed = run_and_kill(path, delay, extra, wait_for_write=kill == 0, known=left_over)
 
         # 1. the checkpoint is whole: exactly A or exactly B
         got = load(path)
@@ -143,7 +159,7 @@ def test_sigkill_mid_save_leaves_a_or_b(tmp_path, suffix):
         left_over = now
         assert completed >= 1
 
-    # A tight save loop spends nearly all its time inside the temporary file's lifetime.
+    # The first kill waited for a temporary file: at least one kill landed mid-write.
     assert left_over, f"no kill landed mid-write (KILL_SEED={seed}); the test proved nothing"
 
 
