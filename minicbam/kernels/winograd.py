@@ -28,7 +28,10 @@ Mg[:, :, t, co] = A gy_t A^T (gy's 4x4 tile transformed to 6x6)
 reusing the forward's input transform (recomputed per block rather than stored).
 
 CPU layout: every transform loops innermost over channels, which are contiguous in V, U and M
-(numba vectorises those loops); patches are gathered into a small (6, 6, C) scratch first.
+(numba vectorises those loops); patches are gathered into a small (6, 6, C) scratch first,
+and output tiles scattered from a (4, 4, CO) one, with the channel loop of that gather and
+scatter innermost on maps smaller than the channel count and outermost otherwise
+(channels_innermost).
 Work is split into blocks of tiles, one task each on the CPU task pool (task_pool.py: BLAS
 single-threaded per worker): a block transforms its tiles, runs its 36 GEMMs and
 inverse-transforms while V and M are still in cache. The pool's workers are Python threads,
@@ -149,21 +152,33 @@ def _a4(g0, g1, g2, g3, k):
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def _input_transform(V, x, t0, t1, row0, th, tw, pt, pl, k, patch, tmp):
-    """V[:, :, row0 + t - t0, :] = B^T d_t B for tiles t0 <= t < t1 (patch, tmp: (6, 6, C))."""
+def _input_transform(V, x, t0, t1, row0, th, tw, pt, pl, k, patch, tmp, channels_inner):
+    """V[:, :, row0 + t - t0, :] = B^T d_t B for tiles t0 <= t < t1 (patch, tmp: (6, 6, C));
+    ``channels_inner``: the patch gather's loop order (see channels_innermost)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     for t in range(t0, t1):
         n, rest = t // (th * tw), t % (th * tw)
         r0, s0 = (rest // tw) * 4 - pt, (rest % tw) * 4 - pl
-        for c in range(C):
+        if channels_inner:
             for u in range(6):
-                r = r0 + u
                 for v in range(6):
-                    s = s0 + v
+                    r, s = r0 + u, s0 + v
                     if r >= 0 and r < H and s >= 0 and s < W:
-                        patch[u, v, c] = x[n, c, r, s]
+                        for c in range(C):
+                            patch[u, v, c] = x[n, c, r, s]
                     else:
-                        patch[u, v, c] = 0
+                        for c in range(C):
+                            patch[u, v, c] = 0
+        else:
+            for c in range(C):
+                for u in range(6):
+                    r = r0 + u
+                    for v in range(6):
+                        s = s0 + v
+                        if r >= 0 and r < H and s >= 0 and s < W:
+                            patch[u, v, c] = x[n, c, r, s]
+                        else:
+                            patch[u, v, c] = 0
         for v in range(6):
             for c in range(C):
                 e = _bt6(
@@ -201,9 +216,10 @@ def _input_transform(V, x, t0, t1, row0, th, tw, pt, pl, k, patch, tmp):
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def _output_transform(y, M, t0, t1, row0, th, tw, k, ytile, tmp):
+def _output_transform(y, M, t0, t1, row0, th, tw, k, ytile, tmp, channels_inner):
     """y's 4x4 tiles t0 <= t < t1 (clipped at its edges) = A^T M[:, :, row0 + t - t0, :] A
-    (ytile (4, 4, CO), tmp (6, 6, CO) scratch)."""
+    (ytile (4, 4, CO), tmp (6, 6, CO) scratch); ``channels_inner``: the tile scatter's loop
+    order (see channels_innermost)."""
     CO, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     for t in range(t0, t1):
         tt = row0 + t - t0
@@ -240,10 +256,16 @@ def _output_transform(y, M, t0, t1, row0, th, tw, k, ytile, tmp):
         n, rest = t // (th * tw), t % (th * tw)
         r0, s0 = (rest // tw) * 4, (rest % tw) * 4
         rows, cols = min(4, OH - r0), min(4, OW - s0)
-        for co in range(CO):
+        if channels_inner:
             for a in range(rows):
                 for b in range(cols):
-                    y[n, co, r0 + a, s0 + b] = ytile[a, b, co]
+                    for co in range(CO):
+                        y[n, co, r0 + a, s0 + b] = ytile[a, b, co]
+        else:
+            for co in range(CO):
+                for a in range(rows):
+                    for b in range(cols):
+                        y[n, co, r0 + a, s0 + b] = ytile[a, b, co]
 
 
 @njit(cache=True, fastmath=True, nogil=True)
@@ -304,6 +326,22 @@ def _matrices(dtype):
 
 
 # ----------------------------------------------------------------------------- geometry
+CHANNEL_ORDER = "auto"  # the tests' hook: "inner" or "outer" forces one loop order everywhere
+
+
+def channels_innermost(plane, channels):
+    """The loop order for moving tiles between an NCHW array and a (rows, cols, C) scratch:
+    True puts the channel loop innermost (the scratch written contiguously, the array read
+    one plane apart), False outermost (the array's rows read, the scratch written C values
+    apart). The smaller stride goes innermost. On maps smaller than the channel count (the
+    deep layers) the other order's writes, a power of two apart, fall into a few cache
+    sets: at 512 channels on 4x4 maps the input transform took 5.7-7.0 ms instead of 1.4
+    (benchmarks/channels_last.py); at 64 channels on 32x32 it is the other way round."""
+    if CHANNEL_ORDER != "auto":
+        return CHANNEL_ORDER == "inner"
+    return plane < channels
+
+
 def _tiles(OH, OW, N):
     th, tw = -(-OH // TILE), -(-OW // TILE)
     return th, tw, N * th * tw
@@ -441,7 +479,9 @@ def _input_range(V, x, lo, hi, row0, geom):
     C, dtype = x.shape[1], x.dtype
     patch = _scratch("patch", (ALPHA, ALPHA, C), dtype)
     tmp = _scratch("tmp", (ALPHA, ALPHA, C), dtype)
-    _input_transform(V, x, lo, hi, row0, th, tw, pt, pl, _matrices(dtype)["k"], patch, tmp)
+    inner = channels_innermost(x.shape[2] * x.shape[3], C)
+    k = _matrices(dtype)["k"]
+    _input_transform(V, x, lo, hi, row0, th, tw, pt, pl, k, patch, tmp, inner)
 
 
 def _output_range(y, M, lo, hi, row0, geom):
@@ -450,7 +490,8 @@ def _output_range(y, M, lo, hi, row0, geom):
     CO, dtype = y.shape[1], y.dtype
     ytile = _scratch("ytile", (TILE, TILE, CO), dtype)
     tmp = _scratch("tmp", (ALPHA, ALPHA, CO), dtype)
-    _output_transform(y, M, lo, hi, row0, th, tw, _matrices(dtype)["k"], ytile, tmp)
+    inner = channels_innermost(y.shape[2] * y.shape[3], CO)
+    _output_transform(y, M, lo, hi, row0, th, tw, _matrices(dtype)["k"], ytile, tmp, inner)
 
 
 def _grad_range(Mg, gy, lo, hi, row0, geom):

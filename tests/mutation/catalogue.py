@@ -1222,10 +1222,42 @@ MUTANTS = [
     ms(
         "wino-patch-top-row",
         WINO,
-        "if r >= 0 and r < H and s >= 0 and s < W:",
-        "if r > 0 and r < H and s >= 0 and s < W:",
+        "                        if r >= 0 and r < H and s >= 0 and s < W:\n",
+        "                        if r > 0 and r < H and s >= 0 and s < W:\n",
         CONV,
-        "[cpu] Winograd input patches: input row 0 read as zero padding",
+        "[cpu] Winograd input patches (channels-outermost gather): input row 0 read as zero"
+        " padding",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-patch-inner-left-column",
+        WINO,
+        "r, s = r0 + u, s0 + v\n                    if r >= 0 and r < H and s >= 0 and s < W:",
+        "r, s = r0 + u, s0 + v\n                    if r >= 0 and r < H and s > 0 and s < W:",
+        CONV,
+        "[cpu] Winograd input patches (channels-innermost gather): input column 0 read as"
+        " zero padding",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-patch-inner-no-zero-fill",
+        WINO,
+        "                    else:\n                        for c in range(C):\n"
+        "                            patch[u, v, c] = 0\n",
+        "                    else:\n                        for c in range(C):\n"
+        "                            pass\n",
+        CONV,
+        "[cpu] Winograd input patches (channels-innermost gather): padding points keep the"
+        " previous tile's values",
+        WINO_SELECT,
+    ),
+    ms(
+        "wino-scatter-inner-transposed",
+        WINO,
+        "for co in range(CO):\n                        y[n, co, r0 + a, s0 + b] = ytile[a, b, co]",
+        "for co in range(CO):\n                        y[n, co, r0 + a, s0 + b] = ytile[b, a, co]",
+        CONV,
+        "[cpu] Winograd output scatter (channels innermost): each tile written transposed",
         WINO_SELECT,
     ),
     ms(

@@ -8,7 +8,8 @@ CPU's joined col, ``path="batched"`` the CPU's per-sample products over a whole-
 <= 2) to Winograd F(4x4, 3x3) in any dtype (conv2d.WINOGRAD = "always") and the rest to
 im2col. Shapes drawn by ``winograd_cases`` always reach Winograd (checked per example);
 ``winograd_schedule`` picks how a Winograd pass is cut up (by blocks of tiles or by the 36
-planes), so that each schedule sees every drawn shape.
+planes), so that each schedule sees every drawn shape, and ``channel_order`` the loop order
+of the transforms' tile gather and scatter (winograd.CHANNEL_ORDER), drawn per example.
 """
 
 import contextlib
@@ -58,6 +59,20 @@ def winograd_schedule(schedule):
         yield
     finally:
         m.PLANES_FROM, m.PLANES_MAX_BYTES = saved
+
+
+@contextlib.contextmanager
+def channel_order(order):
+    """Force the Winograd transforms' gather / scatter loop order ("inner", "outer")."""
+    saved = winograd_module.CHANNEL_ORDER
+    winograd_module.CHANNEL_ORDER = order
+    try:
+        yield
+    finally:
+        winograd_module.CHANNEL_ORDER = saved
+
+
+ORDERS = st.sampled_from(["inner", "outer"])
 
 
 @st.composite
@@ -287,11 +302,11 @@ def _scale(x, w, pads):
 
 @pytest.mark.parametrize("schedule", ["blocks", "planes"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@given(case=winograd_cases(), seed=st.integers(0, 2**31))
-def test_winograd_forward_matches_oracle(dtype, schedule, case, seed):
+@given(case=winograd_cases(), seed=st.integers(0, 2**31), order=ORDERS)
+def test_winograd_forward_matches_oracle(dtype, schedule, case, seed, order):
     _, _, _, _, padding, _, _ = case
     arrays_in = _inputs(case, seed, dtype)
-    with conv_path("winograd"), winograd_schedule(schedule):
+    with conv_path("winograd"), winograd_schedule(schedule), channel_order(order):
         y = _fn(case)(*(leaf(a) for a in arrays_in))
     assert y.creator.algorithm == "winograd" and y.dtype == dtype
     expected = ref.conv2d(
@@ -308,10 +323,10 @@ def test_winograd_forward_matches_oracle(dtype, schedule, case, seed):
 
 
 @pytest.mark.parametrize("schedule", ["blocks", "planes"])
-@given(case=winograd_cases(), seed=st.integers(0, 2**31))
-def test_winograd_gradcheck(schedule, case, seed):
+@given(case=winograd_cases(), seed=st.integers(0, 2**31), order=ORDERS)
+def test_winograd_gradcheck(schedule, case, seed, order):
     arrays_in = _inputs(case, seed, np.float64)
-    with conv_path("winograd"), winograd_schedule(schedule):
+    with conv_path("winograd"), winograd_schedule(schedule), channel_order(order):
         assert _fn(case)(*(leaf(a) for a in arrays_in)).creator.algorithm == "winograd"
         assert_gradcheck(_fn(case), *arrays_in)
 
@@ -419,6 +434,52 @@ def test_winograd_transforms_match_their_matrices():
     d, g = arrays((6,), 1), arrays((3,), 2)
     expected = [d[i : i + 3] @ g for i in range(4)]
     np.testing.assert_allclose(wm.AT @ ((wm.G @ g) * (wm.BT @ d)), expected, rtol=1e-12)
+
+
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 20),
+    side=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    pads=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    seed=st.integers(0, 2**31),
+)
+def test_winograd_tile_loop_orders_move_the_same_values(n, c, side, pads, seed):
+    # the transforms' two gather / scatter loop orders give bit-identical V and y, tile by
+    # tile, on maps smaller and larger than the channel count and on partial edge tiles
+    wm = winograd_module
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c) + side).astype(np.float32)
+    OH, OW = side[0] + 2 * pads[0] - 2, side[1] + 2 * pads[1] - 2
+    if OH < 1 or OW < 1:
+        return
+    th, tw, P = wm._tiles(OH, OW, n)
+    k = wm._matrices(np.float32)["k"]
+    M = rng.standard_normal((6, 6, P + 1, c)).astype(np.float32)
+    scratch = [np.empty((6, 6, c), np.float32) for _ in range(2)]
+    Vs, ys = [], []
+    for inner in (True, False):
+        V = np.full((6, 6, P + 1, c), np.nan, np.float32)
+        wm._input_transform(V, x, 0, P, 0, th, tw, pads[0], pads[1], k, *scratch, inner)
+        y = np.full((n, c, OH, OW), np.nan, np.float32)
+        ytile = np.empty((4, 4, c), np.float32)
+        wm._output_transform(y, M, 0, P, 0, th, tw, k, ytile, scratch[1], inner)
+        Vs.append(V[:, :, :P])
+        ys.append(y)
+    np.testing.assert_array_equal(Vs[0], Vs[1])
+    np.testing.assert_array_equal(ys[0], ys[1])
+    assert not np.isnan(Vs[0]).any() and not np.isnan(ys[0]).any()  # every value written
+
+
+def test_winograd_channel_order_rule():
+    # the smaller stride goes innermost: channels when a plane is smaller than the channel
+    # count (the deep layers), the rows otherwise; the tests' hook overrides it
+    rule = winograd_module.channels_innermost
+    assert rule(16, 512) and rule(64, 256) and rule(16, 32)
+    assert not rule(1024, 64) and not rule(256, 128) and not rule(64, 64)
+    with channel_order("outer"):
+        assert not rule(16, 512)
+    with channel_order("inner"):
+        assert rule(1024, 64)
 
 
 def test_winograd_empty_batch():
