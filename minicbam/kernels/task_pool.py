@@ -38,7 +38,30 @@ def _blas_controller():
             if os.path.dirname(lib.filepath) == os.path.join(numpy_dir, "numpy.libs")
         ]
         _blas = own[0] if len(own) == 1 else libs[0] if len(libs) == 1 else False
+        if _blas is not False and WARM_UP_PRODUCT is not None:
+            _warm_up_blas(_blas)
     return _blas
+
+
+# NumPy's OpenBLAS, single-threaded, ran 256 x 256 x 256 sgemm at ~10 GFLOP/s instead of ~37
+# (AMD EPYC Zen 1 host, OpenBLAS 0.3.31) until some product in the process had used more of
+# its work buffer: one (64, 256) @ (256, 1024) product (~2 ms) made every later one full
+# speed, on every thread. A 256-channel Winograd conv (its 36 GEMMs are 256 x 256 x 256)
+# took 215 ms forward + backward instead of ~120 in a process that ran nothing bigger first.
+# docs/performance.md ("OpenBLAS's cold buffer") has the measurements; None skips it
+# (benchmarks/blas_warm_up.py compares).
+WARM_UP_PRODUCT = ((64, 256), (256, 1024))
+
+
+def _warm_up_blas(blas):
+    """One single-threaded float32 product of WARM_UP_PRODUCT's shapes (see above)."""
+    a, b = (np.ones(shape, np.float32) for shape in WARM_UP_PRODUCT)
+    previous = blas.num_threads
+    blas.set_num_threads(1)
+    try:
+        np.matmul(a, b)
+    finally:
+        blas.set_num_threads(previous)
 
 
 def pool_usable():

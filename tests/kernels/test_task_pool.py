@@ -67,3 +67,41 @@ def test_kernels_called_from_pool_tasks_release_the_gil(name):
     # per pass on 2 cores, 15-19 ms with the GIL released)
     kernel = _kernels_run_in_pool_tasks()[name]
     assert kernel.targetoptions.get("nogil") is True, f"{name} holds the GIL while it runs"
+
+
+class _RecordingBlas:
+    """A stand-in for threadpoolctl's controller: records the thread counts it is set to."""
+
+    def __init__(self, threads):
+        self.num_threads, self.settings = threads, []
+
+    def set_num_threads(self, n):
+        self.settings.append(n)
+        self.num_threads = n
+
+
+def test_blas_warm_up_runs_one_single_threaded_product(monkeypatch):
+    # _warm_up_blas multiplies WARM_UP_PRODUCT's shapes once, with BLAS at one thread, and
+    # puts the thread count back; the controller runs it once, when it first finds the BLAS
+    products, blas = [], _RecordingBlas(2)
+
+    def recording_matmul(a, b, *args, **kwargs):
+        products.append((a.shape, b.shape, a.dtype, blas.num_threads))
+        return np.dot(a, b)
+
+    monkeypatch.setattr(task_pool.np, "matmul", recording_matmul)
+    task_pool._warm_up_blas(blas)
+    a_shape, b_shape = task_pool.WARM_UP_PRODUCT
+    assert products == [(a_shape, b_shape, np.float32, 1)]
+    assert blas.settings == [1, 2] and blas.num_threads == 2
+
+    calls = []
+    monkeypatch.setattr(task_pool, "_warm_up_blas", calls.append)
+    monkeypatch.setattr(task_pool, "_blas", None)
+    found = task_pool._blas_controller()
+    task_pool._blas_controller()
+    assert calls == ([found] if found is not False else [])
+    monkeypatch.setattr(task_pool, "_blas", None)
+    monkeypatch.setattr(task_pool, "WARM_UP_PRODUCT", None)  # switched off: not run
+    task_pool._blas_controller()
+    assert len(calls) == (1 if found is not False else 0)

@@ -2199,6 +2199,24 @@ MUTANTS = [
         "[cpu] task pool: tasks run inline (one task, one numba thread) keep BLAS's threads",
         None,
     ),
+    ms(
+        "task-pool-warm-up-threaded",
+        "minicbam/kernels/task_pool.py",
+        "    blas.set_num_threads(1)\n    try:\n        np.matmul(a, b)",
+        "    try:\n        np.matmul(a, b)",
+        ["tests/kernels/test_task_pool.py"],
+        "[cpu] task pool: the BLAS warm-up product runs at BLAS's own thread count",
+        None,
+    ),
+    ms(
+        "task-pool-warm-up-every-call",
+        "minicbam/kernels/task_pool.py",
+        "        if _blas is not False and WARM_UP_PRODUCT is not None:\n            _warm_up_blas(_blas)\n    return _blas",
+        "    if _blas is not False and WARM_UP_PRODUCT is not None:\n        _warm_up_blas(_blas)\n    return _blas",
+        ["tests/kernels/test_task_pool.py"],
+        "[cpu] task pool: the BLAS warm-up runs on every controller lookup, not once",
+        None,
+    ),
     # ------------------------------------------------------------------ adaptive pool, CPU blocks
     ms(
         "adaptive-cpu-block-end",
