@@ -335,7 +335,7 @@ def channels_innermost(plane, channels):
     one plane apart), False outermost (the array's rows read, the scratch written C values
     apart). The smaller stride goes innermost. On maps smaller than the channel count (the
     deep layers) the other order's writes, a power of two apart, fall into a few cache
-    sets: at 512 channels on 4x4 maps the input transform took 5.7-7.0 ms instead of 1.4
+    sets: at 512 channels on 4x4 maps the input transform took 5.7-7.0 ms instead of 1.1-1.4
     (benchmarks/channels_last.py); at 64 channels on 32x32 it is the other way round."""
     if CHANNEL_ORDER != "auto":
         return CHANNEL_ORDER == "inner"
