@@ -194,7 +194,7 @@ class Function:
             out.requires_grad = True
             self.inputs = inputs
             self.stamp = _inplace_stamp
-            self.output_shape = tuple(y.shape)
+            self.output_shape = y.shape  # a tuple (NumPy and numba device arrays)
             out.creator = self
         return out
 

@@ -107,13 +107,16 @@ def zero_one(dtype):
 
 
 _ZERO_ONE = {}
+_ZERO_PAIRS = {}
 
 
 def _scalars(dtype, a, b):
     """``a`` and ``b`` in ``dtype`` (None: zero), so float32 kernels stay float32."""
     if a is None and b is None:
-        zero = zero_one(dtype)[0]
-        return zero, zero
+        zeros = _ZERO_PAIRS.get(dtype)  # every binary op's case: one lookup, no call
+        if zeros is None:
+            zeros = _ZERO_PAIRS[dtype] = (dtype.type(0), dtype.type(0))
+        return zeros
     to_dtype = dtype.type
     a = zero_one(dtype)[0] if a is None else a if type(a) is to_dtype else to_dtype(a)
     b = zero_one(dtype)[0] if b is None else b if type(b) is to_dtype else to_dtype(b)
