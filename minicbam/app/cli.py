@@ -35,7 +35,6 @@ from minicbam.app.cli_types import (
     positive_float,
     positive_int,
 )
-from minicbam.app.graph import add_graph
 from minicbam.app.config import (
     ATTENTIONS,
     DATASETS,
@@ -48,6 +47,8 @@ from minicbam.app.config import (
     check_device,
 )
 from minicbam.app.factories import make_datasets
+from minicbam.app.first_run import compile_ahead, parallel_compile_enabled
+from minicbam.app.graph import add_graph
 from minicbam.app.train import evaluate, fit
 from minicbam.io.serialization import CorruptFileError, UnsafeFileError
 
@@ -177,9 +178,13 @@ def cmd_train(args):
         )
     _check_out(config.out_dir(), args)
     start = time.perf_counter()
-    notice = compile_notice()
+    # ranks of an MPI job compile for themselves
+    ahead = parallel_compile_enabled(config) and not distributed_run.launched()
+    notice = compile_notice(ahead)
     if notice:
         print(notice, flush=True)
+        if ahead:
+            compile_ahead(config)
     result = fit(config, resume=tree, progress=_progress(args), stop_after=args.stop_after or 0)
     last = result["history"][-1] if result["history"] else None
     if last is not None:
@@ -218,9 +223,10 @@ def _check_out(out, args):
         raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
 
 
-def compile_notice():
+def compile_notice(ahead=False):
     """A one-line notice when numba's cache holds no compiled minicbam op yet (the first run
-    compiles its kernels during epoch 1), naming where the cache lives; else None."""
+    compiles its kernels: during epoch 1, or with ``ahead`` on two processes before it,
+    minicbam/app/first_run.py), naming where the cache lives; else None."""
     import glob
     import importlib
 
@@ -231,7 +237,8 @@ def compile_notice():
     if glob.glob(os.path.join(cache_dir, "*.nbi")):
         return None
     return (
-        f"first run: compiling kernels during epoch 1 (cached in {cache_dir}; "
+        f"first run: compiling kernels {'on 2 processes before' if ahead else 'during'} "
+        f"epoch 1 (cached in {cache_dir}; "
         "later runs start at once)"
     )
 

@@ -102,7 +102,8 @@ def adaptive_grad_at(gx, gy, argmax, p, ih, iw, g, is_max):
 window_reduce_cpu = njit(inline="always")(window_reduce)
 
 
-@njit(cache=True)
+# Not cached itself: a callee compiles into each cached caller (minicbam/precompile.py).
+@njit
 def window_bounds(size, out_size):
     """(out_size, 2) int64: [start, end) of every window along one axis. The CPU kernels
     compute them once per call: the integer divisions per window (64-bit divisions cost

@@ -72,8 +72,10 @@ global_plane_cpu = njit(inline="always")(global_plane)
 # when that sum is not NaN (so the plane holds no NaN), the maximum under the no-NaN
 # assumption and its first index (plane[k] == max: global_plane's first maximum). A plane
 # whose sum is NaN (a NaN, or inf - inf) runs global_plane's scan itself, so NaN handling
-# (the last NaN wins) is the body's. Together ~5x faster on 64-element planes.
-@njit(cache=True, fastmath={"reassoc"})
+# (the last NaN wins) is the body's. Together ~5x faster on 64-element planes. The two
+# helpers are not cached themselves: they compile into each cached caller
+# (minicbam/precompile.py says why).
+@njit(fastmath={"reassoc"})
 def plane_sum(plane):
     """sum of a 1-D plane in float64, in any order (reassociated)."""
     acc = 0.0
@@ -82,7 +84,7 @@ def plane_sum(plane):
     return acc
 
 
-@njit(cache=True, fastmath={"nnan"})
+@njit(fastmath={"nnan"})
 def finite_plane_argmax(plane):
     """Index of the first maximum of a 1-D plane that holds no NaN."""
     best = plane[0]

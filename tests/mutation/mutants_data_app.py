@@ -918,3 +918,46 @@ DATA_APP_MUTANTS += [
         "errors",
     ),
 ]
+
+PRECOMPILE, FIRST_RUN = "minicbam/precompile.py", "minicbam/app/first_run.py"
+FIRST_RUN_T = ["tests/app/test_first_run.py", "tests/test_precompile.py"]
+
+DATA_APP_MUTANTS += [
+    # ------------------------------------------------------- a first run on two processes
+    ms(
+        "d-precompile-claim-always",
+        PRECOMPILE,
+        "        return False\n    os.close(fd)",
+        "        return True\n    os.close(fd)",
+        FIRST_RUN_T,
+        "compile ahead: every process claims every function (both compile and save it)",
+        None,
+    ),
+    ms(
+        "d-precompile-forward-only",
+        PRECOMPILE,
+        "for key, group in reversed(groups) if reverse else groups:",
+        "for key, group in groups:",
+        FIRST_RUN_T,
+        "compile ahead: the helper walks the list in the same order as the run",
+        None,
+    ),
+    ms(
+        "d-first-run-no-test-step",
+        FIRST_RUN,
+        "    run_epoch(run.model, _first_and_last_batches(run.test_loader), config.device)\n",
+        "",
+        FIRST_RUN_T,
+        "compile ahead: the dry run skips the test step (its kernels compile in epoch 1)",
+        None,
+    ),
+    ms(
+        "d-first-run-first-batch-only",
+        FIRST_RUN,
+        "starts = sorted({0, (len(loader) - 1) * size})",
+        "starts = [0]",
+        FIRST_RUN_T,
+        "compile ahead: the dry run leaves out the loaders' last (smaller) batches",
+        None,
+    ),
+]
